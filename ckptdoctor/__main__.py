@@ -1,0 +1,5 @@
+"""`python -m ckptdoctor`."""
+
+from ckptdoctor.cli import main
+
+main()

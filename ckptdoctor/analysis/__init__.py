@@ -1,0 +1,1 @@
+"""Format-independent analysis of a listing: roles and BatchNorm layers."""

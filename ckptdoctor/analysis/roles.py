@@ -1,0 +1,78 @@
+"""Classify each stored tensor by the role it plays (weight, BN statistic, optimizer slot, EMA, counter)."""
+
+from __future__ import annotations
+
+from ckptdoctor import dtypes
+from ckptdoctor.model import Role, TensorInfo, Variable
+
+OBJECT_ATTRIBUTE = "/.ATTRIBUTES/VARIABLE_VALUE"
+OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
+
+# TF1 optimizers append their slot name to the variable's name: `conv/weights/Momentum`.
+SLOT_SUFFIXES = frozenset(
+    {
+        "Momentum", "Adam", "Adam_1", "RMSProp", "RMSProp_1", "Adagrad", "AdagradDA", "AdagradDA_1",
+        "Ftrl", "Ftrl_1", "Adadelta", "Adadelta_1", "ProximalAdagrad", "Nadam", "Nadam_1", "LazyAdam",
+        "LazyAdam_1", "AdamW", "AdamW_1",
+    }
+)  # fmt: skip
+# Keras-2 optimizers in TF1 graphs keep all state under `training/<Optimizer>/...`.
+OPTIMIZER_SCOPES = frozenset(
+    {"Adagrad", "Adam", "Adamax", "Adadelta", "Ftrl", "Nadam", "RMSprop", "SGD", "AdamW", "Lion"}
+)
+OPTIMIZER_STATE = frozenset({"beta1_power", "beta2_power"})
+COUNTERS = frozenset({"global_step", "save_counter", "iter", "iterations", "_iterations", "step"})
+BN_STATISTICS = frozenset({"moving_mean", "moving_variance"})
+EMA = "ExponentialMovingAverage"
+
+
+def object_path(name: str) -> str:
+    """The variable's path with the TF2 object-graph attribute suffix removed."""
+    return name[: -len(OBJECT_ATTRIBUTE)] if name.endswith(OBJECT_ATTRIBUTE) else name
+
+
+def role_of(info: TensorInfo) -> Role:
+    path = object_path(info.name)
+    parts = path.split("/")
+    leaf = parts[-1]
+    dtype = dtypes.BY_NAME.get(info.dtype)
+    is_float = bool(dtype and dtype.is_float)
+    if info.name == OBJECT_GRAPH:
+        return Role.OTHER
+    if "/.OPTIMIZER_SLOT/" in path:
+        return Role.OPTIMIZER_SLOT
+    if EMA in parts:
+        return Role.EMA
+    if leaf in COUNTERS or (not is_float and info.shape == () and info.dtype.startswith(("int", "uint"))):
+        return Role.COUNTER
+    if (len(parts) > 1 and leaf in SLOT_SUFFIXES) or leaf in OPTIMIZER_STATE:
+        return Role.OPTIMIZER_SLOT
+    if len(parts) > 2 and parts[0] == "training" and parts[1] in OPTIMIZER_SCOPES:
+        return Role.OPTIMIZER_SLOT
+    if parts[0] == "optimizer":
+        return Role.OPTIMIZER_SLOT
+    if leaf in BN_STATISTICS and is_float:
+        return Role.BN_STATISTIC
+    return Role.WEIGHT if is_float else Role.OTHER
+
+
+def owner_path(name: str, role: Role) -> str:
+    """The path of the variable a tensor belongs to: a slot or EMA names the variable it shadows."""
+    path = object_path(name)
+    if role is Role.OPTIMIZER_SLOT and "/.OPTIMIZER_SLOT/" in path:
+        return path.split("/.OPTIMIZER_SLOT/")[0]
+    parts = path.split("/")
+    if role is Role.EMA and EMA in parts:
+        return "/".join(parts[: parts.index(EMA)])
+    if role is Role.OPTIMIZER_SLOT and len(parts) > 1 and parts[-1] in SLOT_SUFFIXES:
+        return "/".join(parts[:-1])
+    return path
+
+
+def classify(tensors: tuple[TensorInfo, ...]) -> tuple[Variable, ...]:
+    out = []
+    for info in tensors:
+        role = role_of(info)
+        layer = owner_path(info.name, role).rpartition("/")[0]
+        out.append(Variable(info.name, info.dtype, info.shape, info.nbytes, role, layer))
+    return tuple(out)

@@ -1,0 +1,184 @@
+"""The command line: typer and rich live here and in the text reporter only."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from ckptdoctor import __version__
+from ckptdoctor.model import CheckpointError, Severity
+from ckptdoctor.policy import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, exit_code
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Inspect, check, repair and verify TensorFlow and Keras checkpoints.",
+)
+stdout = Console(highlight=False)
+if not stdout.is_terminal:  # pipes and CI logs: wide enough that long variable names stay on one line
+    stdout = Console(highlight=False, width=160)
+stderr = Console(stderr=True, highlight=False)
+
+
+class OutputFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+class FailOn(str, Enum):
+    error = "error"
+    warning = "warning"
+    info = "info"
+
+
+def _error(message: str) -> None:
+    stderr.print(f"ckptdoctor: error: {message}", markup=False, soft_wrap=True)
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Anything that stops a command becomes one line on stderr and exit code 2."""
+    try:
+        yield
+    except CheckpointError as error:
+        _error(str(error))
+        raise typer.Exit(EXIT_ERROR) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        stdout.print(f"ckptdoctor {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    pass
+
+
+PathArg = Annotated[
+    str, typer.Argument(help="Checkpoint prefix, any of its files, or a directory.", show_default=False)
+]
+FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
+
+
+@app.command()
+def inspect(path: PathArg, output_format: FormatOpt = OutputFormat.text) -> None:
+    """List every variable with dtype, shape, size and role, grouped by layer, with a BatchNorm summary."""
+    from ckptdoctor.diagnose import inspect as run_inspect
+
+    with _one_line_errors():
+        report = run_inspect(path)
+    if output_format is OutputFormat.json:
+        from ckptdoctor.report.json import render
+
+        sys.stdout.write(render(report))
+    else:
+        from ckptdoctor.report.text import render_inspect
+
+        render_inspect(stdout, report)
+
+
+@app.command()
+def check(
+    path: PathArg,
+    reference: Annotated[
+        Optional[str],  # noqa: UP045 - typer needs Optional on Python 3.9
+        typer.Option("--reference", "-r", help="The checkpoint training started from (e.g. the pretrained model)."),
+    ] = None,
+    fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Lowest severity that makes the exit code 1.")] = (
+        FailOn.error
+    ),
+    output_format: FormatOpt = OutputFormat.text,
+) -> None:
+    """Diagnose a checkpoint; exit 0 healthy, 1 findings at or above --fail-on, 2 unreadable."""
+    from ckptdoctor.diagnose import check as run_check
+
+    with _one_line_errors():
+        report = run_check(path, reference=reference)
+    if output_format is OutputFormat.json:
+        from ckptdoctor.report.json import render
+
+        sys.stdout.write(render(report))
+    else:
+        from ckptdoctor.report.text import render_check
+
+        render_check(stdout, report)
+    raise typer.Exit(exit_code(report.findings, Severity(fail_on.value)))
+
+
+@app.command()
+def patch(
+    target: Annotated[str, typer.Argument(help="The checkpoint that lacks statistics.", show_default=False)],
+    donor: Annotated[str, typer.Option("--from", help="A full save holding the statistics.", show_default=False)],
+    out: Annotated[str, typer.Option("--out", "-o", help="Prefix of the new checkpoint.", show_default=False)],
+    force: Annotated[bool, typer.Option("--force", help="Replace a checkpoint already at --out.")] = False,
+) -> None:
+    """Write a new checkpoint: TARGET plus the moving statistics its BatchNorm layers lack, from DONOR."""
+    from ckptdoctor.diagnose import check as run_check
+    from ckptdoctor.patch import patch as run_patch
+    from ckptdoctor.report.text import render_check
+
+    with _one_line_errors():
+        result = run_patch(target, donor, out, force=force)
+    if result.added:
+        layers = len({a.layer for a in result.added})
+        stdout.print(f"added {len(result.added)} tensors to {layers} BatchNorm layers from {result.donor}:")
+        for addition in result.added:
+            stdout.print(f"  + {addition.key}  {addition.dtype}{list(addition.shape)}", markup=False)
+    else:
+        stdout.print("nothing was missing: the output is a copy of the target")
+    stdout.print(f"wrote {result.out}.index and {result.out}.data-00000-of-00001", markup=False)
+    stdout.print("re-checking the result:")
+    with _one_line_errors():
+        report = run_check(result.out)
+    render_check(stdout, report)
+    raise typer.Exit(exit_code(report.findings))
+
+
+@app.command()
+def verify(
+    checkpoint: PathArg,
+    meta_graph: Annotated[
+        str, typer.Option("--meta-graph", help="The evaluation graph's .meta (MetaGraphDef).", show_default=False)
+    ],
+) -> None:
+    """Restore CHECKPOINT into the evaluation graph in real TensorFlow (needs the tf extra)."""
+    from ckptdoctor.verify import verify_meta_graph
+
+    with _one_line_errors():
+        result = verify_meta_graph(checkpoint, meta_graph)
+    stdout.print(f"{result.graph_variables} variables in the graph, checkpoint {result.checkpoint}", markup=False)
+    for key in result.missing:
+        stdout.print(f"  missing     {key}", markup=False)
+    for mismatch in result.mismatched:
+        stdout.print(
+            f"  mismatched  {mismatch.key}: graph {mismatch.expected}, checkpoint {mismatch.found}", markup=False
+        )
+    if result.tf_error:
+        stdout.print(f"TensorFlow refused the restore: {result.tf_error}", markup=False, soft_wrap=True)
+    if result.ok:
+        stdout.print("[bold green]restored in TensorFlow: every variable matched[/]")
+    raise typer.Exit(EXIT_OK if result.ok else EXIT_FINDINGS)
+
+
+def main() -> None:
+    try:
+        app()
+    except Exception as error:
+        if os.environ.get("CKPTDOCTOR_DEBUG"):
+            raise
+        _error(f"unexpected {type(error).__name__}: {error} (set CKPTDOCTOR_DEBUG=1 for a traceback)")
+        sys.exit(EXIT_ERROR)

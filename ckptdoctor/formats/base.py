@@ -1,0 +1,40 @@
+"""The one small protocol every checkpoint reader implements, and what a full scan returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from ckptdoctor.model import IntegrityProblem, TensorInfo
+
+if TYPE_CHECKING:
+    import numpy as np
+
+SCAN_CHUNK = 8 << 20  # bytes read at a time when streaming a tensor
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """What one pass over every stored byte found: non-finite counts and integrity damage."""
+
+    nonfinite: dict[str, int] = field(default_factory=dict)  # tensor name -> count of NaN/Inf elements
+    problems: tuple[IntegrityProblem, ...] = ()
+
+
+class CheckpointReader(Protocol):
+    format: str  # e.g. "tf1-name-based", "tf2-object-based"
+    location: str  # the prefix or file actually read
+
+    def tensors(self) -> tuple[TensorInfo, ...]:
+        """Every stored variable, in key order, without reading values."""
+        ...
+
+    def read(self, name: str) -> np.ndarray:
+        """One tensor's values."""
+        ...
+
+    def scan(self) -> ScanResult:
+        """Read every stored byte once: checksums, sizes and non-finite values."""
+        ...
+
+    def close(self) -> None: ...

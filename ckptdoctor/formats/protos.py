@@ -1,0 +1,135 @@
+"""TensorFlow checkpoint protobuf messages, declared at runtime in a private descriptor pool."""
+
+from __future__ import annotations
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+# A private pool, so that these declarations never collide with TensorFlow's own
+# `tensorflow.*` messages when both live in one process (verify imports TF).
+_POOL = descriptor_pool.DescriptorPool()
+
+_F = descriptor_pb2.FieldDescriptorProto
+_SCALARS = {
+    "int32": _F.TYPE_INT32,
+    "int64": _F.TYPE_INT64,
+    "uint32": _F.TYPE_UINT32,
+    "fixed32": _F.TYPE_FIXED32,
+    "bool": _F.TYPE_BOOL,
+    "string": _F.TYPE_STRING,
+    "bytes": _F.TYPE_BYTES,
+    "float": _F.TYPE_FLOAT,
+    "double": _F.TYPE_DOUBLE,
+}
+
+# (message name, [(field name, number, type, repeated)]); a type that is not a scalar
+# names another message of this file. Enums are declared as int32: same wire format.
+_MESSAGES: list[tuple[str, list[tuple[str, int, str, bool]]]] = [
+    ("TensorShapeProto.Dim", [("size", 1, "int64", False), ("name", 2, "string", False)]),
+    ("TensorShapeProto", [("dim", 2, "TensorShapeProto.Dim", True), ("unknown_rank", 3, "bool", False)]),
+    ("TensorSliceProto.Extent", [("start", 1, "int64", False), ("length", 2, "int64", False)]),
+    ("TensorSliceProto", [("extent", 1, "TensorSliceProto.Extent", True)]),
+    (
+        "VersionDef",
+        [("producer", 1, "int32", False), ("min_consumer", 2, "int32", False), ("bad_consumers", 3, "int32", True)],
+    ),
+    (
+        "BundleHeaderProto",
+        [("num_shards", 1, "int32", False), ("endianness", 2, "int32", False), ("version", 3, "VersionDef", False)],
+    ),
+    (
+        "BundleEntryProto",
+        [
+            ("dtype", 1, "int32", False),
+            ("shape", 2, "TensorShapeProto", False),
+            ("shard_id", 3, "int32", False),
+            ("offset", 4, "int64", False),
+            ("size", 5, "int64", False),
+            ("crc32c", 6, "fixed32", False),
+            ("slices", 7, "TensorSliceProto", True),
+        ],
+    ),
+    # Legacy V1 checkpoints (tensor_slice.proto, saved_tensor_slice.proto, tensor.proto).
+    (
+        "TensorProto",
+        [
+            ("dtype", 1, "int32", False),
+            ("tensor_shape", 2, "TensorShapeProto", False),
+            ("version_number", 3, "int32", False),
+            ("tensor_content", 4, "bytes", False),
+            ("float_val", 5, "float", True),
+            ("double_val", 6, "double", True),
+            ("int_val", 7, "int32", True),
+            ("string_val", 8, "bytes", True),
+            ("int64_val", 10, "int64", True),
+            ("bool_val", 11, "bool", True),
+            ("half_val", 13, "int32", True),
+        ],
+    ),
+    (
+        "SavedSliceMeta",
+        [
+            ("name", 1, "string", False),
+            ("shape", 2, "TensorShapeProto", False),
+            ("type", 3, "int32", False),
+            ("slice", 4, "TensorSliceProto", True),
+        ],
+    ),
+    ("SavedTensorSliceMeta", [("tensor", 1, "SavedSliceMeta", True), ("versions", 2, "VersionDef", False)]),
+    (
+        "SavedSlice",
+        [("name", 1, "string", False), ("slice", 2, "TensorSliceProto", False), ("data", 3, "TensorProto", False)],
+    ),
+    ("SavedTensorSlices", [("meta", 1, "SavedTensorSliceMeta", False), ("data", 2, "SavedSlice", False)]),
+    # The `checkpoint` state file beside checkpoints, in text format (checkpoint_state.proto).
+    (
+        "CheckpointState",
+        [
+            ("model_checkpoint_path", 1, "string", False),
+            ("all_model_checkpoint_paths", 2, "string", True),
+            ("all_model_checkpoint_timestamps", 3, "double", True),
+            ("last_preserved_timestamp", 4, "double", False),
+        ],
+    ),
+]
+
+_PACKAGE = "ckptdoctor.tf"
+
+
+def _build_file() -> descriptor_pb2.FileDescriptorProto:
+    file = descriptor_pb2.FileDescriptorProto(name="ckptdoctor/tf_checkpoint.proto", package=_PACKAGE, syntax="proto3")
+    by_name: dict[str, descriptor_pb2.DescriptorProto] = {}
+    for full_name, fields in _MESSAGES:
+        outer, _, inner = full_name.partition(".")
+        if outer not in by_name:
+            by_name[outer] = file.message_type.add(name=outer)
+        message = by_name[outer].nested_type.add(name=inner) if inner else by_name[outer]
+        by_name[full_name] = message
+        for field_name, number, type_name, repeated in fields:
+            field = message.field.add(name=field_name, number=number)
+            field.label = _F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL
+            if type_name in _SCALARS:
+                field.type = _SCALARS[type_name]
+            else:
+                field.type = _F.TYPE_MESSAGE
+                field.type_name = f".{_PACKAGE}.{type_name}"
+    # `length` sits in `oneof has_length`: an absent length means "to the end of the dimension".
+    extent = by_name["TensorSliceProto.Extent"]
+    extent.oneof_decl.add(name="has_length")
+    extent.field[1].oneof_index = 0
+    return file
+
+
+_POOL.Add(_build_file())
+
+
+def _message_class(name: str) -> type:
+    return message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
+
+
+TensorShapeProto = _message_class("TensorShapeProto")
+TensorSliceProto = _message_class("TensorSliceProto")
+BundleHeaderProto = _message_class("BundleHeaderProto")
+BundleEntryProto = _message_class("BundleEntryProto")
+TensorProto = _message_class("TensorProto")
+SavedTensorSlices = _message_class("SavedTensorSlices")
+CheckpointState = _message_class("CheckpointState")

@@ -1,0 +1,113 @@
+"""Turn whatever path a user gives (prefix, any member file, directory) into one checkpoint to read."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from ckptdoctor.formats import protos
+from ckptdoctor.model import CheckpointError
+
+STATE_FILE = "checkpoint"
+_MEMBER_SUFFIX = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    kind: str  # "bundle" (V2 .index + .data) or "v1" (single SSTable file)
+    location: str  # the prefix (bundle) or the file (v1)
+    format: str | None = None  # set where the path says more than the bytes, e.g. a SavedModel
+    note: str | None = None  # one line telling the user what was chosen
+
+
+def read_state_file(directory: Path) -> protos.CheckpointState | None:
+    path = directory / STATE_FILE
+    if not path.is_file():
+        return None
+    state = protos.CheckpointState()
+    try:
+        text_format.Parse(path.read_text(encoding="utf-8"), state)
+    except (text_format.ParseError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path}: not a valid checkpoint state file ({error})") from None
+    return state
+
+
+def _state_path(directory: Path, stored: str) -> str:
+    # TF1 Saver stores absolute paths; when the directory was moved they dangle, so fall back to the name.
+    candidate = Path(stored) if os.path.isabs(stored) else directory / stored
+    if _exists(str(candidate)):
+        return str(candidate)
+    return str(directory / Path(stored).name)
+
+
+def _exists(prefix: str) -> bool:
+    return os.path.isfile(prefix + ".index") or _is_v1_file(prefix)
+
+
+def _is_v1_file(path: str) -> bool:
+    from ckptdoctor.formats.tf_v1 import is_v1_table
+
+    return os.path.isfile(path) and is_v1_table(path)
+
+
+def _savedmodel(directory: Path) -> Resolved | None:
+    prefix = directory / "variables" / "variables"
+    if (directory / "saved_model.pb").is_file() or os.path.isfile(f"{prefix}.index"):
+        if not os.path.isfile(f"{prefix}.index"):
+            raise CheckpointError(f"{directory}: SavedModel without variables (no variables/variables.index)")
+        return Resolved("bundle", str(prefix), "tf-savedmodel")
+    return None
+
+
+def _in_directory(directory: Path) -> Resolved:
+    savedmodel = _savedmodel(directory)
+    if savedmodel:
+        return savedmodel
+    state = read_state_file(directory)
+    if state is not None and state.model_checkpoint_path:
+        chosen = _state_path(directory, state.model_checkpoint_path)
+        if _exists(chosen):
+            return _resolve_prefix(chosen, f"using {Path(chosen).name}, the latest in {directory / STATE_FILE}")
+    indexes = sorted(directory.glob("*.index"), key=lambda p: (p.stat().st_mtime, p.name))
+    if indexes:
+        prefix = str(indexes[-1])[: -len(".index")]
+        why = "the state file names no existing checkpoint" if state is not None else "no checkpoint state file"
+        return Resolved("bundle", prefix, note=f"using {Path(prefix).name}, the newest in {directory} ({why})")
+    raise CheckpointError(f"{directory}: no checkpoint in this directory (no .index files, no {STATE_FILE} file)")
+
+
+def _resolve_prefix(prefix: str, note: str | None = None) -> Resolved:
+    if os.path.isfile(prefix + ".index"):
+        parent = Path(prefix).parent
+        if Path(prefix).name == "variables" and parent.name == "variables":
+            return Resolved("bundle", prefix, "tf-savedmodel", note)
+        return Resolved("bundle", prefix, note=note)
+    if _is_v1_file(prefix):
+        return Resolved("v1", prefix, note=note)
+    raise CheckpointError(f"{prefix}: no checkpoint here")
+
+
+def resolve(path: str | os.PathLike[str]) -> Resolved:
+    """Find the checkpoint a path means, or raise CheckpointError with a one-line reason."""
+    text = os.fspath(path)
+    if os.path.isdir(text):
+        return _in_directory(Path(text))
+    if os.path.isfile(text + ".index"):
+        return _resolve_prefix(text)
+    member = _MEMBER_SUFFIX.search(text)
+    if member:
+        prefix = text[: member.start()]
+        if os.path.isfile(prefix + ".index") or _is_v1_file(prefix):
+            return _resolve_prefix(prefix, f"reading checkpoint {Path(prefix).name} (given {Path(text).name})")
+        if not os.path.exists(text):
+            raise CheckpointError(f"{text}: file not found")
+        raise CheckpointError(f"{text}: its checkpoint index {Path(prefix).name}.index is missing")
+    if os.path.isfile(text):
+        if _is_v1_file(text):
+            return Resolved("v1", text)
+        raise CheckpointError(f"{text}: not a recognised checkpoint format")
+    raise CheckpointError(f"{text}: no such file or checkpoint prefix")

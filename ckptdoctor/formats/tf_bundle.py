@@ -1,0 +1,319 @@
+"""Reader for TensorFlow V2 tensor bundles (`<prefix>.index` + `<prefix>.data-*`), TF1 and TF2 alike."""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from ckptdoctor import dtypes
+from ckptdoctor.formats import protos
+from ckptdoctor.formats.base import SCAN_CHUNK, ScanResult
+from ckptdoctor.formats.bytesource import LocalFile
+from ckptdoctor.formats.crc import crc32c, unmask
+from ckptdoctor.formats.sstable import TableError, TableReader, decode_varint
+from ckptdoctor.model import CheckpointError, IntegrityProblem, TensorInfo
+
+if TYPE_CHECKING:
+    import numpy as np
+
+OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+MAX_SHARDS = 1 << 16
+MAX_RANK = 64
+
+
+def data_file_name(prefix: str, shard_id: int, num_shards: int) -> str:
+    return f"{prefix}.data-{shard_id:05d}-of-{num_shards:05d}"
+
+
+@dataclass(frozen=True)
+class BundleEntry:
+    """One index entry: where a tensor's bytes live and what they should hash to."""
+
+    key: bytes
+    name: str
+    dtype: dtypes.DType
+    shape: tuple[int, ...]
+    shard_id: int
+    offset: int
+    size: int
+    crc32c: int  # masked, as stored
+    num_slices: int
+    proto: bytes  # the serialized BundleEntryProto, as stored
+
+    @property
+    def is_slice_data(self) -> bool:
+        """Slice keys are OrderedCode-encoded and start with a zero byte; they are not variables."""
+        return self.key.startswith(b"\x00")
+
+    @property
+    def nbytes(self) -> int:
+        """The tensor's size in bytes; a partitioned variable's is the sum of its slices."""
+        if self.num_slices and self.dtype.itemsize:
+            return math.prod(self.shape) * self.dtype.itemsize
+        return self.size
+
+    @property
+    def expected_size(self) -> int | None:
+        if self.dtype.itemsize is None or self.num_slices:
+            return None
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def _decode_entry(key: bytes, value: bytes) -> BundleEntry:
+    proto = protos.BundleEntryProto.FromString(value)
+    shape = tuple(int(d.size) for d in proto.shape.dim)
+    if len(shape) > MAX_RANK or any(d < 0 for d in shape):
+        raise TableError(f"tensor {key!r} has an invalid shape {shape}")
+    return BundleEntry(
+        key=key,
+        name=key.decode("utf-8", "backslashreplace"),
+        dtype=dtypes.from_code(proto.dtype),
+        shape=shape,
+        shard_id=proto.shard_id,
+        offset=proto.offset,
+        size=proto.size,
+        crc32c=proto.crc32c,
+        num_slices=len(proto.slices),
+        proto=value,
+    )
+
+
+class BundleReader:
+    """A TF V2 checkpoint: the index is read once at open; tensor bytes are read by range on demand."""
+
+    def __init__(self, prefix: str, format: str | None = None) -> None:
+        self.location = prefix
+        index = LocalFile(prefix + ".index")
+        try:
+            table = TableReader(index)
+            records = list(table)
+        except TableError as error:
+            raise CheckpointError(str(error)) from None
+        finally:
+            index.close()
+        self.open_problems: list[IntegrityProblem] = []
+        self.num_shards = self._read_header(records)
+        self.entries: dict[bytes, BundleEntry] = {}
+        previous = None
+        for key, value in records:
+            if key == b"":
+                continue
+            if previous is not None and key <= previous:
+                self.open_problems.append(
+                    IntegrityProblem("index-unsorted", key.decode("utf-8", "backslashreplace"), "keys out of order")
+                )
+            previous = key
+            try:
+                self.entries[key] = _decode_entry(key, value)
+            except Exception as error:
+                raise CheckpointError(f"{prefix}.index: entry {key!r} cannot be decoded ({error})") from None
+        self.format = format or ("tf2-object-based" if OBJECT_GRAPH_KEY.encode() in self.entries else "tf1-name-based")
+        self._shards: dict[int, LocalFile | None] = {}
+
+    def _read_header(self, records: list[tuple[bytes, bytes]]) -> int:
+        if not records or records[0][0] != b"":
+            self.open_problems.append(
+                IntegrityProblem("index-missing-header", self.location + ".index", "no header entry")
+            )
+            return 1
+        try:
+            header = protos.BundleHeaderProto.FromString(records[0][1])
+        except Exception:
+            raise CheckpointError(f"{self.location}.index: header entry cannot be decoded") from None
+        if header.version.min_consumer > 1:
+            raise CheckpointError(
+                f"{self.location}.index: needs a newer reader (min_consumer {header.version.min_consumer})"
+            )
+        if header.endianness != 0:
+            raise CheckpointError(f"{self.location}.index: big-endian checkpoints are not supported")
+        if not 1 <= header.num_shards <= MAX_SHARDS:
+            raise CheckpointError(f"{self.location}.index: header claims {header.num_shards} shards")
+        return header.num_shards
+
+    # ---- listing --------------------------------------------------------------------------------
+
+    @cached_property
+    def variable_entries(self) -> tuple[BundleEntry, ...]:
+        return tuple(e for e in self.entries.values() if not e.is_slice_data)
+
+    def tensors(self) -> tuple[TensorInfo, ...]:
+        return tuple(TensorInfo(e.name, e.dtype.name, e.shape, e.nbytes) for e in self.variable_entries)
+
+    def entry(self, name: str) -> BundleEntry:
+        try:
+            return self.entries[name.encode()]
+        except KeyError:
+            raise KeyError(f"{name} not in {self.location}") from None
+
+    # ---- bytes ----------------------------------------------------------------------------------
+
+    def data_path(self, shard_id: int) -> str:
+        return data_file_name(self.location, shard_id, self.num_shards)
+
+    def shard(self, shard_id: int) -> LocalFile | None:
+        """The open data file, or None where it is missing."""
+        if shard_id not in self._shards:
+            try:
+                self._shards[shard_id] = LocalFile(self.data_path(shard_id))
+            except CheckpointError:
+                self._shards[shard_id] = None
+        return self._shards[shard_id]
+
+    def _located(self, entry: BundleEntry) -> LocalFile:
+        if not 0 <= entry.shard_id < self.num_shards:
+            raise CheckpointError(
+                f"{self.location}: {entry.name} points at shard {entry.shard_id} of {self.num_shards}"
+            )
+        source = self.shard(entry.shard_id)
+        if source is None:
+            raise CheckpointError(f"{self.data_path(entry.shard_id)}: data shard is missing")
+        if entry.offset + entry.size > source.size():
+            raise CheckpointError(f"{source.name}: {entry.name} runs past the end of the shard (file truncated?)")
+        return source
+
+    def iter_bytes(self, entry: BundleEntry, chunk: int = SCAN_CHUNK) -> Iterator[bytes]:
+        """The tensor's stored bytes, streamed in chunks of at most `chunk` bytes."""
+        source = self._located(entry)
+        for start in range(entry.offset, entry.offset + entry.size, chunk):
+            yield source.read(start, min(chunk, entry.offset + entry.size - start))
+
+    def read_bytes(self, entry: BundleEntry) -> bytes:
+        return self._located(entry).read(entry.offset, entry.size)
+
+    def read(self, name: str) -> np.ndarray:
+        import numpy as np
+
+        entry = self.entry(name)
+        if entry.num_slices:
+            raise CheckpointError(f"{self.location}: {name} is partitioned; reading its values is not supported")
+        raw = self.read_bytes(entry)
+        if entry.dtype.name == "string":
+            return np.array(decode_strings(raw, math.prod(entry.shape)), dtype=object).reshape(entry.shape)
+        return decode_numeric(raw, entry.dtype, entry.shape)
+
+    # ---- scanning -------------------------------------------------------------------------------
+
+    def scan(self) -> ScanResult:
+        problems = list(self.open_problems)
+        nonfinite: dict[str, int] = {}
+        for entry in self.entries.values():
+            if entry.num_slices:
+                continue  # the full-tensor entry of a partitioned variable holds no bytes
+            problem = self._check_layout(entry)
+            if problem:
+                problems.append(problem)
+                continue
+            if entry.dtype.name == "string":
+                raw = self.read_bytes(entry)
+                count = math.prod(entry.shape)
+                if string_tensor_crc(raw, count) != unmask(entry.crc32c):
+                    problems.append(_crc_problem(entry, self.data_path(entry.shard_id)))
+                continue
+            crc, bad = 0, 0
+            for chunk in self.iter_bytes(entry, _aligned_chunk(entry.dtype)):
+                crc = crc32c(chunk, crc)
+                if entry.dtype.is_float:
+                    bad += count_nonfinite(chunk, entry.dtype)
+            if crc != unmask(entry.crc32c):
+                problems.append(_crc_problem(entry, self.data_path(entry.shard_id)))
+            if bad:
+                nonfinite[entry.name] = bad
+        return ScanResult(nonfinite=nonfinite, problems=tuple(problems))
+
+    def _check_layout(self, entry: BundleEntry) -> IntegrityProblem | None:
+        """Damage that prevents reading a tensor's bytes at all."""
+        if entry.expected_size is not None and entry.size != entry.expected_size:
+            return IntegrityProblem(
+                "size-mismatch",
+                entry.name,
+                f"{entry.size} bytes stored, but {entry.dtype.name}{list(entry.shape)} needs {entry.expected_size}",
+            )
+        if not 0 <= entry.shard_id < self.num_shards:
+            return IntegrityProblem("missing-data-shard", entry.name, f"shard {entry.shard_id} of {self.num_shards}")
+        source = self.shard(entry.shard_id)
+        if source is None:
+            return IntegrityProblem("missing-data-shard", self.data_path(entry.shard_id), f"needed by {entry.name}")
+        if entry.offset + entry.size > source.size():
+            return IntegrityProblem(
+                "tensor-out-of-bounds",
+                entry.name,
+                f"bytes {entry.offset}..{entry.offset + entry.size} lie past the end of "
+                f"{source.name} ({source.size()} bytes)",
+            )
+        return None
+
+    def close(self) -> None:
+        for source in self._shards.values():
+            if source is not None:
+                source.close()
+        self._shards.clear()
+
+    def __enter__(self) -> BundleReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _crc_problem(entry: BundleEntry, data_file: str) -> IntegrityProblem:
+    return IntegrityProblem(
+        "crc-mismatch", entry.name, f"bytes {entry.offset}..{entry.offset + entry.size} of {data_file}"
+    )
+
+
+def _aligned_chunk(dtype: dtypes.DType) -> int:
+    return SCAN_CHUNK - SCAN_CHUNK % (dtype.itemsize or 1)
+
+
+def count_nonfinite(raw: bytes, dtype: dtypes.DType) -> int:
+    import numpy as np
+
+    values = decode_numeric(raw, dtype, (len(raw) // (dtype.itemsize or 1),))
+    return int(values.size - np.count_nonzero(np.isfinite(values)))
+
+
+def decode_numeric(raw: bytes, dtype: dtypes.DType, shape: tuple[int, ...]) -> np.ndarray:
+    """Raw little-endian tensor bytes as a numpy array; bfloat16 is widened to float32."""
+    import numpy as np
+
+    if dtype.numpy is None:
+        raise CheckpointError(f"cannot decode values of dtype {dtype.name}")
+    values = np.frombuffer(raw, dtype=dtype.numpy).reshape(shape)
+    if dtype.name == "bfloat16":
+        values = (values.astype(np.uint32) << 16).view(np.float32)
+    return values
+
+
+def decode_strings(raw: bytes, count: int) -> list[bytes]:
+    """A DT_STRING tensor's elements: varint lengths, a masked length CRC, then the bytes."""
+    pos, lengths = 0, []
+    for _ in range(count):
+        length, pos = decode_varint(raw, pos)
+        lengths.append(length)
+    pos += 4
+    out = []
+    for length in lengths:
+        out.append(raw[pos : pos + length])
+        pos += length
+    if pos > len(raw):
+        raise CheckpointError("string tensor is shorter than its lengths say")
+    return out
+
+
+def string_tensor_crc(raw: bytes, count: int) -> int:
+    """The CRC TF stores for a string tensor: lengths as uint32 (uint64 if huge), the length CRC, the bytes."""
+    pos, crc, lengths = 0, 0, []
+    try:
+        for _ in range(count):
+            length, pos = decode_varint(raw, pos)
+            lengths.append(length)
+    except TableError:
+        return -1
+    for length in lengths:
+        crc = crc32c(struct.pack("<Q" if length > 0xFFFFFFFF else "<I", length), crc)
+    crc = crc32c(raw[pos : pos + 4], crc)
+    return crc32c(raw[pos + 4 :], crc)

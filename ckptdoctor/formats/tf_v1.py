@@ -1,0 +1,102 @@
+"""Reader for legacy V1 checkpoints (SaverDef.V1): one SSTable of SavedTensorSlices, values as TensorProtos."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from ckptdoctor import dtypes
+from ckptdoctor.formats import protos
+from ckptdoctor.formats.base import ScanResult
+from ckptdoctor.formats.bytesource import LocalFile
+from ckptdoctor.formats.sstable import TableError, TableReader
+from ckptdoctor.model import CheckpointError, TensorInfo
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# TensorProto's repeated value field for each dtype, where values are not in tensor_content.
+_VALUE_FIELDS = {
+    "float32": "float_val",
+    "float64": "double_val",
+    "int32": "int_val",
+    "int16": "int_val",
+    "int8": "int_val",
+    "uint8": "int_val",
+    "int64": "int64_val",
+    "bool": "bool_val",
+    "float16": "half_val",
+    "string": "string_val",
+}
+
+
+def is_v1_table(path: str) -> bool:
+    """A V1 checkpoint is an SSTable whose first value is SavedTensorSlices (starts 0x0a, V2 headers 0x08)."""
+    try:
+        with LocalFile(path) as source:
+            first = next(iter(TableReader(source)), None)
+    except CheckpointError:
+        return False
+    return first is not None and first[0] == b"" and first[1][:1] == b"\x0a"
+
+
+class V1Reader:
+    format = "tf-v1-legacy"
+
+    def __init__(self, path: str) -> None:
+        self.location = path
+        try:
+            with LocalFile(path) as source:
+                records = list(TableReader(source))
+        except TableError as error:
+            raise CheckpointError(str(error)) from None
+        header = protos.SavedTensorSlices.FromString(records[0][1])
+        self._infos = {}
+        for meta in header.meta.tensor:
+            dtype = dtypes.from_code(meta.type)
+            shape = tuple(int(d.size) for d in meta.shape.dim)
+            nbytes = math.prod(shape) * (dtype.itemsize or 0)
+            self._infos[meta.name] = TensorInfo(meta.name, dtype.name, shape, nbytes)
+        self._slices: dict[str, list] = {}
+        for _key, value in records[1:]:
+            saved = protos.SavedTensorSlices.FromString(value).data
+            self._slices.setdefault(saved.name, []).append(saved)
+
+    def tensors(self) -> tuple[TensorInfo, ...]:
+        return tuple(sorted(self._infos.values(), key=lambda t: t.name.encode()))
+
+    def read(self, name: str) -> np.ndarray:
+        import numpy as np
+
+        info = self._infos[name]
+        slices = self._slices.get(name, [])
+        if len(slices) != 1 or any(extent.HasField("length") for extent in slices[0].slice.extent):
+            raise CheckpointError(f"{self.location}: {name} is partitioned; reading its values is not supported")
+        tensor = slices[0].data
+        dtype = dtypes.BY_NAME[info.dtype]
+        if tensor.tensor_content:
+            return np.frombuffer(tensor.tensor_content, dtype=dtype.numpy).reshape(info.shape)
+        values = list(getattr(tensor, _VALUE_FIELDS[info.dtype]))
+        if info.dtype == "float16":
+            return np.array(values, dtype=np.uint16).view(np.float16).reshape(info.shape)
+        if info.dtype == "string":
+            return np.array(values, dtype=object).reshape(info.shape)
+        array = np.array(values, dtype=dtype.numpy)
+        if array.size == 1 and math.prod(info.shape) > 1:  # a splat: one value stands for all
+            array = np.full(info.shape, array[0], dtype=dtype.numpy)
+        return array.reshape(info.shape)
+
+    def scan(self) -> ScanResult:
+        import numpy as np
+
+        nonfinite = {}
+        for info in self._infos.values():
+            if dtypes.BY_NAME[info.dtype].is_float:
+                values = self.read(info.name)
+                bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+                if bad:
+                    nonfinite[info.name] = bad
+        return ScanResult(nonfinite=nonfinite)
+
+    def close(self) -> None:
+        pass

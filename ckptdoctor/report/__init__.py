@@ -1,0 +1,1 @@
+"""Reporters: turn a Report into JSON, or into text for a person."""

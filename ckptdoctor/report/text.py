@@ -1,0 +1,125 @@
+"""Text output for a person: variables grouped by layer, role totals, BatchNorm summary, findings."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from itertools import groupby
+
+from rich.console import Console
+from rich.padding import Padding
+from rich.table import Table
+from rich.text import Text
+
+from ckptdoctor.analysis.batchnorm import PARTS
+from ckptdoctor.model import Finding, Report, Role, Severity
+
+_SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
+_ROLE_STYLE = {
+    Role.WEIGHT: "",
+    Role.BN_STATISTIC: "magenta",
+    Role.OPTIMIZER_SLOT: "dim",
+    Role.EMA: "blue",
+    Role.COUNTER: "cyan",
+    Role.OTHER: "dim",
+}
+
+
+def human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _header(console: Console, report: Report) -> None:
+    console.print(Text.assemble(("checkpoint ", "bold"), report.resolved, ("  format ", "bold"), report.format))
+    if report.note:
+        console.print(Text(f"note: {report.note}", style="dim"))
+
+
+def render_inspect(console: Console, report: Report) -> None:
+    _header(console, report)
+    table = Table(show_edge=False, pad_edge=False, expand=False)
+    table.add_column("variable", overflow="fold")
+    table.add_column("dtype")
+    table.add_column("shape")
+    table.add_column("size", justify="right")
+    table.add_column("role")
+    by_layer = sorted(report.variables, key=lambda v: v.layer.encode())  # stable: key order within a layer
+    for layer, members in groupby(by_layer, key=lambda v: v.layer):
+        table.add_row(Text(f"{layer or '(top level)'}/", style="bold"), "", "", "", "")
+        for var in members:
+            local = var.name[len(layer) + 1 :] if layer and var.name.startswith(layer + "/") else var.name
+            table.add_row(
+                f"  {local}",
+                var.dtype,
+                "[" + ", ".join(map(str, var.shape)) + "]",
+                human_bytes(var.nbytes),
+                Text(var.role.value, style=_ROLE_STYLE[var.role]),
+            )
+    console.print(table)
+    _role_totals(console, report)
+    _batchnorm_summary(console, report)
+
+
+def _role_totals(console: Console, report: Report) -> None:
+    counts: Counter[Role] = Counter()
+    sizes: defaultdict[Role, int] = defaultdict(int)
+    for var in report.variables:
+        counts[var.role] += 1
+        sizes[var.role] += var.nbytes
+    table = Table(title="totals by role", show_edge=False, title_justify="left")
+    table.add_column("role")
+    table.add_column("tensors", justify="right")
+    table.add_column("size", justify="right")
+    for role in Role:
+        if counts[role]:
+            table.add_row(role.value, str(counts[role]), human_bytes(sizes[role]))
+    table.add_row(Text("all", style="bold"), str(len(report.variables)), human_bytes(sum(sizes.values())))
+    console.print(table)
+
+
+def _batchnorm_summary(console: Console, report: Report) -> None:
+    layers = report.batchnorm
+    if not layers:
+        console.print("BatchNorm: no BatchNorm layers found")
+        return
+    incomplete = [layer for layer in layers if layer.missing_statistics]
+    held = Counter(part for layer in layers for part in PARTS if getattr(layer, part))
+    parts = ", ".join(f"{part} {held[part]}" for part in PARTS)
+    status = Text(f"{len(incomplete)} lack moving statistics", style="bold red") if incomplete else Text("all complete")
+    console.print(Text.assemble(("BatchNorm: ", "bold"), f"{len(layers)} layers ({parts}); ", status))
+    for layer in incomplete[:10]:
+        console.print(f"  {layer.layer}: no {' or '.join(layer.missing_statistics)}")
+    if len(incomplete) > 10:
+        console.print(f"  … and {len(incomplete) - 10} more")
+
+
+def render_check(console: Console, report: Report) -> None:
+    _header(console, report)
+    console.print(
+        f"{len(report.variables)} variables, {len(report.batchnorm)} BatchNorm layers, "
+        f"{human_bytes(sum(v.nbytes for v in report.variables))}"
+    )
+    for finding in report.findings:
+        _print_finding(console, finding)
+    counts = Counter(f.severity for f in report.findings)
+    if not report.findings:
+        console.print(Text("no findings", style="bold green"))
+    else:
+        summary = ", ".join(f"{counts[s]} {s.value}" for s in reversed(Severity) if counts[s])
+        console.print(Text(f"{len(report.findings)} findings: {summary}", style="bold"))
+
+
+def _print_finding(console: Console, finding: Finding) -> None:
+    console.print(
+        Text.assemble(
+            (f"{finding.severity.value:<7} ", _SEVERITY_STYLE[finding.severity]),
+            (f"{finding.code} {finding.name} ", "bold"),
+            finding.subject,
+        )
+    )
+    console.print(Padding(Text(finding.message), (0, 0, 0, 8)))
+    console.print(Padding(Text(f"hint: {finding.hint}", style="dim"), (0, 0, 0, 8)))

@@ -1,0 +1,60 @@
+"""What a rule is, and the context every rule reads: the checkpoint, its layers, one full scan."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from ckptdoctor.formats.base import CheckpointReader, ScanResult
+from ckptdoctor.model import BatchNormLayer, CheckpointError, Finding, Severity, Variable
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """An opened checkpoint with its classified variables and BatchNorm layers."""
+
+    reader: CheckpointReader
+    variables: tuple[Variable, ...]
+    batchnorm: tuple[BatchNormLayer, ...]
+
+    def values(self, name: str) -> np.ndarray | None:
+        """A tensor's values, or None where its bytes cannot be read (that damage is its own finding)."""
+        try:
+            return self.reader.read(name)
+        except (CheckpointError, KeyError, ValueError):
+            return None
+
+
+@dataclass
+class CheckContext:
+    target: Checkpoint
+    scan: ScanResult
+    reference: Checkpoint | None = None
+
+    @cached_property
+    def damaged(self) -> frozenset[str]:
+        """Tensors whose bytes are known to be bad: value rules skip them rather than report noise."""
+        return frozenset(problem.subject for problem in self.scan.problems)
+
+    def values(self, name: str) -> np.ndarray | None:
+        return None if name in self.damaged else self.target.values(name)
+
+
+@dataclass(frozen=True)
+class Rule:
+    code: str  # stable, e.g. "BN001"
+    name: str  # stable slug, e.g. "bn-missing-moving-stats"
+    severity: Severity
+    title: str  # one line
+    explanation: str  # what it means, why it happens, how to fix it
+    hint: str  # the default next step shown with each finding
+    run: Callable[[Rule, CheckContext], Iterable[Finding]]
+    needs_reference: bool = False
+
+    def finding(self, subject: str, message: str, hint: str | None = None) -> Finding:
+        return Finding(self.code, self.name, self.severity, subject, message, hint or self.hint)

@@ -1,0 +1,150 @@
+"""Rules about BatchNorm moving statistics: missing, never updated, stale, invalid."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ckptdoctor.model import Finding, Role, Severity
+from ckptdoctor.rules.base import CheckContext, Rule
+
+
+def _missing_moving_stats(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
+    for layer in ctx.target.batchnorm:
+        missing = layer.missing_statistics
+        if missing:
+            yield rule.finding(
+                layer.layer,
+                f"BatchNorm layer {layer.layer} has no {' or '.join(missing)}: the checkpoint was most likely "
+                "saved with var_list=tf.trainable_variables(), which leaves out the non-trainable moving "
+                "statistics; restoring it for evaluation fails with 'Key .../moving_mean not found'",
+            )
+
+
+def _stats_at_init(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
+    for layer in ctx.target.batchnorm:
+        if layer.moving_mean is None or layer.moving_variance is None:
+            continue
+        mean, variance = ctx.values(layer.moving_mean), ctx.values(layer.moving_variance)
+        if mean is None or variance is None or mean.size == 0:
+            continue
+        if (mean == 0).all() and (variance == 1).all():
+            yield rule.finding(
+                layer.layer,
+                f"BatchNorm layer {layer.layer} still has its initial statistics (moving_mean all 0, "
+                "moving_variance all 1): the update ops never ran, so evaluation normalises with the wrong values",
+            )
+
+
+def _model_was_trained(ctx: CheckContext) -> bool:
+    """True when some weight stored in both checkpoints has different values."""
+    import numpy as np
+
+    assert ctx.reference is not None
+    theirs = {v.name: v for v in ctx.reference.variables if v.role is Role.WEIGHT}
+    for var in ctx.target.variables:
+        other = theirs.get(var.name)
+        if var.role is not Role.WEIGHT or other is None or other.shape != var.shape:
+            continue
+        mine, reference = ctx.values(var.name), ctx.reference.values(var.name)
+        if mine is not None and reference is not None and not np.array_equal(mine, reference):
+            return True
+    return False
+
+
+def _same_bits(ctx: CheckContext, mine: str, theirs: str) -> bool:
+    assert ctx.reference is not None
+    a, b = ctx.values(mine), ctx.reference.values(theirs)
+    return a is not None and b is not None and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def _stats_match_reference(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
+    if ctx.reference is None or not _model_was_trained(ctx):
+        return
+    reference_layers = {layer.layer: layer for layer in ctx.reference.batchnorm}
+    for layer in ctx.target.batchnorm:
+        other = reference_layers.get(layer.layer)
+        if other is None or layer.missing_statistics or other.missing_statistics:
+            continue
+        if _same_bits(ctx, layer.moving_mean, other.moving_mean) and _same_bits(
+            ctx, layer.moving_variance, other.moving_variance
+        ):
+            yield rule.finding(
+                layer.layer,
+                f"BatchNorm layer {layer.layer} has moving statistics bit-identical to the reference while the "
+                "trained weights differ from it: the update ops (tf.GraphKeys.UPDATE_OPS) never ran during "
+                "fine-tuning",
+            )
+
+
+def _variance_nonpositive(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
+    for layer in ctx.target.batchnorm:
+        if layer.moving_variance is None:
+            continue
+        variance = ctx.values(layer.moving_variance)
+        if variance is None:
+            continue
+        bad = int((variance <= 0).sum())
+        if bad:
+            yield rule.finding(
+                layer.layer,
+                f"BatchNorm layer {layer.layer}: {bad} of {variance.size} moving_variance values are zero or "
+                f"negative (min {float(variance.min()):g}); normalising divides by sqrt(variance + epsilon)",
+            )
+
+
+RULES = (
+    Rule(
+        "BN001",
+        "bn-missing-moving-stats",
+        Severity.ERROR,
+        "BatchNorm layer lacks moving_mean or moving_variance",
+        "A BatchNorm layer stores beta (and often gamma) but not its moving statistics. In evaluation "
+        "(is_training=False, training=False) BatchNorm normalises with moving_mean and moving_variance, so "
+        "restoring fails with `NotFoundError: Key .../BatchNorm/moving_mean not found in checkpoint`, or, "
+        "with expect_partial(), silently uses 0/1. The usual cause is "
+        "`tf.train.Saver(var_list=tf.trainable_variables())`: moving statistics are not trainable. Fix: save "
+        "with `tf.train.Saver()` or `tf.global_variables()`, or merge the statistics from a full save of the "
+        "same run with `ckptdoctor patch`.",
+        "repair with: ckptdoctor patch CKPT --from FULL_SAVE --out FIXED; save with tf.train.Saver() "
+        "(all global variables) from now on",
+        _missing_moving_stats,
+    ),
+    Rule(
+        "BN002",
+        "bn-stats-at-init",
+        Severity.ERROR,
+        "BatchNorm moving statistics still at their initial 0/1",
+        "moving_mean is all 0 and moving_variance all 1, the values BatchNorm starts with. Training updated "
+        "the weights but never the statistics: in TF1 the train op did not depend on "
+        "`tf.GraphKeys.UPDATE_OPS` (wrap it in `tf.control_dependencies(tf.get_collection(tf.GraphKeys."
+        "UPDATE_OPS))`), or the model was never run in training mode. Evaluation then normalises with the "
+        "wrong values and accuracy collapses.",
+        "run the UPDATE_OPS with the train op (tf.control_dependencies) and retrain, or recompute the "
+        "statistics by running the model in training mode over training data",
+        _stats_at_init,
+    ),
+    Rule(
+        "BN003",
+        "bn-stats-match-reference",
+        Severity.WARNING,
+        "BatchNorm statistics unchanged from the reference although the weights were trained",
+        "The layer's moving statistics are bit-identical to the reference checkpoint (usually the pretrained "
+        "model fine-tuning started from), while the trained weights differ from it. The update ops never "
+        "ran during fine-tuning, so the statistics describe the old data. With a high decay (slim's 0.9997) "
+        "and few steps statistics also move very little even when the updates ran.",
+        "make the train op depend on tf.GraphKeys.UPDATE_OPS (slim.learning.create_train_op does) and "
+        "fine-tune again, or lower the BatchNorm decay for short fine-tuning runs",
+        _stats_match_reference,
+        needs_reference=True,
+    ),
+    Rule(
+        "BN004",
+        "bn-variance-nonpositive",
+        Severity.ERROR,
+        "BatchNorm moving_variance has zero or negative values",
+        "A variance is never negative, and zero makes evaluation divide by sqrt(epsilon). Such values come "
+        "from a corrupted file, a bad conversion or a hand-edited checkpoint.",
+        "restore the statistics from a healthy save (ckptdoctor patch) or recompute them",
+        _variance_nonpositive,
+    ),
+)

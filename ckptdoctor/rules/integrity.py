@@ -1,0 +1,73 @@
+"""Rules about damaged bytes, found by the reader during its single scan of the checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ckptdoctor.model import Finding, Severity
+from ckptdoctor.rules.base import CheckContext, Rule
+
+
+def _problems_of_kind(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
+    for problem in ctx.scan.problems:
+        if problem.kind == rule.name:
+            yield rule.finding(problem.subject, f"{rule.title}: {problem.subject} ({problem.detail})")
+
+
+def _integrity_rule(code: str, name: str, title: str, explanation: str, hint: str) -> Rule:
+    return Rule(code, name, Severity.ERROR, title, explanation, hint, _problems_of_kind)
+
+
+_REWRITE = "restore the file from its source (re-download, or save again from the training job)"
+
+RULES = (
+    _integrity_rule(
+        "INT001",
+        "crc-mismatch",
+        "Tensor bytes do not match their checksum",
+        "Every tensor in a TF bundle carries a CRC-32C of its bytes in the index. The stored bytes no longer "
+        "hash to it: the data file was damaged on disk or in transfer. TensorFlow fails the restore with "
+        "`DataLoss: Checksum does not match`.",
+        _REWRITE,
+    ),
+    _integrity_rule(
+        "INT002",
+        "missing-data-shard",
+        "A data shard named by the index is missing",
+        "The index points at `<prefix>.data-NNNNN-of-NNNNN` files; at least one is absent, usually because "
+        "only the .index was copied or an upload stopped early. TensorFlow fails with `NotFoundError`.",
+        "copy every <prefix>.data-* file together with the .index",
+    ),
+    _integrity_rule(
+        "INT003",
+        "tensor-out-of-bounds",
+        "Tensor bytes lie past the end of their data shard",
+        "The index records an offset and size beyond the end of the data file: the file was truncated, "
+        "typically by an interrupted download or a full disk during the save.",
+        _REWRITE,
+    ),
+    _integrity_rule(
+        "INT004",
+        "size-mismatch",
+        "Stored size does not match dtype and shape",
+        "A tensor's byte size in the index is not its element count times the element size. TensorFlow "
+        "refuses to read it (`DataLoss`). The index was written by a broken tool or damaged.",
+        _REWRITE,
+    ),
+    _integrity_rule(
+        "INT005",
+        "index-unsorted",
+        "Index keys are out of order",
+        "Keys in a checkpoint index must be strictly increasing bytewise. TensorFlow lists such a file but "
+        "fails lookups for some keys with `NotFoundError: Key ... not found`: a tool wrote the index unsorted.",
+        "rewrite the checkpoint with a correct writer (ckptdoctor patch writes sorted indexes)",
+    ),
+    _integrity_rule(
+        "INT006",
+        "index-missing-header",
+        "Index has no header entry",
+        "The first entry of a checkpoint index must be the header (empty key). Without it TensorFlow "
+        "silently reads the first tensor as the header and that tensor disappears from the checkpoint.",
+        "rewrite the checkpoint with a correct writer",
+    ),
+)

@@ -1,0 +1,40 @@
+"""Temporary files beside their destination, renamed into place only when complete."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+
+def temp_beside(final: str | os.PathLike[str]) -> str:
+    """A fresh temporary name in the destination's directory, so the rename never crosses filesystems."""
+    return f"{os.fspath(final)}.tmp-ckptdoctor-{secrets.token_hex(6)}"
+
+
+def fsync_directory(directory: str | os.PathLike[str]) -> None:
+    """Make renames in `directory` durable; a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomically(final: str | os.PathLike[str], data: bytes) -> None:
+    temp = temp_beside(final)
+    try:
+        with open(temp, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, final)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    fsync_directory(Path(final).parent)

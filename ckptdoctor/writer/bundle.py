@@ -1,0 +1,74 @@
+"""Streaming writer of single-shard TF V2 bundles that copies tensor bytes without decoding them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ckptdoctor.formats import protos
+from ckptdoctor.formats.sstable import TableBuilder
+from ckptdoctor.formats.tf_bundle import BundleEntry, BundleReader, data_file_name
+from ckptdoctor.writer.atomic import fsync_directory, temp_beside
+
+COPY_CHUNK = 8 << 20
+
+
+def _header() -> bytes:
+    header = protos.BundleHeaderProto(num_shards=1)
+    header.version.producer = 1
+    return header.SerializeToString()
+
+
+class BundleWriter:
+    """Collects entries, streams their bytes into one data file, and writes the sorted index last.
+
+    Until `commit` renames them, everything lives in temporary files beside the output; a kill at any
+    moment leaves either no checkpoint at the output prefix or a complete one.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.data_path = data_file_name(prefix, 0, 1)
+        self.index_path = prefix + ".index"
+        self._data_temp = temp_beside(self.data_path)
+        self._index_temp = temp_beside(self.index_path)
+        self._data = open(self._data_temp, "wb")  # noqa: SIM115 - closed in commit/abort
+        self._offset = 0
+        self._entries: dict[bytes, bytes] = {}
+
+    def copy(self, reader: BundleReader, entry: BundleEntry) -> None:
+        """Append one tensor from `reader`, bytes and checksum exactly as stored there."""
+        if entry.key in self._entries:
+            raise ValueError(f"duplicate key {entry.name}")
+        proto = protos.BundleEntryProto.FromString(entry.proto)
+        if not entry.num_slices:  # a partitioned variable's full entry has no bytes of its own
+            for chunk in reader.iter_bytes(entry, COPY_CHUNK):
+                self._data.write(chunk)
+            proto.shard_id = 0
+            proto.offset = self._offset
+            self._offset += entry.size
+        self._entries[entry.key] = proto.SerializeToString()
+
+    def commit(self) -> None:
+        """Make the data file durable, write the index, and rename data then index into place."""
+        self._data.flush()
+        os.fsync(self._data.fileno())
+        self._data.close()
+        with open(self._index_temp, "wb") as out:
+            table = TableBuilder(out)
+            table.add(b"", _header())
+            for key in sorted(self._entries):
+                table.add(key, self._entries[key])
+            table.finish()
+            out.flush()
+            os.fsync(out.fileno())
+        # An older index at this prefix goes first: new data beside an old index would look complete.
+        Path(self.index_path).unlink(missing_ok=True)
+        os.replace(self._data_temp, self.data_path)
+        os.replace(self._index_temp, self.index_path)
+        fsync_directory(Path(self.prefix).parent)
+
+    def abort(self) -> None:
+        self._data.close()
+        for temp in (self._data_temp, self._index_temp):
+            Path(temp).unlink(missing_ok=True)
