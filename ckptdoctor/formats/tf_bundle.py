@@ -14,6 +14,7 @@ from ckptdoctor.formats import protos
 from ckptdoctor.formats.base import SCAN_CHUNK, ScanResult
 from ckptdoctor.formats.bytesource import LocalFile
 from ckptdoctor.formats.crc import crc32c, unmask
+from ckptdoctor.formats.ordered_code import slice_key
 from ckptdoctor.formats.sstable import TableError, TableReader, decode_varint
 from ckptdoctor.model import CheckpointError, IntegrityProblem, TensorInfo
 
@@ -189,11 +190,28 @@ class BundleReader:
 
         entry = self.entry(name)
         if entry.num_slices:
-            raise CheckpointError(f"{self.location}: {name} is partitioned; reading its values is not supported")
+            return self._read_partitioned(entry)
         raw = self.read_bytes(entry)
         if entry.dtype.name == "string":
             return np.array(decode_strings(raw, math.prod(entry.shape)), dtype=object).reshape(entry.shape)
         return decode_numeric(raw, entry.dtype, entry.shape)
+
+    def _read_partitioned(self, entry: BundleEntry) -> np.ndarray:
+        """Assemble a partitioned variable from its slices, each stored under an OrderedCode key."""
+        import numpy as np
+
+        if entry.dtype.numpy is None:
+            raise CheckpointError(f"{self.location}: cannot assemble partitioned {entry.dtype.name} {entry.name}")
+        full = np.zeros(entry.shape, dtype=np.float32 if entry.dtype.name == "bfloat16" else entry.dtype.numpy)
+        for tensor_slice in protos.BundleEntryProto.FromString(entry.proto).slices:
+            extents = [(e.start, e.length if e.HasField("length") else -1) for e in tensor_slice.extent]
+            try:
+                part = self.entries[slice_key(entry.key, extents)]
+            except KeyError:
+                raise CheckpointError(f"{self.location}: a slice of {entry.name} is missing from the index") from None
+            region = tuple(slice(start, None if length < 0 else start + length) for start, length in extents)
+            full[region] = decode_numeric(self.read_bytes(part), part.dtype, part.shape)
+        return full
 
     # ---- scanning -------------------------------------------------------------------------------
 

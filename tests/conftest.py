@@ -1,0 +1,61 @@
+"""Shared paths and fixtures: bundled TF1 fixtures, the real-world folder, TensorFlow when installed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+TF1 = FIXTURES / "tf1"
+REALWORLD = ROOT.parent / "shared" / "realworld"
+
+# Every TF V2 bundle among the real-world cases, as (id, path a user would pass).
+REALWORLD_BUNDLES = {
+    "serving_sm_half_plus_two_tf2": "serving_sm_half_plus_two_tf2",
+    "serving_sm_half_plus_two_mkl": "serving_sm_half_plus_two_mkl",
+    "serving_sm_tf_text_regression": "serving_sm_tf_text_regression/variables/variables",
+    "tfx_estimator_name_based": "tfx_estimator_name_based",
+    "stochdepth_tf1_resnet_bn": "stochdepth_tf1_resnet_bn",
+    "golf_tf2_ckpt_manager": "golf_tf2_ckpt_manager",
+}
+
+FIXTURE_BUNDLES = {
+    "pretrained": TF1 / "pretrained" / "model.ckpt",
+    "finetune_full": TF1 / "finetune_full" / "model.ckpt-20",
+    "finetune_trainable": TF1 / "finetune_trainable" / "model.ckpt-20",
+    "finetune_noupdate": TF1 / "finetune_noupdate" / "model.ckpt-20",
+    "scratch_noupdate": TF1 / "scratch_noupdate" / "model.ckpt-20",
+    "damaged_values": TF1 / "damaged_values" / "model.ckpt-20",
+    "partitioned": TF1 / "partitioned" / "model.ckpt",
+    "sharded": TF1 / "sharded" / "model.ckpt",
+}
+
+
+def realworld(name: str) -> Path:
+    if not REALWORLD.is_dir():
+        pytest.skip(f"real-world checkpoints not available ({REALWORLD} is absent)")
+    return REALWORLD / name
+
+
+@pytest.fixture(scope="session")
+def tf():
+    """TensorFlow, or a skip where the [tf] extra is not installed."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    return pytest.importorskip("tensorflow", reason="TensorFlow not installed (pip install -e '.[tf]')")
+
+
+def copy_checkpoint(prefix: Path, directory: Path) -> Path:
+    """Copy every file of the checkpoint at `prefix` into `directory`; returns the new prefix."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for file in prefix.parent.glob(prefix.name + ".*"):
+        shutil.copy2(file, directory / file.name)
+    return directory / prefix.name
+
+
+def file_bytes(prefix: Path) -> dict[str, bytes]:
+    """Every file of a checkpoint by name, to prove inputs were not modified."""
+    return {p.name: p.read_bytes() for p in sorted(prefix.parent.iterdir()) if p.is_file()}

@@ -1,0 +1,88 @@
+"""Every path form a user may type resolves to the checkpoint they mean, with a note saying what was chosen."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+from conftest import TF1, copy_checkpoint, realworld
+
+from ckptdoctor.formats.resolve import resolve
+from ckptdoctor.model import CheckpointError
+
+PREFIX = TF1 / "finetune_full" / "model.ckpt-20"
+
+
+@pytest.mark.parametrize(
+    "given", [PREFIX, f"{PREFIX}.index", f"{PREFIX}.data-00000-of-00001", f"{PREFIX}.meta", PREFIX.parent]
+)
+def test_every_form_of_a_tf1_checkpoint(given):
+    resolved = resolve(given)
+    assert (resolved.kind, resolved.location) == ("bundle", str(PREFIX))
+
+
+def test_member_file_and_directory_get_a_note():
+    assert "model.ckpt-20" in resolve(f"{PREFIX}.data-00000-of-00001").note
+    assert "latest" in resolve(PREFIX.parent).note
+    assert resolve(PREFIX).note is None
+
+
+def test_directory_uses_state_file_latest():
+    resolved = resolve(realworld("tfx_estimator_name_based"))
+    assert resolved.location.endswith("model.ckpt-1000")  # not -999, which sorts after it by name
+
+
+def test_directory_without_state_file_takes_newest(tmp_path):
+    older = copy_checkpoint(TF1 / "pretrained" / "model.ckpt", tmp_path)
+    newer = copy_checkpoint(PREFIX, tmp_path)
+    os.utime(f"{older}.index", (1, 1))
+    resolved = resolve(tmp_path)
+    assert resolved.location == str(newer)
+    assert "no checkpoint state file" in resolved.note
+
+
+def test_moved_directory_with_absolute_state_paths(tmp_path):
+    prefix = copy_checkpoint(PREFIX, tmp_path)
+    (tmp_path / "checkpoint").write_text(f'model_checkpoint_path: "/gone/elsewhere/{prefix.name}"\n')
+    assert resolve(tmp_path).location == str(prefix)
+
+
+def test_savedmodel_directory_and_its_variables_prefix():
+    directory = realworld("serving_sm_half_plus_two_tf2")
+    for given in (directory, directory / "variables" / "variables"):
+        resolved = resolve(given)
+        assert resolved.format == "tf-savedmodel"
+        assert resolved.location == str(directory / "variables" / "variables")
+
+
+def test_v1_checkpoint_is_recognised():
+    path = realworld("serving_v1_half_plus_two/export-00000-of-00001")
+    assert resolve(path).kind == "v1"
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("missing", "no such file or checkpoint prefix"),
+        ("empty_dir", "no checkpoint in this directory"),
+        ("text_file", "not a recognised checkpoint format"),
+        ("data_without_index", "model.ckpt-20.index is missing"),
+        ("bad_state_file", "not a valid checkpoint state file"),
+    ],
+)
+def test_unreadable_paths_give_one_line_errors(tmp_path, setup, message):
+    target = tmp_path / "model.ckpt-20"
+    if setup == "empty_dir":
+        target = tmp_path
+    elif setup == "text_file":
+        target.write_text("hello")
+    elif setup == "data_without_index":
+        shutil.copy(f"{PREFIX}.data-00000-of-00001", tmp_path)
+        target = tmp_path / "model.ckpt-20.data-00000-of-00001"
+    elif setup == "bad_state_file":
+        (tmp_path / "checkpoint").write_text("this is { not text format")
+        target = tmp_path
+    with pytest.raises(CheckpointError, match=message) as error:
+        resolve(target)
+    assert "\n" not in str(error.value)
