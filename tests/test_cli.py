@@ -1,0 +1,131 @@
+"""The command line as a user runs it: real processes, exit codes, JSON, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURE_BUNDLES, TF1, file_bytes
+
+TRAINABLE = str(FIXTURE_BUNDLES["finetune_trainable"])
+FULL = str(FIXTURE_BUNDLES["finetune_full"])
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ckptdoctor", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})},
+    )
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_inspect_json_is_the_documented_report():
+    result = run("inspect", TRAINABLE, "--format", "json")
+    assert result.returncode == 0
+    report = json.loads(result.stdout)
+    assert report["schema_version"] == "1.0"
+    assert report["format"] == "tf1-name-based"
+    assert report["findings"] == []
+    variable = next(v for v in report["variables"] if v["name"] == "net/conv1/weights")
+    assert variable == {"name": "net/conv1/weights", "dtype": "float32", "shape": [3, 3, 3, 8], "elements": 216,
+                        "bytes": 864, "role": "weight", "layer": "net/conv1"}  # fmt: skip
+    slim = next(b for b in report["batchnorm"] if b["layer"] == "net/conv1/BatchNorm")
+    assert slim == {"layer": "net/conv1/BatchNorm", "gamma": None, "beta": "net/conv1/BatchNorm/beta",
+                    "moving_mean": None, "moving_variance": None, "missing": ["moving_mean", "moving_variance"]}  # fmt: skip
+
+
+def test_inspect_text_groups_by_layer_and_summarises():
+    result = run("inspect", FULL)
+    assert result.returncode == 0
+    out = result.stdout
+    assert "net/conv1/BatchNorm/" in out and "moving_variance" in out
+    assert "totals by role" in out and "optimizer-slot" in out
+    assert "BatchNorm: 4 layers (gamma 3, beta 4, moving_mean 4, moving_variance 4); all complete" in out
+
+
+def test_check_exit_codes():
+    assert run("check", FULL).returncode == 0
+    broken = run("check", TRAINABLE, "--format", "json")
+    assert broken.returncode == 1
+    findings = json.loads(broken.stdout)["findings"]
+    assert [f["name"] for f in findings] == ["bn-missing-moving-stats"] * 4
+    assert set(findings[0]) == {"code", "name", "severity", "subject", "message", "hint"}
+    noupdate = [str(FIXTURE_BUNDLES["finetune_noupdate"]), "--reference", str(FIXTURE_BUNDLES["pretrained"])]
+    assert run("check", *noupdate).returncode == 0
+    assert run("check", *noupdate, "--fail-on", "warning").returncode == 1
+
+
+def test_check_text_names_rule_and_hint():
+    result = run("check", TRAINABLE)
+    assert result.returncode == 1
+    assert "BN001 bn-missing-moving-stats net/conv1/BatchNorm" in result.stdout
+    assert "hint: repair with: ckptdoctor patch" in result.stdout
+    assert "4 findings: 4 error" in result.stdout
+
+
+def test_patch_then_check_passes(tmp_path):
+    before = {**file_bytes(Path(TRAINABLE)), **file_bytes(Path(FULL))}
+    out = tmp_path / "fixed"
+    result = run("patch", TRAINABLE, "--from", FULL, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "added 8 tensors to 4 BatchNorm layers" in result.stdout
+    assert "+ net/conv1/BatchNorm/moving_mean  float32[8]" in result.stdout
+    assert "no findings" in result.stdout
+    assert run("check", str(out)).returncode == 0
+    again = run("patch", TRAINABLE, "--from", FULL, "--out", str(out))
+    assert_one_line_error(again, "use --force")
+    assert run("patch", TRAINABLE, "--from", FULL, "--out", str(out), "--force").returncode == 0
+    assert {**file_bytes(Path(TRAINABLE)), **file_bytes(Path(FULL))} == before
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["check", "does/not/exist"], ["does/not/exist", "no such file"]),
+        (["inspect", "pyproject.toml"], ["pyproject.toml", "not a recognised checkpoint"]),
+        (["patch", TRAINABLE, "--from", TRAINABLE, "--out", "/tmp/ckptdoctor-never"], ["donor lacks 8"]),
+        (["patch", TRAINABLE, "--from", FULL, "--out", "/no/such/dir/x"], ["output directory does not exist"]),
+        (["verify", FULL, "--meta-graph", "nope.meta"], ["nope.meta", "not found"]),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, fragments):
+    assert_one_line_error(run(*args), *fragments)
+
+
+def test_bad_arguments_exit_2():
+    assert run("check", FULL, "--fail-on", "sometimes").returncode == 2
+    assert run("frobnicate").returncode == 2
+
+
+def test_verify_without_tensorflow_is_a_hint(tmp_path):
+    blocker = tmp_path / "tensorflow"
+    blocker.mkdir()
+    (blocker / "__init__.py").write_text("raise ImportError('blocked for this test')\n")
+    result = run("verify", FULL, "--meta-graph", str(TF1 / "eval" / "eval.meta"), env={"PYTHONPATH": str(tmp_path)})
+    assert_one_line_error(result, "pip install 'ckptdoctor[tf]'")
+
+
+def test_verify_cli_agrees_with_tf(tf):
+    meta = str(TF1 / "eval" / "eval.meta")
+    ok = run("verify", FULL, "--meta-graph", meta)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "restored in TensorFlow" in ok.stdout
+    broken = run("verify", TRAINABLE, "--meta-graph", meta)
+    assert broken.returncode == 1
+    assert "missing     net/conv1/BatchNorm/moving_mean" in broken.stdout
+    assert "TensorFlow refused the restore: NotFoundError" in broken.stdout

@@ -1,0 +1,116 @@
+"""Each fixture story yields exactly its rule, once per damaged layer or tensor; damage is named."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURE_BUNDLES, copy_checkpoint
+
+from ckptdoctor import check
+from ckptdoctor.formats.tf_bundle import BundleReader
+from ckptdoctor.model import Severity
+from ckptdoctor.policy import exit_code
+from ckptdoctor.rules import BY_NAME, CATALOGUE
+
+BN_LAYERS = {"net/batch_normalization", "net/batch_normalization_1", "net/conv1/BatchNorm", "net/conv2/BatchNorm"}
+
+
+def _by_rule(report):
+    return Counter(f.name for f in report.findings)
+
+
+def test_catalogue_codes_and_slugs_are_unique_and_explained():
+    assert len({r.code for r in CATALOGUE}) == len({r.name for r in CATALOGUE}) == len(CATALOGUE)
+    for slug in ("bn-missing-moving-stats", "bn-stats-at-init", "bn-stats-match-reference",
+                 "nonfinite-values", "bn-variance-nonpositive", "crc-mismatch"):  # fmt: skip
+        assert slug in BY_NAME
+        assert len(BY_NAME[slug].explanation) > 100
+
+
+def test_trainable_only_save_lacks_statistics_in_every_layer():
+    report = check(FIXTURE_BUNDLES["finetune_trainable"])
+    assert _by_rule(report) == {"bn-missing-moving-stats": 4}
+    assert {f.subject for f in report.findings} == BN_LAYERS
+    assert all("var_list=tf.trainable_variables()" in f.message for f in report.findings)
+    assert all(f.severity is Severity.ERROR and f.code == "BN001" for f in report.findings)
+    assert exit_code(report.findings) == 1
+
+
+def test_full_save_is_healthy_alone_and_against_its_reference():
+    assert check(FIXTURE_BUNDLES["finetune_full"]).findings == ()
+    assert check(FIXTURE_BUNDLES["finetune_full"], reference=FIXTURE_BUNDLES["pretrained"]).findings == ()
+
+
+def test_fine_tune_without_update_ops_matches_reference():
+    alone = check(FIXTURE_BUNDLES["finetune_noupdate"])
+    assert alone.findings == ()  # without a reference nothing can tell
+    report = check(FIXTURE_BUNDLES["finetune_noupdate"], reference=FIXTURE_BUNDLES["pretrained"])
+    assert _by_rule(report) == {"bn-stats-match-reference": 4}
+    assert {f.subject for f in report.findings} == BN_LAYERS
+    assert all(f.severity is Severity.WARNING for f in report.findings)
+    assert exit_code(report.findings) == 0
+    assert exit_code(report.findings, Severity.WARNING) == 1
+
+
+def test_reference_equal_to_target_is_not_fine_tuning():
+    report = check(FIXTURE_BUNDLES["pretrained"], reference=FIXTURE_BUNDLES["pretrained"])
+    assert report.findings == ()
+
+
+def test_scratch_without_update_ops_keeps_initial_statistics():
+    report = check(FIXTURE_BUNDLES["scratch_noupdate"])
+    assert _by_rule(report) == {"bn-stats-at-init": 4}
+
+
+def test_nan_weights_and_nonpositive_variance():
+    report = check(FIXTURE_BUNDLES["damaged_values"])
+    assert _by_rule(report) == {"bn-variance-nonpositive": 1, "nonfinite-values": 1}
+    by_name = {f.name: f for f in report.findings}
+    assert by_name["bn-variance-nonpositive"].subject == "net/batch_normalization"
+    assert "2 of 8" in by_name["bn-variance-nonpositive"].message
+    assert by_name["nonfinite-values"].subject == "net/conv2/weights"
+    assert "3 NaN or Inf" in by_name["nonfinite-values"].message
+
+
+def _damaged_copy(tmp_path: Path) -> Path:
+    return copy_checkpoint(FIXTURE_BUNDLES["finetune_full"], tmp_path / "copy")
+
+
+def test_flipped_tensor_byte_is_a_crc_mismatch_naming_the_tensor(tmp_path):
+    prefix = _damaged_copy(tmp_path)
+    entry = BundleReader(str(prefix)).entry("net/conv2/BatchNorm/moving_variance")
+    data = Path(f"{prefix}.data-00000-of-00001")
+    raw = bytearray(data.read_bytes())
+    raw[entry.offset + 5] ^= 0x01
+    data.write_bytes(bytes(raw))
+    report = check(prefix)
+    assert [(f.name, f.subject) for f in report.findings] == [("crc-mismatch", "net/conv2/BatchNorm/moving_variance")]
+
+
+def test_missing_shard_is_named(tmp_path):
+    prefix = copy_checkpoint(FIXTURE_BUNDLES["sharded"], tmp_path / "copy")
+    Path(f"{prefix}.data-00001-of-00002").unlink()
+    report = check(prefix)
+    assert {f.name for f in report.findings} == {"missing-data-shard"}
+    assert {f.subject for f in report.findings} == {f"{prefix}.data-00001-of-00002"}
+
+
+def test_truncated_shard_puts_tensors_out_of_bounds(tmp_path):
+    prefix = _damaged_copy(tmp_path)
+    data = Path(f"{prefix}.data-00000-of-00001")
+    cut = data.stat().st_size // 2
+    data.write_bytes(data.read_bytes()[:cut])
+    cut_off = {e.name for e in BundleReader(str(prefix)).variable_entries if e.offset + e.size > cut}
+    report = check(prefix)
+    assert len(cut_off) > 5
+    assert {(f.name, f.subject) for f in report.findings} == {("tensor-out-of-bounds", n) for n in cut_off}
+    assert exit_code(report.findings) == 1
+
+
+@pytest.mark.parametrize("fail_on", list(Severity))
+def test_exit_code_policy(fail_on):
+    report = check(FIXTURE_BUNDLES["finetune_noupdate"], reference=FIXTURE_BUNDLES["pretrained"])
+    expected = 1 if fail_on.rank <= Severity.WARNING.rank else 0
+    assert exit_code(report.findings, fail_on) == expected
