@@ -97,8 +97,8 @@ def patch(
     prefix = normalise_out(out)
     if not Path(prefix).name:
         raise PatchError(f"{out}: --out must name a checkpoint prefix, not a directory")
-    if not Path(prefix).parent.is_dir():
-        raise PatchError(f"{Path(prefix).parent}: output directory does not exist")
+    if Path(prefix).parent.exists() and not Path(prefix).parent.is_dir():
+        raise PatchError(f"{Path(prefix).parent}: not a directory")
     with opened(target_path) as (target, _), opened(donor_path) as (donor, _):
         target_reader = _bundle(target, "target")
         for reader in (target_reader, donor.reader):
@@ -108,6 +108,7 @@ def patch(
         if previous and not force:
             raise PatchError(f"{prefix}: a checkpoint exists at the output (use --force to replace it)")
         additions = plan(target, donor)
+        Path(prefix).parent.mkdir(parents=True, exist_ok=True)
         writer = BundleWriter(prefix)
         try:
             by_key = {e.key: (target_reader, e) for e in target_reader.entries.values()}

@@ -45,8 +45,14 @@ def test_inspect_json_is_the_documented_report():
     assert variable == {"name": "net/conv1/weights", "dtype": "float32", "shape": [3, 3, 3, 8], "elements": 216,
                         "bytes": 864, "role": "weight", "layer": "net/conv1"}  # fmt: skip
     slim = next(b for b in report["batchnorm"] if b["layer"] == "net/conv1/BatchNorm")
-    assert slim == {"layer": "net/conv1/BatchNorm", "gamma": None, "beta": "net/conv1/BatchNorm/beta",
-                    "moving_mean": None, "moving_variance": None, "missing": ["moving_mean", "moving_variance"]}  # fmt: skip
+    assert slim == {
+        "layer": "net/conv1/BatchNorm",
+        "gamma": None,
+        "beta": "net/conv1/BatchNorm/beta",
+        "moving_mean": None,
+        "moving_variance": None,
+        "missing": ["moving_mean", "moving_variance"],
+    }
 
 
 def test_inspect_text_groups_by_layer_and_summarises():
@@ -99,7 +105,7 @@ def test_patch_then_check_passes(tmp_path):
         (["check", "does/not/exist"], ["does/not/exist", "no such file"]),
         (["inspect", "pyproject.toml"], ["pyproject.toml", "not a recognised checkpoint"]),
         (["patch", TRAINABLE, "--from", TRAINABLE, "--out", "/tmp/ckptdoctor-never"], ["donor lacks 8"]),
-        (["patch", TRAINABLE, "--from", FULL, "--out", "/no/such/dir/x"], ["output directory does not exist"]),
+        (["patch", TRAINABLE, "--from", FULL, "--out", "pyproject.toml/x"], ["pyproject.toml: not a directory"]),
         (["verify", FULL, "--meta-graph", "nope.meta"], ["nope.meta", "not found"]),
     ],
 )

@@ -30,8 +30,7 @@ def eval_logits(tf, prefix: Path) -> np.ndarray:
 
 def test_patched_checkpoint_restores_and_gives_the_full_saves_logits(tmp_path, tf):
     inputs_before = {**file_bytes(TRAINABLE), **file_bytes(FULL)}
-    out = tmp_path / "fixed" / "model.ckpt-20"
-    out.parent.mkdir()
+    out = tmp_path / "fixed" / "model.ckpt-20"  # the directory is created
     result = patch(TRAINABLE, FULL, out)
 
     assert len(result.added) == 8  # moving_mean and moving_variance of 4 layers
