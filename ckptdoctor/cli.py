@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.console import Console
 
 from ckptdoctor import __version__
 from ckptdoctor.model import CheckpointError, Severity
 from ckptdoctor.policy import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, exit_code
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 app = typer.Typer(
     add_completion=False,
@@ -22,10 +25,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Inspect, check, repair and verify TensorFlow and Keras checkpoints.",
 )
-stdout = Console(highlight=False)
-if not stdout.is_terminal:  # pipes and CI logs: wide enough that long variable names stay on one line
-    stdout = Console(highlight=False, width=160)
-stderr = Console(stderr=True, highlight=False)
+
+
+@functools.cache
+def _stdout() -> Console:
+    from rich.console import Console  # not imported for JSON output: start-up time matters in CI loops
+
+    console = Console(highlight=False)
+    if not console.is_terminal:  # pipes and CI logs: wide enough that long variable names stay on one line
+        console = Console(highlight=False, width=160)
+    return console
 
 
 class OutputFormat(str, Enum):
@@ -40,7 +49,7 @@ class FailOn(str, Enum):
 
 
 def _error(message: str) -> None:
-    stderr.print(f"ckptdoctor: error: {message}", markup=False, soft_wrap=True)
+    sys.stderr.write(f"ckptdoctor: error: {message}\n")
 
 
 @contextmanager
@@ -55,7 +64,7 @@ def _one_line_errors() -> Iterator[None]:
 
 def _version(value: bool) -> None:
     if value:
-        stdout.print(f"ckptdoctor {__version__}")
+        _stdout().print(f"ckptdoctor {__version__}")
         raise typer.Exit()
 
 
@@ -88,7 +97,7 @@ def inspect(path: PathArg, output_format: FormatOpt = OutputFormat.text) -> None
     else:
         from ckptdoctor.report.text import render_inspect
 
-        render_inspect(stdout, report)
+        render_inspect(_stdout(), report)
 
 
 @app.command()
@@ -115,7 +124,7 @@ def check(
     else:
         from ckptdoctor.report.text import render_check
 
-        render_check(stdout, report)
+        render_check(_stdout(), report)
     raise typer.Exit(exit_code(report.findings, Severity(fail_on.value)))
 
 
@@ -135,16 +144,16 @@ def patch(
         result = run_patch(target, donor, out, force=force)
     if result.added:
         layers = len({a.layer for a in result.added})
-        stdout.print(f"added {len(result.added)} tensors to {layers} BatchNorm layers from {result.donor}:")
+        _stdout().print(f"added {len(result.added)} tensors to {layers} BatchNorm layers from {result.donor}:")
         for addition in result.added:
-            stdout.print(f"  + {addition.key}  {addition.dtype}{list(addition.shape)}", markup=False)
+            _stdout().print(f"  + {addition.key}  {addition.dtype}{list(addition.shape)}", markup=False)
     else:
-        stdout.print("nothing was missing: the output is a copy of the target")
-    stdout.print(f"wrote {result.out}.index and {result.out}.data-00000-of-00001", markup=False)
-    stdout.print("re-checking the result:")
+        _stdout().print("nothing was missing: the output is a copy of the target")
+    _stdout().print(f"wrote {result.out}.index and {result.out}.data-00000-of-00001", markup=False)
+    _stdout().print("re-checking the result:")
     with _one_line_errors():
         report = run_check(result.out)
-    render_check(stdout, report)
+    render_check(_stdout(), report)
     raise typer.Exit(exit_code(report.findings))
 
 
@@ -160,17 +169,17 @@ def verify(
 
     with _one_line_errors():
         result = verify_meta_graph(checkpoint, meta_graph)
-    stdout.print(f"{result.graph_variables} variables in the graph, checkpoint {result.checkpoint}", markup=False)
+    _stdout().print(f"{result.graph_variables} variables in the graph, checkpoint {result.checkpoint}", markup=False)
     for key in result.missing:
-        stdout.print(f"  missing     {key}", markup=False)
+        _stdout().print(f"  missing     {key}", markup=False)
     for mismatch in result.mismatched:
-        stdout.print(
+        _stdout().print(
             f"  mismatched  {mismatch.key}: graph {mismatch.expected}, checkpoint {mismatch.found}", markup=False
         )
     if result.tf_error:
-        stdout.print(f"TensorFlow refused the restore: {result.tf_error}", markup=False, soft_wrap=True)
+        _stdout().print(f"TensorFlow refused the restore: {result.tf_error}", markup=False, soft_wrap=True)
     if result.ok:
-        stdout.print("[bold green]restored in TensorFlow: every variable matched[/]")
+        _stdout().print("[bold green]restored in TensorFlow: every variable matched[/]")
     raise typer.Exit(EXIT_OK if result.ok else EXIT_FINDINGS)
 
 

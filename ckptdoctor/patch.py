@@ -9,12 +9,11 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from ckptdoctor.diagnose import opened
+from ckptdoctor.analysis.checkpoint import Checkpoint, opened
 from ckptdoctor.formats import protos
 from ckptdoctor.formats.resolve import STATE_FILE, read_state_file
 from ckptdoctor.formats.tf_bundle import BundleEntry, BundleReader
 from ckptdoctor.model import CheckpointError
-from ckptdoctor.rules import Checkpoint
 from ckptdoctor.writer.atomic import write_atomically
 from ckptdoctor.writer.bundle import BundleWriter
 
@@ -99,7 +98,7 @@ def patch(
         raise PatchError(f"{out}: --out must name a checkpoint prefix, not a directory")
     if Path(prefix).parent.exists() and not Path(prefix).parent.is_dir():
         raise PatchError(f"{Path(prefix).parent}: not a directory")
-    with opened(target_path) as (target, _), opened(donor_path) as (donor, _):
+    with opened(target_path) as target, opened(donor_path) as donor:
         target_reader = _bundle(target, "target")
         for reader in (target_reader, donor.reader):
             if os.path.abspath(reader.location) == os.path.abspath(prefix):

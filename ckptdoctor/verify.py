@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from ckptdoctor.formats import open_checkpoint
@@ -35,12 +36,29 @@ class VerifyResult:
 
 
 def _import_tensorflow():
+    """Import TensorFlow with its start-up chatter (CUDA probes, oneDNN notices) kept off stderr."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    saved_stderr = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
     try:
+        os.dup2(devnull, 2)
         import tensorflow as tf
     except ImportError:
         raise MissingExtra("verify needs TensorFlow: pip install 'ckptdoctor[tf]'") from None
+    finally:
+        os.dup2(saved_stderr, 2)
+        os.close(saved_stderr)
+        os.close(devnull)
     return tf
+
+
+def _essential_line(message: str) -> str:
+    """TF wraps the useful line ("Key ... not found in checkpoint") in paragraphs of advice."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for line in lines:
+        if re.search(r"not found in checkpoint|[Ss]hape|[Cc]hecksum|DataLoss|corrupt", line):
+            return line
+    return lines[0] if lines else message
 
 
 def verify_meta_graph(checkpoint: str | os.PathLike[str], meta_graph: str | os.PathLike[str]) -> VerifyResult:
@@ -75,7 +93,7 @@ def verify_meta_graph(checkpoint: str | os.PathLike[str], meta_graph: str | os.P
             try:
                 saver.restore(session, resolved.location)
             except tf.errors.OpError as error:
-                tf_error = f"{type(error).__name__}: {error.message.splitlines()[0]}"
+                tf_error = f"{type(error).__name__}: {_essential_line(error.message)}"
     return VerifyResult(
         checkpoint=resolved.location,
         graph_variables=len(variables),

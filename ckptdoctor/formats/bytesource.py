@@ -20,6 +20,21 @@ class ByteSource(Protocol):
     def close(self) -> None: ...
 
 
+def copy_range(source: ByteSource, offset: int, length: int, out_fd: int, chunk: int = 8 << 20) -> None:
+    """Append `length` bytes of `source` at `offset` to the file descriptor `out_fd`, streaming."""
+    if isinstance(source, LocalFile) and hasattr(os, "copy_file_range"):
+        source.copy_to(offset, length, out_fd)
+        return
+    for start in range(offset, offset + length, chunk):
+        _write_all(out_fd, source.read(start, min(chunk, offset + length - start)))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 class LocalFile:
     """A local file read with pread, so concurrent readers never share a file position."""
 
@@ -49,6 +64,23 @@ class LocalFile:
             offset += len(chunk)
             length -= len(chunk)
         return b"".join(chunks)
+
+    def copy_to(self, offset: int, length: int, out_fd: int) -> None:
+        """Copy inside the kernel (reflinks where the filesystem has them); falls back to read and write."""
+        end = offset + length
+        try:
+            while offset < end:
+                copied = os.copy_file_range(self._fd, out_fd, end - offset, offset)
+                if copied == 0:
+                    raise CheckpointError(f"{self.name}: ended {end - offset} bytes early while copying")
+                offset += copied
+        except OSError:  # e.g. EXDEV on older kernels, or filesystems without support
+            while offset < end:
+                data = self.read(offset, min(8 << 20, end - offset))
+                if not data:
+                    raise CheckpointError(f"{self.name}: ended {end - offset} bytes early while copying") from None
+                _write_all(out_fd, data)
+                offset += len(data)
 
     def close(self) -> None:
         if self._fd >= 0:

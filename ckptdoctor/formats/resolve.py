@@ -7,8 +7,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from google.protobuf import text_format
-
 from ckptdoctor.formats import protos
 from ckptdoctor.model import CheckpointError
 
@@ -28,6 +26,8 @@ def read_state_file(directory: Path) -> protos.CheckpointState | None:
     path = directory / STATE_FILE
     if not path.is_file():
         return None
+    from google.protobuf import text_format  # only directories need it: keep it off the listing path
+
     state = protos.CheckpointState()
     try:
         text_format.Parse(path.read_text(encoding="utf-8"), state)

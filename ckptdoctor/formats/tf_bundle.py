@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from ckptdoctor import dtypes
 from ckptdoctor.formats import protos
 from ckptdoctor.formats.base import SCAN_CHUNK, ScanResult
-from ckptdoctor.formats.bytesource import LocalFile
+from ckptdoctor.formats.bytesource import LocalFile, copy_range
 from ckptdoctor.formats.crc import crc32c, unmask
 from ckptdoctor.formats.ordered_code import slice_key
 from ckptdoctor.formats.sstable import TableError, TableReader, decode_varint
@@ -181,6 +181,10 @@ class BundleReader:
         source = self._located(entry)
         for start in range(entry.offset, entry.offset + entry.size, chunk):
             yield source.read(start, min(chunk, entry.offset + entry.size - start))
+
+    def copy_bytes(self, entry: BundleEntry, out_fd: int) -> None:
+        """Append the tensor's stored bytes to `out_fd` without decoding them."""
+        copy_range(self._located(entry), entry.offset, entry.size, out_fd)
 
     def read_bytes(self, entry: BundleEntry) -> bytes:
         return self._located(entry).read(entry.offset, entry.size)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from ckptdoctor.model import Finding
 from ckptdoctor.rules import batchnorm, integrity, values
-from ckptdoctor.rules.base import CheckContext, Checkpoint, Rule
+from ckptdoctor.rules.base import CheckContext, Rule
 
 CATALOGUE: tuple[Rule, ...] = batchnorm.RULES + values.RULES + integrity.RULES
 BY_NAME = {rule.name: rule for rule in CATALOGUE} | {rule.code: rule for rule in CATALOGUE}
 
-__all__ = ["BY_NAME", "CATALOGUE", "CheckContext", "Checkpoint", "Rule", "run_rules"]
+__all__ = ["BY_NAME", "CATALOGUE", "CheckContext", "Rule", "run_rules"]
 
 
 def run_rules(ctx: CheckContext) -> tuple[Finding, ...]:

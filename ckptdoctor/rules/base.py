@@ -7,27 +7,12 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from ckptdoctor.formats.base import CheckpointReader, ScanResult
-from ckptdoctor.model import BatchNormLayer, CheckpointError, Finding, Severity, Variable
+from ckptdoctor.analysis.checkpoint import Checkpoint
+from ckptdoctor.formats.base import ScanResult
+from ckptdoctor.model import Finding, Severity
 
 if TYPE_CHECKING:
     import numpy as np
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """An opened checkpoint with its classified variables and BatchNorm layers."""
-
-    reader: CheckpointReader
-    variables: tuple[Variable, ...]
-    batchnorm: tuple[BatchNormLayer, ...]
-
-    def values(self, name: str) -> np.ndarray | None:
-        """A tensor's values, or None where its bytes cannot be read (that damage is its own finding)."""
-        try:
-            return self.reader.read(name)
-        except (CheckpointError, KeyError, ValueError):
-            return None
 
 
 @dataclass

@@ -10,8 +10,6 @@ from ckptdoctor.formats.sstable import TableBuilder
 from ckptdoctor.formats.tf_bundle import BundleEntry, BundleReader, data_file_name
 from ckptdoctor.writer.atomic import fsync_directory, temp_beside
 
-COPY_CHUNK = 8 << 20
-
 
 def _header() -> bytes:
     header = protos.BundleHeaderProto(num_shards=1)
@@ -32,7 +30,7 @@ class BundleWriter:
         self.index_path = prefix + ".index"
         self._data_temp = temp_beside(self.data_path)
         self._index_temp = temp_beside(self.index_path)
-        self._data = open(self._data_temp, "wb")  # noqa: SIM115 - closed in commit/abort
+        self._data_fd = os.open(self._data_temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self._offset = 0
         self._entries: dict[bytes, bytes] = {}
 
@@ -42,8 +40,7 @@ class BundleWriter:
             raise ValueError(f"duplicate key {entry.name}")
         proto = protos.BundleEntryProto.FromString(entry.proto)
         if not entry.num_slices:  # a partitioned variable's full entry has no bytes of its own
-            for chunk in reader.iter_bytes(entry, COPY_CHUNK):
-                self._data.write(chunk)
+            reader.copy_bytes(entry, self._data_fd)
             proto.shard_id = 0
             proto.offset = self._offset
             self._offset += entry.size
@@ -51,9 +48,9 @@ class BundleWriter:
 
     def commit(self) -> None:
         """Make the data file durable, write the index, and rename data then index into place."""
-        self._data.flush()
-        os.fsync(self._data.fileno())
-        self._data.close()
+        os.fsync(self._data_fd)
+        os.close(self._data_fd)
+        self._data_fd = -1
         with open(self._index_temp, "wb") as out:
             table = TableBuilder(out)
             table.add(b"", _header())
@@ -69,6 +66,8 @@ class BundleWriter:
         fsync_directory(Path(self.prefix).parent)
 
     def abort(self) -> None:
-        self._data.close()
+        if self._data_fd >= 0:
+            os.close(self._data_fd)
+            self._data_fd = -1
         for temp in (self._data_temp, self._index_temp):
             Path(temp).unlink(missing_ok=True)

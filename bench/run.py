@@ -1,0 +1,140 @@
+"""Benchmark ckptdoctor against TensorFlow in the same run, on the InceptionV3 story, and write RESULTS.md.
+
+    pip install -e '.[tf]' tf-slim
+    python bench/make_inception.py /tmp/ckptdoctor-inception      # once, ~1 minute
+    python bench/run.py /tmp/ckptdoctor-inception [--runs 7]
+
+Each pair runs as fresh processes, alternating A and B after a warm-up run of each (so both read from the
+page cache), and reports medians, the ratio, and peak RSS from os.wait4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PY = sys.executable
+CKPTDOCTOR = [PY, "-m", "ckptdoctor"]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+@dataclass
+class Sample:
+    seconds: float
+    peak_mib: float
+
+
+def run_once(command: list[str]) -> Sample:
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - start
+    code = os.waitstatus_to_exitcode(status)
+    if code not in (0, 1):
+        raise SystemExit(f"benchmark command failed with exit code {code}: {' '.join(command)}")
+    return Sample(elapsed, usage.ru_maxrss / 1024)
+
+
+def compare(runs: int, a: list[str], b: list[str]) -> tuple[Sample, Sample]:
+    run_once(a), run_once(b)  # warm-up: page cache, bytecode caches
+    samples_a, samples_b = [], []
+    for _ in range(runs):
+        samples_a.append(run_once(a))
+        samples_b.append(run_once(b))
+
+    def median(samples: list[Sample]) -> Sample:
+        return Sample(statistics.median(s.seconds for s in samples), max(s.peak_mib for s in samples))
+
+    return median(samples_a), median(samples_b)
+
+
+def tf_script(code: str) -> list[str]:
+    return [PY, "-c", "import tensorflow as tf\n" + code]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("story", type=Path, help="directory written by bench/make_inception.py")
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"))
+    args = parser.parse_args()
+
+    full = str(args.story / "finetune_full" / "model.ckpt-3")
+    trainable = str(args.story / "finetune_trainable" / "model.ckpt-3")
+    if not Path(full + ".index").is_file():
+        raise SystemExit(f"{full}: not found; run bench/make_inception.py {args.story} first")
+    data_bytes = sum(p.stat().st_size for p in Path(full).parent.glob("model.ckpt-3.*"))
+    out_dir = Path(tempfile.mkdtemp(prefix="ckptdoctor-bench-"))
+    rows = []
+
+    def row(name: str, target: str, a: Sample, b: Sample, extra: str = "") -> None:
+        rows.append((name, a, b, b.seconds / a.seconds, target, extra))
+        print(f"{name:<44} {a.seconds * 1000:8.1f} ms {a.peak_mib:6.0f} MiB | "
+              f"{b.seconds * 1000:8.1f} ms {b.peak_mib:6.0f} MiB | x{b.seconds / a.seconds:6.1f} {extra}")  # fmt: skip
+
+    a, b = compare(args.runs, [*CKPTDOCTOR, "inspect", full, "--format", "json"],
+                   tf_script(f"tf.train.list_variables({full!r})"))  # fmt: skip
+    row("inspect vs tf.train.list_variables", ">= 25x, <= 80 MiB", a, b)
+
+    bn_reads = (
+        f"r = tf.train.load_checkpoint({full!r})\n"
+        "for name in r.get_variable_to_shape_map():\n"
+        "    if name.endswith(('moving_mean', 'moving_variance', 'beta', 'gamma')): r.get_tensor(name)\n"
+    )
+    a, b = compare(args.runs, [*CKPTDOCTOR, "check", full, "--format", "json"], tf_script(bn_reads))
+    row("check vs TF loading the BN tensors", ">= 10x", a, b)
+
+    every = f"r = tf.train.load_checkpoint({full!r})\nfor name in r.get_variable_to_shape_map(): r.get_tensor(name)\n"
+    a, b = compare(args.runs, [*CKPTDOCTOR, "check", full, "--format", "json"], tf_script(every))
+    row("full scan (check) vs TF reading every tensor", ">= 1x, >= 1 GB/s", a, b,
+        f"{data_bytes / a.seconds / 1e9:.2f} GB/s incl. start-up")  # fmt: skip
+
+    target_files = sorted(Path(trainable).parent.glob("model.ckpt-3.*"))
+    a, b = compare(
+        args.runs,
+        [*CKPTDOCTOR, "patch", trainable, "--from", full, "--out", str(out_dir / "fixed" / "model.ckpt-3"), "--force"],
+        ["cp", *map(str, target_files), str(out_dir)],
+    )
+    row("patch vs cp of the target", "<= 3x cp, <= 150 MiB", a, b)
+
+    help_a, _ = compare(args.runs, [*CKPTDOCTOR, "--help"], ["true"])
+    shutil.rmtree(out_dir, ignore_errors=True)
+
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Measured {datetime.date.today().isoformat()} by `python bench/run.py {args.story} --runs {args.runs}` on "
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; checkpoint "
+        f"`finetune_full/model.ckpt-3` from `bench/make_inception.py` (TF-slim InceptionV3, 579 tensors, "
+        f"{data_bytes / 1e6:.0f} MB). Fresh processes, alternating, medians of {args.runs} after a warm-up; "
+        "peak RSS is the largest of the runs. The ratio is TensorFlow's (or cp's) time over ckptdoctor's.",
+        "",
+        "| comparison | ckptdoctor | peak | TensorFlow / cp | peak | ratio | target | note |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for name, a, b, ratio, target, extra in rows:
+        lines.append(
+            f"| {name} | {a.seconds * 1000:.0f} ms | {a.peak_mib:.0f} MiB | {b.seconds * 1000:.0f} ms | "
+            f"{b.peak_mib:.0f} MiB | {ratio:.1f}x | {target} | {extra} |"
+        )
+    lines += [
+        "",
+        f"`ckptdoctor --help`: {help_a.seconds * 1000:.0f} ms, {help_a.peak_mib:.0f} MiB (target <= 300 ms).",
+        "",
+    ]
+    args.results.write_text("\n".join(lines))
+    print(f"wrote {args.results}")
+
+
+if __name__ == "__main__":
+    main()

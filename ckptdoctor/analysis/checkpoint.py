@@ -1,0 +1,43 @@
+"""An opened checkpoint with its variables classified and its BatchNorm layers found."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ckptdoctor.analysis.batchnorm import group_batchnorm
+from ckptdoctor.analysis.roles import classify
+from ckptdoctor.formats import CheckpointReader, Resolved, open_checkpoint
+from ckptdoctor.model import BatchNormLayer, CheckpointError, Variable
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    reader: CheckpointReader
+    resolved: Resolved
+    variables: tuple[Variable, ...]
+    batchnorm: tuple[BatchNormLayer, ...]
+
+    def values(self, name: str) -> np.ndarray | None:
+        """A tensor's values, or None where its bytes cannot be read (that damage is its own finding)."""
+        try:
+            return self.reader.read(name)
+        except (CheckpointError, KeyError, ValueError):
+            return None
+
+
+@contextmanager
+def opened(path: str | os.PathLike[str]) -> Iterator[Checkpoint]:
+    """Open and classify a checkpoint; raises CheckpointError when it cannot be read at all."""
+    reader, resolved = open_checkpoint(path)
+    try:
+        variables = classify(reader.tensors())
+        yield Checkpoint(reader, resolved, variables, group_batchnorm(variables))
+    finally:
+        reader.close()
