@@ -33,10 +33,34 @@ class Severity(str, Enum):
 class TensorInfo:
     """What a reader knows about one stored tensor without reading its values."""
 
-    name: str
+    name: str  # the exact key (TF) or dataset path (HDF5) in the file
     dtype: str
     shape: tuple[int, ...]
     nbytes: int
+    path: str | None = None  # the model path to analyse by, where it differs from the key
+    full_name: str | None = None  # the framework's own variable name, e.g. Keras `bn/moving_mean`
+    slot_of: str | None = None  # for an optimizer slot: the path of the variable it belongs to
+    optimizer_state: bool = False  # known from the file's structure to belong to an optimizer
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """A layer as a saved model configuration describes it (Keras config.json or model_config)."""
+
+    path: str  # the scope its variables' paths start with
+    class_name: str
+    scale: bool = True  # BatchNormalization: has gamma
+    center: bool = True  # BatchNormalization: has beta
+
+    @property
+    def is_batchnorm(self) -> bool:
+        return self.class_name in ("BatchNormalization", "SyncBatchNormalization")
+
+    @property
+    def batchnorm_parts(self) -> tuple[str, ...]:
+        """The variables Keras stores for this BatchNormalization, in its weight order."""
+        return (*(("gamma",) if self.scale else ()), *(("beta",) if self.center else ()), "moving_mean",
+                "moving_variance")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -49,6 +73,8 @@ class Variable:
     nbytes: int
     role: Role
     layer: str  # the enclosing scope ("" at the top level)
+    path: str  # the model path: the key itself for TF1, the object path for TF2, layer/weight for Keras
+    full_name: str | None = None
 
 
 @dataclass(frozen=True)

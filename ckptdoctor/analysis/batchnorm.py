@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import re
 
-from ckptdoctor.analysis.roles import object_path
-from ckptdoctor.model import BatchNormLayer, Role, Variable
+from ckptdoctor.model import BatchNormLayer, LayerConfig, Role, Variable
 
 PARTS = ("gamma", "beta", "moving_mean", "moving_variance")
 
@@ -15,22 +14,29 @@ _BN_NAME = re.compile(r"batch_?norm|(^|[^a-z])bn([^a-z]|$)", re.IGNORECASE)
 _OTHER_NORM = re.compile(r"layer_?norm|group_?norm|instance_?norm", re.IGNORECASE)
 
 
-def _looks_like_batchnorm(scope: str) -> bool:
-    last = scope.rsplit("/", 1)[-1]
-    return bool(_BN_NAME.search(last)) and not _OTHER_NORM.search(scope)
+def _looks_like_batchnorm(scopes: set[str]) -> bool:
+    """True when a scope's own name (or the framework name of its variables' scope) says BatchNorm."""
+    lasts = [scope.rsplit("/", 1)[-1] for scope in scopes]
+    return any(_BN_NAME.search(last) for last in lasts) and not any(_OTHER_NORM.search(s) for s in scopes)
 
 
-def group_batchnorm(variables: tuple[Variable, ...]) -> tuple[BatchNormLayer, ...]:
-    scopes: dict[str, dict[str, str]] = {}
+def group_batchnorm(
+    variables: tuple[Variable, ...], configs: tuple[LayerConfig, ...] = ()
+) -> tuple[BatchNormLayer, ...]:
+    """BatchNorm layers by scope; a layer the model configuration declares counts even with no variables."""
+    scopes: dict[str, dict[str, str]] = {config.path: {} for config in configs if config.is_batchnorm}
+    declared = set(scopes)
+    names: dict[str, set[str]] = {}
     for var in variables:
         if var.role not in (Role.WEIGHT, Role.BN_STATISTIC):
             continue
-        scope, _, leaf = object_path(var.name).rpartition("/")
+        scope, _, leaf = var.path.rpartition("/")
         if leaf in PARTS:
             scopes.setdefault(scope, {})[leaf] = var.name
+            names.setdefault(scope, {scope}).add(var.full_name.rpartition("/")[0] if var.full_name else scope)
     layers = []
     for scope, parts in scopes.items():
         has_statistics = "moving_mean" in parts or "moving_variance" in parts
-        if has_statistics or _looks_like_batchnorm(scope):
+        if scope in declared or has_statistics or _looks_like_batchnorm(names[scope]):
             layers.append(BatchNormLayer(layer=scope, **parts))
     return tuple(sorted(layers, key=lambda layer: layer.layer))

@@ -38,6 +38,6 @@ def opened(path: str | os.PathLike[str]) -> Iterator[Checkpoint]:
     reader, resolved = open_checkpoint(path)
     try:
         variables = classify(reader.tensors())
-        yield Checkpoint(reader, resolved, variables, group_batchnorm(variables))
+        yield Checkpoint(reader, resolved, variables, group_batchnorm(variables, reader.layers()))
     finally:
         reader.close()

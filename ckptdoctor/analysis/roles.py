@@ -31,15 +31,19 @@ def object_path(name: str) -> str:
     return name[: -len(OBJECT_ATTRIBUTE)] if name.endswith(OBJECT_ATTRIBUTE) else name
 
 
+def analysis_path(info: TensorInfo) -> str:
+    return info.path or object_path(info.name)
+
+
 def role_of(info: TensorInfo) -> Role:
-    path = object_path(info.name)
+    path = analysis_path(info)
     parts = path.split("/")
     leaf = parts[-1]
     dtype = dtypes.BY_NAME.get(info.dtype)
     is_float = bool(dtype and dtype.is_float)
     if info.name == OBJECT_GRAPH:
         return Role.OTHER
-    if "/.OPTIMIZER_SLOT/" in path:
+    if info.slot_of is not None or "/.OPTIMIZER_SLOT/" in path:
         return Role.OPTIMIZER_SLOT
     if EMA in parts:
         return Role.EMA
@@ -49,16 +53,20 @@ def role_of(info: TensorInfo) -> Role:
         return Role.OPTIMIZER_SLOT
     if len(parts) > 2 and parts[0] == "training" and parts[1] in OPTIMIZER_SCOPES:
         return Role.OPTIMIZER_SLOT
-    if parts[0] == "optimizer":
+    if info.optimizer_state or parts[0] == "optimizer":
         return Role.OPTIMIZER_SLOT
+    if parts[0] == "metrics":  # Keras 3 keeps metric state (totals, counts) beside the weights
+        return Role.OTHER
     if leaf in BN_STATISTICS and is_float:
         return Role.BN_STATISTIC
     return Role.WEIGHT if is_float else Role.OTHER
 
 
-def owner_path(name: str, role: Role) -> str:
+def owner_path(info: TensorInfo, role: Role) -> str:
     """The path of the variable a tensor belongs to: a slot or EMA names the variable it shadows."""
-    path = object_path(name)
+    if info.slot_of is not None:
+        return info.slot_of
+    path = analysis_path(info)
     if role is Role.OPTIMIZER_SLOT and "/.OPTIMIZER_SLOT/" in path:
         return path.split("/.OPTIMIZER_SLOT/")[0]
     parts = path.split("/")
@@ -73,6 +81,7 @@ def classify(tensors: tuple[TensorInfo, ...]) -> tuple[Variable, ...]:
     out = []
     for info in tensors:
         role = role_of(info)
-        layer = owner_path(info.name, role).rpartition("/")[0]
-        out.append(Variable(info.name, info.dtype, info.shape, info.nbytes, role, layer))
+        layer = owner_path(info, role).rpartition("/")[0]
+        path = analysis_path(info)
+        out.append(Variable(info.name, info.dtype, info.shape, info.nbytes, role, layer, path, info.full_name))
     return tuple(out)

@@ -17,6 +17,29 @@ def open_checkpoint(path: str | os.PathLike[str]) -> tuple[CheckpointReader, Res
         from ckptdoctor.formats.tf_v1 import V1Reader
 
         return V1Reader(resolved.location), resolved
+    if resolved.kind in ("hdf5", "zip"):
+        return _open_keras(resolved), resolved
     from ckptdoctor.formats.tf_bundle import BundleReader
 
     return BundleReader(resolved.location, resolved.format), resolved
+
+
+def _open_keras(resolved: Resolved) -> CheckpointReader:
+    from ckptdoctor.formats.keras_common import import_h5py
+    from ckptdoctor.formats.keras_h5 import KerasH5Reader, is_legacy_layout
+    from ckptdoctor.formats.keras_v3 import KerasV3Reader, is_v3_layout
+    from ckptdoctor.model import CheckpointError
+
+    if resolved.kind == "zip":
+        return KerasV3Reader(resolved.location)
+    h5py = import_h5py()
+    try:
+        with h5py.File(resolved.location, "r") as file:
+            legacy, v3 = is_legacy_layout(file), is_v3_layout(file)
+    except OSError as error:
+        raise CheckpointError(f"{resolved.location}: HDF5 file cannot be opened ({error})") from None
+    if legacy:
+        return KerasH5Reader(resolved.location)
+    if v3:
+        return KerasV3Reader(resolved.location)
+    raise CheckpointError(f"{resolved.location}: HDF5 file holds no Keras weights (no layer_names, no layers/)")

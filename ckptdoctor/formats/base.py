@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from ckptdoctor.model import IntegrityProblem, TensorInfo
+from ckptdoctor.model import IntegrityProblem, LayerConfig, TensorInfo
 
 if TYPE_CHECKING:
     import numpy as np
@@ -27,6 +27,10 @@ class CheckpointReader(Protocol):
 
     def tensors(self) -> tuple[TensorInfo, ...]:
         """Every stored variable, in key order, without reading values."""
+        ...
+
+    def layers(self) -> tuple[LayerConfig, ...]:
+        """Layers a saved model configuration declares (empty where the file has none)."""
         ...
 
     def read(self, name: str) -> np.ndarray:

@@ -80,6 +80,38 @@ _MESSAGES: list[tuple[str, list[tuple[str, int, str, bool]]]] = [
         [("name", 1, "string", False), ("slice", 2, "TensorSliceProto", False), ("data", 3, "TensorProto", False)],
     ),
     ("SavedTensorSlices", [("meta", 1, "SavedTensorSliceMeta", False), ("data", 2, "SavedSlice", False)]),
+    # TF2 object-based checkpoints: the `_CHECKPOINTABLE_OBJECT_GRAPH` tensor (trackable_object_graph.proto).
+    ("BoolValue", [("value", 1, "bool", False)]),
+    ("TrackableObject.ObjectReference", [("node_id", 1, "int32", False), ("local_name", 2, "string", False)]),
+    (
+        "TrackableObject.SerializedTensor",
+        [
+            ("name", 1, "string", False),
+            ("full_name", 2, "string", False),
+            ("checkpoint_key", 3, "string", False),
+            ("optional_restore", 4, "bool", False),
+        ],
+    ),
+    (
+        "TrackableObject.SlotVariableReference",
+        [
+            ("original_variable_node_id", 1, "int32", False),
+            ("slot_name", 2, "string", False),
+            ("slot_variable_node_id", 3, "int32", False),
+        ],
+    ),
+    ("TrackableObject.RegisteredSaver", [("name", 1, "string", False), ("object_name", 2, "string", False)]),
+    (
+        "TrackableObject",
+        [
+            ("children", 1, "TrackableObject.ObjectReference", True),
+            ("attributes", 2, "TrackableObject.SerializedTensor", True),
+            ("slot_variables", 3, "TrackableObject.SlotVariableReference", True),
+            ("registered_saver", 4, "TrackableObject.RegisteredSaver", False),
+            ("has_checkpoint_values", 5, "BoolValue", False),
+        ],
+    ),
+    ("TrackableObjectGraph", [("nodes", 1, "TrackableObject", True)]),
     # The `checkpoint` state file beside checkpoints, in text format (checkpoint_state.proto).
     (
         "CheckpointState",
@@ -133,3 +165,4 @@ BundleEntryProto = _message_class("BundleEntryProto")
 TensorProto = _message_class("TensorProto")
 SavedTensorSlices = _message_class("SavedTensorSlices")
 CheckpointState = _message_class("CheckpointState")
+TrackableObjectGraph = _message_class("TrackableObjectGraph")

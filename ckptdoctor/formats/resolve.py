@@ -16,7 +16,7 @@ _MEMBER_SUFFIX = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
 
 @dataclass(frozen=True)
 class Resolved:
-    kind: str  # "bundle" (V2 .index + .data) or "v1" (single SSTable file)
+    kind: str  # "bundle" (V2 .index + .data), "v1" (single SSTable file), "hdf5" or "zip" (Keras)
     location: str  # the prefix (bundle) or the file (v1)
     format: str | None = None  # set where the path says more than the bytes, e.g. a SavedModel
     note: str | None = None  # one line telling the user what was chosen
@@ -107,7 +107,49 @@ def resolve(path: str | os.PathLike[str]) -> Resolved:
             raise CheckpointError(f"{text}: file not found")
         raise CheckpointError(f"{text}: its checkpoint index {Path(prefix).name}.index is missing")
     if os.path.isfile(text):
-        if _is_v1_file(text):
-            return Resolved("v1", text)
-        raise CheckpointError(f"{text}: not a recognised checkpoint format")
+        return _sniff_file(text)
     raise CheckpointError(f"{text}: no such file or checkpoint prefix")
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+ZIP_SIGNATURE = b"PK\x03\x04"
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def _sniff_file(path: str) -> Resolved:
+    """Decide a single file's format from its bytes, never from its name."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(2048)
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot be read ({error.strerror})") from None
+    if not head:
+        raise CheckpointError(f"{path}: file is empty")
+    # HDF5 allows a user block before the superblock, at 512, 1024, 2048 … bytes.
+    if head.startswith(HDF5_SIGNATURE) or _hdf5_after_user_block(path):
+        return Resolved("hdf5", path)
+    if head.startswith(ZIP_SIGNATURE):
+        return Resolved("zip", path)
+    if head.startswith(LFS_POINTER):
+        raise CheckpointError(
+            f"{path}: is a Git LFS pointer, not the checkpoint itself (run `git lfs pull` to fetch the file)"
+        )
+    lowered = head.lstrip().lower()
+    if lowered.startswith((b"<!doctype html", b"<html")):
+        raise CheckpointError(f"{path}: is an HTML page, not a checkpoint (a failed or redirected download?)")
+    if _is_v1_file(path):
+        return Resolved("v1", path)
+    raise CheckpointError(f"{path}: not a recognised checkpoint format")
+
+
+def _hdf5_after_user_block(path: str) -> bool:
+    with open(path, "rb") as file:
+        offset = 512
+        while True:
+            file.seek(offset)
+            head = file.read(8)
+            if len(head) < 8:
+                return False
+            if head == HDF5_SIGNATURE:
+                return True
+            offset *= 2

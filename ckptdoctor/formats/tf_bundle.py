@@ -10,13 +10,13 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from ckptdoctor import dtypes
-from ckptdoctor.formats import protos
+from ckptdoctor.formats import object_graph, protos
 from ckptdoctor.formats.base import SCAN_CHUNK, ScanResult
 from ckptdoctor.formats.bytesource import LocalFile, copy_range
 from ckptdoctor.formats.crc import crc32c, unmask
 from ckptdoctor.formats.ordered_code import slice_key
 from ckptdoctor.formats.sstable import TableError, TableReader, decode_varint
-from ckptdoctor.model import CheckpointError, IntegrityProblem, TensorInfo
+from ckptdoctor.model import CheckpointError, IntegrityProblem, LayerConfig, TensorInfo
 
 if TYPE_CHECKING:
     import numpy as np
@@ -114,6 +114,18 @@ class BundleReader:
                 raise CheckpointError(f"{prefix}.index: entry {key!r} cannot be decoded ({error})") from None
         self.format = format or ("tf2-object-based" if OBJECT_GRAPH_KEY.encode() in self.entries else "tf1-name-based")
         self._shards: dict[int, LocalFile | None] = {}
+        self.object_graph, self.graph_variables = self._read_object_graph()
+
+    def _read_object_graph(self) -> tuple[object | None, dict[str, object_graph.GraphVariable]]:
+        """The decoded object graph where there is one; damaged graph bytes leave names to speak alone."""
+        entry = self.entries.get(OBJECT_GRAPH_KEY.encode())
+        if entry is None or entry.dtype.name != "string" or entry.shape != ():
+            return None, {}
+        try:
+            (serialized,) = decode_strings(self.read_bytes(entry), 1)
+            return object_graph.parse(serialized)
+        except Exception:
+            return None, {}
 
     def _read_header(self, records: list[tuple[bytes, bytes]]) -> int:
         if not records or records[0][0] != b"":
@@ -142,7 +154,22 @@ class BundleReader:
         return tuple(e for e in self.entries.values() if not e.is_slice_data)
 
     def tensors(self) -> tuple[TensorInfo, ...]:
-        return tuple(TensorInfo(e.name, e.dtype.name, e.shape, e.nbytes) for e in self.variable_entries)
+        return tuple(self._info(e) for e in self.variable_entries)
+
+    def _info(self, entry: BundleEntry) -> TensorInfo:
+        known = self.graph_variables.get(entry.name)
+        if known is None:
+            return TensorInfo(entry.name, entry.dtype.name, entry.shape, entry.nbytes)
+        return TensorInfo(
+            entry.name,
+            entry.dtype.name,
+            entry.shape,
+            entry.nbytes,
+            path=known.path,
+            full_name=known.full_name,
+            slot_of=known.slot_of,
+            optimizer_state=known.optimizer_only,
+        )
 
     def entry(self, name: str) -> BundleEntry:
         try:
@@ -188,6 +215,9 @@ class BundleReader:
 
     def read_bytes(self, entry: BundleEntry) -> bytes:
         return self._located(entry).read(entry.offset, entry.size)
+
+    def layers(self) -> tuple[LayerConfig, ...]:
+        return ()  # TF bundles carry no model configuration
 
     def read(self, name: str) -> np.ndarray:
         import numpy as np

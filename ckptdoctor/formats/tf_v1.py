@@ -10,7 +10,7 @@ from ckptdoctor.formats import protos
 from ckptdoctor.formats.base import ScanResult
 from ckptdoctor.formats.bytesource import LocalFile
 from ckptdoctor.formats.sstable import TableError, TableReader
-from ckptdoctor.model import CheckpointError, TensorInfo
+from ckptdoctor.model import CheckpointError, LayerConfig, TensorInfo
 
 if TYPE_CHECKING:
     import numpy as np
@@ -64,6 +64,9 @@ class V1Reader:
 
     def tensors(self) -> tuple[TensorInfo, ...]:
         return tuple(sorted(self._infos.values(), key=lambda t: t.name.encode()))
+
+    def layers(self) -> tuple[LayerConfig, ...]:
+        return ()  # TF bundles carry no model configuration
 
     def read(self, name: str) -> np.ndarray:
         import numpy as np

@@ -40,6 +40,8 @@ def to_dict(report: Report) -> dict[str, Any]:
                 "bytes": v.nbytes,
                 "role": v.role.value,
                 "layer": v.layer,
+                "path": v.path,
+                "full_name": v.full_name,
             }
             for v in report.variables
         ],

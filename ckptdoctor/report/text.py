@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from itertools import groupby
 
@@ -33,6 +34,11 @@ def human_bytes(n: int) -> str:
     return f"{n} B"
 
 
+def _natural(text: str) -> tuple:
+    """Sort `vars/2` before `vars/10`."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text))
+
+
 def _header(console: Console, report: Report) -> None:
     console.print(Text.assemble(("checkpoint ", "bold"), report.resolved, ("  format ", "bold"), report.format))
     if report.note:
@@ -41,24 +47,24 @@ def _header(console: Console, report: Report) -> None:
 
 def render_inspect(console: Console, report: Report) -> None:
     _header(console, report)
+    named = any(v.full_name for v in report.variables)
     table = Table(show_edge=False, pad_edge=False, expand=False)
     table.add_column("variable", overflow="fold")
-    table.add_column("dtype")
-    table.add_column("shape")
+    if named:
+        table.add_column("full name", overflow="fold", style="dim")
+    for column in ("dtype", "shape"):
+        table.add_column(column)
     table.add_column("size", justify="right")
     table.add_column("role")
-    by_layer = sorted(report.variables, key=lambda v: v.layer.encode())  # stable: key order within a layer
+    by_layer = sorted(report.variables, key=lambda v: (v.layer.encode(), _natural(v.path)))
     for layer, members in groupby(by_layer, key=lambda v: v.layer):
-        table.add_row(Text(f"{layer or '(top level)'}/", style="bold"), "", "", "", "")
+        table.add_row(Text(f"{layer or '(top level)'}/", style="bold"), *[""] * (len(table.columns) - 1))
         for var in members:
-            local = var.name[len(layer) + 1 :] if layer and var.name.startswith(layer + "/") else var.name
-            table.add_row(
-                f"  {local}",
-                var.dtype,
-                "[" + ", ".join(map(str, var.shape)) + "]",
-                human_bytes(var.nbytes),
-                Text(var.role.value, style=_ROLE_STYLE[var.role]),
-            )
+            local = var.path[len(layer) + 1 :] if layer and var.path.startswith(layer + "/") else var.path
+            cells = [f"  {local}", *([var.full_name or ""] if named else [])]
+            shape = "[" + ", ".join(map(str, var.shape)) + "]"
+            role = Text(var.role.value, style=_ROLE_STYLE[var.role])
+            table.add_row(*cells, var.dtype, shape, human_bytes(var.nbytes), role)
     console.print(table)
     _role_totals(console, report)
     _batchnorm_summary(console, report)
