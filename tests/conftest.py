@@ -35,6 +35,30 @@ FIXTURE_BUNDLES = {
 }
 
 
+KERAS = FIXTURES / "keras"
+KERAS_FILES = {
+    f"{state}/{name}": KERAS / state / name
+    for state, names in {
+        "healthy": ["model.keras", "model.weights.h5", "model.h5"],
+        "stats_removed": ["model.keras", "model.weights.h5", "model.h5"],
+        "stats_init": ["model.weights.h5"],
+        "stats_nan": ["model.weights.h5"],
+    }.items()
+    for name in names
+} | {
+    "keras2/model.h5": FIXTURES / "keras2" / "model.h5",
+    "keras2/model_weights.h5": FIXTURES / "keras2" / "model_weights.h5",
+}
+KERAS_BUNDLES = {
+    "keras/healthy/ckpt": KERAS / "healthy" / "ckpt" / "model",
+    "keras/healthy/savedmodel": KERAS / "healthy" / "savedmodel",
+    "keras/stats_removed/ckpt": KERAS / "stats_removed" / "ckpt" / "model",
+    "keras/stats_init/ckpt": KERAS / "stats_init" / "ckpt" / "model",
+    "keras/stats_nan/ckpt": KERAS / "stats_nan" / "ckpt" / "model",
+    "keras2/ckpt": FIXTURES / "keras2" / "ckpt" / "model",
+}
+
+
 def realworld(name: str) -> Path:
     if not REALWORLD.is_dir():
         pytest.skip(f"real-world checkpoints not available ({REALWORLD} is absent)")

@@ -45,14 +45,32 @@ def is_v3_layout(file: h5py.File) -> bool:
     return "layers" in file or "vars" in file
 
 
-def _batchnorm_names(count: int, config: LayerConfig | None) -> list[str]:
-    """Names of a BatchNormalization's stored variables. With the config the order is exact; without it a
-    3-variable layer is taken as scale=False (beta first) and fewer variables as statistics that were lost."""
+def _looks_like_gamma(dataset: h5py.Dataset) -> bool:
+    """gamma starts at 1 and beta at 0, and training rarely moves either far: the nearer start wins."""
+    import numpy as np
+
+    values = np.asarray(dataset[()], dtype=np.float64)
+    return values.size > 0 and float(np.median(np.abs(values - 1))) < float(np.median(np.abs(values)))
+
+
+def _batchnorm_names(vars_group: h5py.Group, config: LayerConfig | None) -> list[str]:
+    """Names of a BatchNormalization's stored variables, in index order.
+
+    With the model config the order is exact. Without it (a bare .weights.h5), four variables are
+    gamma, beta, moving_mean, moving_variance; three lack gamma or beta, told apart by the first one's
+    values; two or one are parameters whose statistics were lost."""
+    count = len(vars_group)
     if config is not None:
         expected = list(config.batchnorm_parts)
+    elif count >= 4:
+        expected = ["gamma", "beta", "moving_mean", "moving_variance"]
+    elif count == 2:
+        expected = ["gamma", "beta"]
+    elif count in (1, 3):
+        first = "gamma" if "0" in vars_group and _looks_like_gamma(vars_group["0"]) else "beta"
+        expected = [first, "moving_mean", "moving_variance"]
     else:
-        expected = {4: ["gamma", "beta", "moving_mean", "moving_variance"], 3: ["beta", "moving_mean",
-                    "moving_variance"], 2: ["gamma", "beta"], 1: ["beta"]}.get(count, [])  # fmt: skip
+        expected = []
     return expected[:count] + [str(i) for i in range(len(expected), count)]
 
 
@@ -106,7 +124,7 @@ class KerasV3Reader:
             if vars_group is not None:
                 count = len(vars_group)
                 if config.is_batchnorm:
-                    names = _batchnorm_names(count, self.configs.get(path))
+                    names = _batchnorm_names(vars_group, self.configs.get(path))
                 else:
                     names = list(_KNOWN_ORDER.get(config.class_name, ()))[:count]
                     names += [str(i) for i in range(len(names), count)]
