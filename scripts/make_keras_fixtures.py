@@ -140,8 +140,10 @@ def keras3() -> None:
                        (removed / "model.weights.h5").read_bytes())  # fmt: skip
     statless_inputs, statless_outputs = build(keras.layers, batchnorm=StatlessBatchNorm)
     statless = keras.Model(statless_inputs, statless_outputs)
-    for layer, source in zip(statless.layers, model.layers):  # same structure, same order
-        layer.set_weights([w for w, v in zip(source.get_weights(), source.weights) if "moving" not in v.path])
+    for layer, source in zip(statless.layers, model.layers, strict=True):  # same structure, same order
+        layer.set_weights(
+            [w for w, v in zip(source.get_weights(), source.weights, strict=True) if "moving" not in v.path]
+        )
     tf.train.Checkpoint(model=statless).write(str(removed / "ckpt" / "model"))
 
     edit_statistics(model, ROOT / "keras" / "stats_init", lambda _, m, v: (np.zeros_like(m), np.ones_like(v)))

@@ -30,10 +30,19 @@ def _path(case):
 
 def _h5py_datasets(path):
     """(name, dtype, shape, values) of every dataset, as h5py reads them; `.keras` through its zip member."""
-    source = zipfile.ZipFile(path).open("model.weights.h5") if zipfile.is_zipfile(path) else path
     found = {}
-    with h5py.File(source, "r") as file:
-        file.visititems(lambda name, obj: found.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+
+    def collect(source):
+        with h5py.File(source, "r") as file:
+            file.visititems(
+                lambda name, obj: found.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None
+            )
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive, archive.open("model.weights.h5") as member:
+            collect(member)
+    else:
+        collect(path)
     return found
 
 
