@@ -149,7 +149,7 @@ def patch(
             _stdout().print(f"  + {addition.key}  {addition.dtype}{list(addition.shape)}", markup=False)
     else:
         _stdout().print("nothing was missing: the output is a copy of the target")
-    _stdout().print(f"wrote {result.out}.index and {result.out}.data-00000-of-00001", markup=False)
+    _stdout().print(f"wrote {' and '.join(result.written)}", markup=False)
     _stdout().print("re-checking the result:")
     with _one_line_errors():
         report = run_check(result.out)

@@ -7,15 +7,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from google.protobuf import text_format
-
 from ckptdoctor.analysis.checkpoint import Checkpoint, opened
-from ckptdoctor.formats import protos
-from ckptdoctor.formats.resolve import STATE_FILE, read_state_file
-from ckptdoctor.formats.tf_bundle import BundleEntry, BundleReader
-from ckptdoctor.model import CheckpointError
-from ckptdoctor.writer.atomic import write_atomically
-from ckptdoctor.writer.bundle import BundleWriter
+from ckptdoctor.formats.keras_h5 import KerasH5Reader
+from ckptdoctor.formats.keras_v3 import KerasV3Reader
+from ckptdoctor.formats.tf_bundle import BundleReader
+from ckptdoctor.model import BatchNormLayer, CheckpointError, TensorInfo
 
 
 class PatchError(CheckpointError):
@@ -24,11 +20,14 @@ class PatchError(CheckpointError):
 
 @dataclass(frozen=True)
 class Addition:
+    """One statistic to add: which target layer lacks it and where the donor holds it."""
+
     layer: str
-    statistic: str
-    key: str
+    statistic: str  # "moving_mean" or "moving_variance"
+    donor_key: str
     dtype: str
     shape: tuple[int, ...]
+    key: str = ""  # where it lands in the output; set by the writer
 
 
 @dataclass(frozen=True)
@@ -36,54 +35,60 @@ class PatchResult:
     target: str
     donor: str
     out: str
+    written: tuple[str, ...]  # the files that make up the output
     added: tuple[Addition, ...]
 
 
-def _bundle(checkpoint: Checkpoint, role: str) -> BundleReader:
-    reader = checkpoint.reader
-    if not isinstance(reader, BundleReader):
-        raise PatchError(f"{reader.location}: patch needs a TF V2 checkpoint as {role}, not {reader.format}")
-    return reader
+def _framework_name(checkpoint: Checkpoint, layer: BatchNormLayer) -> str:
+    """The layer's name as its framework knows it (`bn_default`), to match layers across formats."""
+    keys = {getattr(layer, part) for part in ("gamma", "beta", "moving_mean", "moving_variance")} - {None}
+    for variable in checkpoint.variables:
+        if variable.name in keys and variable.full_name:
+            return variable.full_name.rpartition("/")[0]
+    return layer.layer
 
 
-def plan(target: Checkpoint, donor: Checkpoint) -> list[tuple[Addition, BundleEntry]]:
-    """What to copy from the donor, validated against the target's layers; raises PatchError naming gaps."""
-    target_reader, donor_reader = _bundle(target, "target"), _bundle(donor, "donor")
+def plan(target: Checkpoint, donor: Checkpoint) -> list[Addition]:
+    """What to take from the donor, validated against the target's layers; raises PatchError naming gaps."""
+    infos: dict[str, TensorInfo] = {t.name: t for t in target.reader.tensors()}
+    donor_infos: dict[str, TensorInfo] = {t.name: t for t in donor.reader.tensors()}
+    by_layer = {layer.layer: layer for layer in donor.batchnorm}
+    by_name = {_framework_name(donor, layer): layer for layer in donor.batchnorm}
     additions, missing, mismatched = [], [], []
     for layer in target.batchnorm:
-        param_key = layer.beta or layer.gamma
-        param = target_reader.entry(param_key) if param_key else None
+        if not layer.missing_statistics:
+            continue
+        source = by_layer.get(layer.layer) or by_name.get(_framework_name(target, layer))
+        param_key = layer.beta or layer.gamma or layer.moving_mean or layer.moving_variance
+        param = infos.get(param_key) if param_key else None
         for statistic in layer.missing_statistics:
-            key = f"{layer.layer}/{statistic}"
-            try:
-                entry = donor_reader.entry(key)
-            except KeyError:
-                missing.append(key)
+            donor_key = getattr(source, statistic) if source else None
+            if donor_key is None:
+                missing.append(f"{layer.layer}/{statistic}")
                 continue
-            if param is not None and (entry.dtype != param.dtype or entry.shape != param.shape):
+            info = donor_infos[donor_key]
+            if param is not None and (info.dtype != param.dtype or info.shape != param.shape):
                 mismatched.append(
-                    f"{key} is {entry.dtype.name}{list(entry.shape)} in the donor but the layer's "
-                    f"{param_key.rsplit('/', 1)[-1]} is {param.dtype.name}{list(param.shape)}"
+                    f"{donor_key} is {info.dtype}{list(info.shape)} in the donor but the layer's "
+                    f"{param.name.rsplit('/', 1)[-1]} is {param.dtype}{list(param.shape)}"
                 )
                 continue
-            additions.append((Addition(layer.layer, statistic, key, entry.dtype.name, entry.shape), entry))
+            additions.append(Addition(layer.layer, statistic, donor_key, info.dtype, info.shape))
+    location = donor.reader.location
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise PatchError(f"{donor_reader.location}: donor lacks {len(missing)} needed tensors: {shown}")
+        raise PatchError(f"{location}: donor lacks {len(missing)} needed tensors: {shown}")
     if mismatched:
-        raise PatchError(f"{donor_reader.location}: donor statistics do not fit the target: {mismatched[0]}")
+        raise PatchError(f"{location}: donor statistics do not fit the target: {mismatched[0]}")
     return additions
 
 
-def normalise_out(out: str | os.PathLike[str]) -> str:
-    text = os.fspath(out)
-    return text[: -len(".index")] if text.endswith(".index") else text
-
-
-def existing_outputs(prefix: str) -> list[Path]:
-    """The files of a checkpoint already at `prefix`, of any shard count."""
-    path = Path(prefix)
-    found = [*path.parent.glob(glob.escape(path.name) + ".data-*-of-*"), Path(prefix + ".index")]
+def existing_outputs(out: str, is_bundle: bool) -> list[Path]:
+    """The files already at the output: a checkpoint's index and data shards, or the one file."""
+    path = Path(out)
+    if not is_bundle:
+        return [path] if path.exists() else []
+    found = [*path.parent.glob(glob.escape(path.name) + ".data-*-of-*"), Path(out + ".index")]
     return sorted(p for p in found if p.is_file())
 
 
@@ -93,52 +98,32 @@ def patch(
     out: str | os.PathLike[str],
     force: bool = False,
 ) -> PatchResult:
-    prefix = normalise_out(out)
-    if not Path(prefix).name:
-        raise PatchError(f"{out}: --out must name a checkpoint prefix, not a directory")
-    if Path(prefix).parent.exists() and not Path(prefix).parent.is_dir():
-        raise PatchError(f"{Path(prefix).parent}: not a directory")
+    """Write TARGET plus the statistics its BatchNorm layers lack, taken from DONOR, to OUT."""
+    from ckptdoctor.writer import keras as keras_writer
+    from ckptdoctor.writer import patch_bundle
+
+    out_text = os.fspath(out)
     with opened(target_path) as target, opened(donor_path) as donor:
-        target_reader = _bundle(target, "target")
-        for reader in (target_reader, donor.reader):
-            if os.path.abspath(reader.location) == os.path.abspath(prefix):
-                raise PatchError(f"{prefix}: the output must not be one of the inputs")
-        previous = existing_outputs(prefix)
+        is_bundle = isinstance(target.reader, BundleReader)
+        if is_bundle and out_text.endswith(".index"):
+            out_text = out_text[: -len(".index")]
+        parent = Path(out_text).parent
+        if not Path(out_text).name or Path(out_text).is_dir():
+            raise PatchError(f"{out}: --out must name a checkpoint prefix or file, not a directory")
+        if parent.exists() and not parent.is_dir():
+            raise PatchError(f"{parent}: not a directory")
+        for reader in (target.reader, donor.reader):
+            if os.path.abspath(reader.location) == os.path.abspath(out_text):
+                raise PatchError(f"{out_text}: the output must not be one of the inputs")
+        previous = existing_outputs(out_text, is_bundle)
         if previous and not force:
-            raise PatchError(f"{prefix}: a checkpoint exists at the output (use --force to replace it)")
+            raise PatchError(f"{out_text}: a checkpoint exists at the output (use --force to replace it)")
         additions = plan(target, donor)
-        Path(prefix).parent.mkdir(parents=True, exist_ok=True)
-        writer = BundleWriter(prefix)
-        try:
-            by_key = {e.key: (target_reader, e) for e in target_reader.entries.values()}
-            by_key |= {entry.key: (donor.reader, entry) for _, entry in additions}
-            for key in sorted(by_key):
-                reader, entry = by_key[key]
-                writer.copy(reader, entry)
-            writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
-    for stale in previous:
-        if stale.name not in (Path(writer.data_path).name, Path(writer.index_path).name):
-            stale.unlink(missing_ok=True)
-    write_state_file(prefix)
-    return PatchResult(
-        target=target_reader.location,
-        donor=donor.reader.location,
-        out=prefix,
-        added=tuple(addition for addition, _ in additions),
-    )
-
-
-def write_state_file(prefix: str) -> None:
-    """Name `prefix` as the latest checkpoint of its directory, keeping the checkpoints already listed."""
-    directory = Path(prefix).parent
-    state = read_state_file(directory) or protos.CheckpointState()
-    name = Path(prefix).name
-    paths = [p for p in state.all_model_checkpoint_paths if Path(p).name != name]
-    del state.all_model_checkpoint_paths[:]
-    del state.all_model_checkpoint_timestamps[:]
-    state.all_model_checkpoint_paths.extend([*paths, name])
-    state.model_checkpoint_path = name
-    write_atomically(directory / STATE_FILE, text_format.MessageToString(state).encode())
+        parent.mkdir(parents=True, exist_ok=True)
+        if is_bundle:
+            written, additions = patch_bundle.write(target, donor, additions, out_text, previous)
+        elif isinstance(target.reader, (KerasV3Reader, KerasH5Reader)):
+            written, additions = keras_writer.write(target, donor, additions, out_text)
+        else:
+            raise PatchError(f"{target.reader.location}: patch does not write {target.reader.format} checkpoints")
+        return PatchResult(target.reader.location, donor.reader.location, out_text, written, tuple(additions))

@@ -26,10 +26,10 @@ def copy_range(source: ByteSource, offset: int, length: int, out_fd: int, chunk:
         source.copy_to(offset, length, out_fd)
         return
     for start in range(offset, offset + length, chunk):
-        _write_all(out_fd, source.read(start, min(chunk, offset + length - start)))
+        write_all(out_fd, source.read(start, min(chunk, offset + length - start)))
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -79,7 +79,7 @@ class LocalFile:
                 data = self.read(offset, min(8 << 20, end - offset))
                 if not data:
                     raise CheckpointError(f"{self.name}: ended {end - offset} bytes early while copying") from None
-                _write_all(out_fd, data)
+                write_all(out_fd, data)
                 offset += len(data)
 
     def close(self) -> None:

@@ -100,6 +100,7 @@ class KerasV3Reader:
         self._datasets: dict[str, h5py.Dataset] = {}
         self._infos: list[TensorInfo] = []
         self._layers: dict[str, LayerConfig] = {}
+        self.vars_groups: dict[str, str] = {}  # layer path -> HDF5 path of its `vars` group
         if "layers" in self.file:
             self._walk_layers(self.file["layers"], prefix="")
         if "vars" in self.file:
@@ -122,6 +123,7 @@ class KerasV3Reader:
             config = self.configs.get(path) or LayerConfig(path, class_from_container(container))
             self._layers[path] = config
             if vars_group is not None:
+                self.vars_groups[path] = vars_group.name.lstrip("/")
                 count = len(vars_group)
                 if config.is_batchnorm:
                     names = _batchnorm_names(vars_group, self.configs.get(path))

@@ -55,10 +55,18 @@ def _through_optimizer(path: str) -> bool:
     return OPTIMIZER_EDGE in path.split("/")[:-1] or path.split("/")[0].startswith(OPTIMIZER_EDGE)
 
 
-def parse(serialized: bytes) -> tuple[object, dict[str, GraphVariable]]:
+@dataclass(frozen=True)
+class ObjectGraph:
+    proto: object  # TrackableObjectGraph
+    variables: dict[str, GraphVariable]  # by checkpoint key
+    nodes_by_path: dict[str, int]  # every path that reaches a node
+
+
+def parse(serialized: bytes) -> ObjectGraph:
     """The decoded graph, and what it says about each checkpoint key that holds a value."""
     graph = protos.TrackableObjectGraph.FromString(serialized)
     candidates = _paths(graph)
+    nodes_by_path = {path: node_id for node_id, paths in enumerate(candidates) for path in paths}
     preferred: dict[int, str] = {}
     for node_id, paths in enumerate(candidates):
         if paths:
@@ -83,4 +91,4 @@ def parse(serialized: bytes) -> tuple[object, dict[str, GraphVariable]]:
             path = preferred.get(node_id) or key.split(ATTRIBUTE_MARKER)[0]
             optimizer_only = _through_optimizer(path)
             variables[key] = GraphVariable(key, node_id, path, full_name, optimizer_only=optimizer_only)
-    return graph, variables
+    return ObjectGraph(graph, variables, nodes_by_path)

@@ -13,9 +13,9 @@ from ckptdoctor import dtypes
 from ckptdoctor.formats import object_graph, protos
 from ckptdoctor.formats.base import SCAN_CHUNK, ScanResult
 from ckptdoctor.formats.bytesource import LocalFile, copy_range
-from ckptdoctor.formats.crc import crc32c, unmask
+from ckptdoctor.formats.crc import crc32c, mask, unmask
 from ckptdoctor.formats.ordered_code import slice_key
-from ckptdoctor.formats.sstable import TableError, TableReader, decode_varint
+from ckptdoctor.formats.sstable import TableError, TableReader, decode_varint, encode_varint
 from ckptdoctor.model import CheckpointError, IntegrityProblem, LayerConfig, TensorInfo
 
 if TYPE_CHECKING:
@@ -114,18 +114,18 @@ class BundleReader:
                 raise CheckpointError(f"{prefix}.index: entry {key!r} cannot be decoded ({error})") from None
         self.format = format or ("tf2-object-based" if OBJECT_GRAPH_KEY.encode() in self.entries else "tf1-name-based")
         self._shards: dict[int, LocalFile | None] = {}
-        self.object_graph, self.graph_variables = self._read_object_graph()
+        self.object_graph = self._read_object_graph()
 
-    def _read_object_graph(self) -> tuple[object | None, dict[str, object_graph.GraphVariable]]:
+    def _read_object_graph(self) -> object_graph.ObjectGraph | None:
         """The decoded object graph where there is one; damaged graph bytes leave names to speak alone."""
         entry = self.entries.get(OBJECT_GRAPH_KEY.encode())
         if entry is None or entry.dtype.name != "string" or entry.shape != ():
-            return None, {}
+            return None
         try:
             (serialized,) = decode_strings(self.read_bytes(entry), 1)
             return object_graph.parse(serialized)
-        except Exception:
-            return None, {}
+        except Exception:  # any damage to these bytes is reported by the scan (crc, bounds)
+            return None
 
     def _read_header(self, records: list[tuple[bytes, bytes]]) -> int:
         if not records or records[0][0] != b"":
@@ -157,7 +157,7 @@ class BundleReader:
         return tuple(self._info(e) for e in self.variable_entries)
 
     def _info(self, entry: BundleEntry) -> TensorInfo:
-        known = self.graph_variables.get(entry.name)
+        known = self.object_graph.variables.get(entry.name) if self.object_graph else None
         if known is None:
             return TensorInfo(entry.name, entry.dtype.name, entry.shape, entry.nbytes)
         return TensorInfo(
@@ -369,3 +369,13 @@ def string_tensor_crc(raw: bytes, count: int) -> int:
         crc = crc32c(struct.pack("<Q" if length > 0xFFFFFFFF else "<I", length), crc)
     crc = crc32c(raw[pos : pos + 4], crc)
     return crc32c(raw[pos + 4 :], crc)
+
+
+def encode_string_tensor(values: list[bytes]) -> tuple[bytes, int]:
+    """(stored bytes, masked crc) of a DT_STRING tensor, as TF's BundleWriter writes it."""
+    lengths = b"".join(encode_varint(len(v)) for v in values)
+    length_crc = 0
+    for value in values:
+        length_crc = crc32c(struct.pack("<Q" if len(value) > 0xFFFFFFFF else "<I", len(value)), length_crc)
+    raw = lengths + struct.pack("<I", mask(length_crc)) + b"".join(values)
+    return raw, mask(string_tensor_crc(raw, len(values)))

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from ckptdoctor.formats import protos
+from ckptdoctor.formats.bytesource import write_all
 from ckptdoctor.formats.sstable import TableBuilder
 from ckptdoctor.formats.tf_bundle import BundleEntry, BundleReader, data_file_name
 from ckptdoctor.writer.atomic import fsync_directory, temp_beside
@@ -34,17 +35,30 @@ class BundleWriter:
         self._offset = 0
         self._entries: dict[bytes, bytes] = {}
 
-    def copy(self, reader: BundleReader, entry: BundleEntry) -> None:
+    def copy(self, reader: BundleReader, entry: BundleEntry, key: bytes | None = None) -> None:
         """Append one tensor from `reader`, bytes and checksum exactly as stored there."""
-        if entry.key in self._entries:
-            raise ValueError(f"duplicate key {entry.name}")
+        key = entry.key if key is None else key
+        if key in self._entries:
+            raise ValueError(f"duplicate key {key!r}")
         proto = protos.BundleEntryProto.FromString(entry.proto)
         if not entry.num_slices:  # a partitioned variable's full entry has no bytes of its own
             reader.copy_bytes(entry, self._data_fd)
             proto.shard_id = 0
             proto.offset = self._offset
             self._offset += entry.size
-        self._entries[entry.key] = proto.SerializeToString()
+        self._entries[key] = proto.SerializeToString()
+
+    def add(self, key: bytes, dtype_code: int, shape: tuple[int, ...], raw: bytes, masked_crc: int) -> None:
+        """Append a tensor given as its stored bytes (little-endian, or TF's string layout) and masked CRC."""
+        if key in self._entries:
+            raise ValueError(f"duplicate key {key!r}")
+        proto = protos.BundleEntryProto(dtype=dtype_code, offset=self._offset, size=len(raw), crc32c=masked_crc)
+        proto.shape.SetInParent()  # TF always writes the shape, `12 00` for a scalar
+        for size in shape:
+            proto.shape.dim.add(size=size)
+        write_all(self._data_fd, raw)
+        self._offset += len(raw)
+        self._entries[key] = proto.SerializeToString()
 
     def commit(self) -> None:
         """Make the data file durable, write the index, and rename data then index into place."""

@@ -1,0 +1,77 @@
+"""Write a patched TF bundle: every target tensor plus the added statistics, and for TF2 the graph nodes."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ckptdoctor import dtypes
+from ckptdoctor.analysis.checkpoint import Checkpoint
+from ckptdoctor.formats import protos
+from ckptdoctor.formats.crc import crc32c, mask
+from ckptdoctor.formats.object_graph import ObjectGraph
+from ckptdoctor.formats.tf_bundle import OBJECT_GRAPH_KEY, BundleReader, encode_string_tensor
+from ckptdoctor.model import CheckpointError
+from ckptdoctor.writer.bundle import BundleWriter
+from ckptdoctor.writer.state import write_state_file
+
+ATTRIBUTE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def _with_graph_nodes(graph: ObjectGraph, additions, full_names: dict[str, str]) -> bytes:
+    """The object graph with one node per added variable, linked as a child of its layer's node.
+
+    Matching on restore goes through these links, not key names: a tensor without its node is ignored,
+    and a node nobody links to makes TF's assert_consumed fail with a KeyError (FORMATS.md §10)."""
+    proto = protos.TrackableObjectGraph()
+    proto.CopyFrom(graph.proto)
+    for addition in additions:
+        parent = graph.nodes_by_path.get(addition.layer)
+        if parent is None:
+            raise CheckpointError(f"layer object {addition.layer} is not in the target's object graph")
+        node = proto.nodes.add()
+        node.attributes.add(name="VARIABLE_VALUE", full_name=full_names[addition.key], checkpoint_key=addition.key)
+        node.has_checkpoint_values.value = True
+        proto.nodes[parent].children.add(node_id=len(proto.nodes) - 1, local_name=addition.statistic)
+    return proto.SerializeToString()
+
+
+def write(target: Checkpoint, donor: Checkpoint, additions, out: str, previous: list[Path]):
+    reader = target.reader
+    assert isinstance(reader, BundleReader)
+    graph = reader.object_graph
+    suffix = ATTRIBUTE_SUFFIX if graph is not None else ""
+    additions = [dataclasses.replace(a, key=f"{a.layer}/{a.statistic}{suffix}") for a in additions]
+    donor_names = {v.name: v.full_name for v in donor.variables}
+    full_names = {a.key: donor_names.get(a.donor_key) or f"{a.layer}/{a.statistic}" for a in additions}
+
+    writer = BundleWriter(out)
+    try:
+        sources: dict[bytes, object] = {entry.key: (reader, entry) for entry in reader.entries.values()}
+        for addition in additions:
+            if isinstance(donor.reader, BundleReader):
+                sources[addition.key.encode()] = (donor.reader, donor.reader.entry(addition.donor_key))
+            else:
+                sources[addition.key.encode()] = donor.reader.read(addition.donor_key)
+        if graph is not None and additions:
+            serialized = _with_graph_nodes(graph, additions, full_names)
+            sources[OBJECT_GRAPH_KEY.encode()] = encode_string_tensor([serialized])
+        for key in sorted(sources):
+            source = sources[key]
+            if isinstance(source, tuple) and isinstance(source[0], BundleReader):
+                writer.copy(*source, key=key)
+            elif isinstance(source, tuple):  # (string bytes, masked crc)
+                writer.add(key, dtypes.BY_NAME["string"].code, (), *source)
+            else:
+                raw = source.astype(source.dtype.newbyteorder("<")).tobytes()
+                code = dtypes.BY_NAME[str(source.dtype)].code
+                writer.add(key, code, tuple(source.shape), raw, mask(crc32c(raw)))
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    for stale in previous:  # shards of an older checkpoint at this prefix with another shard count
+        if stale.name not in (Path(writer.data_path).name, Path(writer.index_path).name):
+            stale.unlink(missing_ok=True)
+    write_state_file(out)
+    return (writer.index_path, writer.data_path), additions
