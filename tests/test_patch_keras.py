@@ -82,7 +82,7 @@ def test_cross_format_donor(tmp_path, keras, healthy):
 
 def test_tf2_object_checkpoint_adds_graph_nodes(tmp_path, tf, keras, healthy):
     broken = str(KERAS / "stats_removed" / "ckpt" / "model")
-    with pytest.raises(AssertionError, match="not bound|Unresolved|were not"):
+    with pytest.raises(AssertionError, match=r"not bound|Unresolved|were not"):
         tf.train.Checkpoint(model=_fresh(keras)).read(broken).assert_consumed()
     out = tmp_path / "fixed" / "model"
     result = patch(broken, KERAS / "healthy" / "ckpt" / "model", out)
