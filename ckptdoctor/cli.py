@@ -161,15 +161,23 @@ def patch(
 def verify(
     checkpoint: PathArg,
     meta_graph: Annotated[
-        str, typer.Option("--meta-graph", help="The evaluation graph's .meta (MetaGraphDef).", show_default=False)
-    ],
+        Optional[str],  # noqa: UP045
+        typer.Option("--meta-graph", help="TF1: the evaluation graph's .meta (MetaGraphDef).", show_default=False),
+    ] = None,
+    model: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--model", help="Keras/TF2: MODEL.keras or package.module:builder.", show_default=False),
+    ] = None,
 ) -> None:
-    """Restore CHECKPOINT into the evaluation graph in real TensorFlow (needs the tf extra)."""
-    from ckptdoctor.verify import verify_meta_graph
+    """Restore CHECKPOINT into the real model in TensorFlow or Keras (needs the tf extra)."""
+    from ckptdoctor.verify import verify_meta_graph, verify_model
 
+    if (meta_graph is None) == (model is None):
+        _error("verify needs exactly one of --meta-graph (TF1 graphs) or --model (Keras and TF2)")
+        raise typer.Exit(EXIT_ERROR)
     with _one_line_errors():
-        result = verify_meta_graph(checkpoint, meta_graph)
-    _stdout().print(f"{result.graph_variables} variables in the graph, checkpoint {result.checkpoint}", markup=False)
+        result = verify_meta_graph(checkpoint, meta_graph) if meta_graph else verify_model(checkpoint, model)
+    _stdout().print(f"{result.graph_variables} variables in the model, checkpoint {result.checkpoint}", markup=False)
     for key in result.missing:
         _stdout().print(f"  missing     {key}", markup=False)
     for mismatch in result.mismatched:
@@ -177,9 +185,9 @@ def verify(
             f"  mismatched  {mismatch.key}: graph {mismatch.expected}, checkpoint {mismatch.found}", markup=False
         )
     if result.tf_error:
-        _stdout().print(f"TensorFlow refused the restore: {result.tf_error}", markup=False, soft_wrap=True)
+        _stdout().print(f"the restore failed: {result.tf_error}", markup=False, soft_wrap=True)
     if result.ok:
-        _stdout().print("[bold green]restored in TensorFlow: every variable matched[/]")
+        _stdout().print("[bold green]restored for real: every variable matched[/]")
     raise typer.Exit(EXIT_OK if result.ok else EXIT_FINDINGS)
 
 

@@ -1,4 +1,4 @@
-"""Prove in real TensorFlow that a checkpoint restores into an evaluation graph (needs the [tf] extra)."""
+"""Prove in real TensorFlow or Keras that a checkpoint restores into the model (needs the [tf] extra)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class Mismatch:
 @dataclass(frozen=True)
 class VerifyResult:
     checkpoint: str
-    graph_variables: int
+    graph_variables: int  # variables the model or graph expects
     missing: tuple[str, ...]
     mismatched: tuple[Mismatch, ...]
     restored: bool
@@ -52,13 +52,17 @@ def _import_tensorflow():
     return tf
 
 
-def _essential_line(message: str) -> str:
-    """TF wraps the useful line ("Key ... not found in checkpoint") in paragraphs of advice."""
+_ESSENTIAL = re.compile(
+    r"not found in checkpoint|[Ss]hape|[Cc]hecksum|DataLoss|corrupt|expected \d+ variables|"
+    r"[Ww]eight count mismatch|not bound|Unresolved object"
+)
+
+
+def _essential_line(message: str, limit: int = 400) -> str:
+    """TF and Keras wrap the useful line ("Key ... not found in checkpoint") in paragraphs of advice."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
-    for line in lines:
-        if re.search(r"not found in checkpoint|[Ss]hape|[Cc]hecksum|DataLoss|corrupt", line):
-            return line
-    return lines[0] if lines else message
+    line = next((line for line in lines if _ESSENTIAL.search(line)), lines[0] if lines else message)
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def verify_meta_graph(checkpoint: str | os.PathLike[str], meta_graph: str | os.PathLike[str]) -> VerifyResult:
@@ -102,3 +106,84 @@ def verify_meta_graph(checkpoint: str | os.PathLike[str], meta_graph: str | os.P
         restored=tf_error is None,
         tf_error=tf_error,
     )
+
+
+def load_model_spec(spec: str):
+    """A fresh model from `MODEL.keras` (architecture only, weights re-initialised) or `package.module:builder`."""
+    _import_tensorflow()
+    import importlib
+
+    import keras
+
+    if os.path.isfile(spec):
+        try:
+            saved = keras.saving.load_model(spec, compile=False)
+        except Exception as error:  # Keras raises many types for a file it cannot load
+            raise CheckpointError(f"{spec}: Keras cannot load this model ({_first_line(error)})") from None
+        return keras.models.clone_model(saved)
+    module_name, _, attribute = spec.partition(":")
+    if not attribute:
+        raise CheckpointError(f"{spec}: --model is neither a model file nor package.module:builder")
+    try:
+        builder = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise CheckpointError(f"{spec}: cannot import the model builder ({error})") from None
+    return builder()
+
+
+def _first_line(error: BaseException) -> str:
+    return _essential_line(str(error)) if str(error).strip() else type(error).__name__
+
+
+def _compare_keras_layers(reader, model) -> tuple[list[str], list[Mismatch]]:
+    """Layer by layer: variables the model expects that the file lacks, and shape disagreements."""
+    stored: dict[str, list] = {}
+    for info in reader.tensors():
+        path = info.path or info.name
+        stored.setdefault(path.rpartition("/")[0], []).append(info)
+    missing, mismatched = [], []
+    for layer in model.layers:
+        expected = list(layer.weights)
+        found = stored.get(layer.name, [])
+        for index, variable in enumerate(expected):
+            label = f"{layer.name}/{variable.path.rsplit('/', 1)[-1]}"
+            if index >= len(found):
+                missing.append(label)
+                continue
+            shape_expected, shape_found = tuple(variable.shape), found[index].shape
+            if shape_expected != shape_found:
+                mismatched.append(Mismatch(label, f"{variable.dtype}{list(shape_expected)}",
+                                           f"{found[index].dtype}{list(shape_found)}"))  # fmt: skip
+    return missing, mismatched
+
+
+def verify_model(checkpoint: str | os.PathLike[str], model_spec: str) -> VerifyResult:
+    """Load CHECKPOINT into a fresh copy of the model: Keras files with load_weights, TF2 checkpoints
+    with tf.train.Checkpoint(...).read(...).assert_consumed()."""
+    reader, resolved = open_checkpoint(checkpoint)
+    try:
+        tf = _import_tensorflow()
+        model = load_model_spec(model_spec)
+        expected = len(model.weights)
+        if resolved.kind == "bundle":
+            roots = {(t.path or t.name).split("/", 1)[0] for t in reader.tensors()}
+            missing, mismatched = [], []
+        else:
+            missing, mismatched = _compare_keras_layers(reader, model)
+    finally:
+        reader.close()
+    error = None
+    try:
+        if resolved.kind == "bundle":
+            root = tf.train.Checkpoint(model=model) if "model" in roots else tf.train.Checkpoint(root=model)
+            status = root.read(resolved.location)
+            status.expect_partial()  # optimizer state the eval model does not hold is expected, not an error
+            status.assert_existing_objects_matched()
+        else:
+            model.load_weights(resolved.location)
+    except AssertionError as failure:  # TF names the unbound variables by their Keras path
+        missing.extend(sorted(re.findall(r"<Variable path=([^,>]+)", str(failure))))
+        error = f"AssertionError: {_first_line(failure).split(': [<')[0]}"
+    except Exception as failure:  # what TF or Keras says is the verdict, whatever its type
+        error = f"{type(failure).__name__}: {_first_line(failure)}"
+    return VerifyResult(resolved.location, expected, tuple(missing), tuple(mismatched), error is None, error)

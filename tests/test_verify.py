@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from conftest import FIXTURE_BUNDLES, TF1
+import pytest
+from conftest import FIXTURE_BUNDLES, KERAS, TF1
 
 from ckptdoctor.patch import patch
-from ckptdoctor.verify import verify_meta_graph
+from ckptdoctor.verify import verify_meta_graph, verify_model
 
 META = TF1 / "eval" / "eval.meta"
 STATS = {f"net/{layer}/{stat}" for layer in ("conv1/BatchNorm", "conv2/BatchNorm", "batch_normalization",
@@ -42,3 +43,43 @@ def test_shape_mismatch_is_reported(tmp_path, tf):
     assert (mismatch.key, mismatch.expected, mismatch.found) == ("net/conv1/weights", "float32[3, 3, 3, 8]",
                                                                  "float32[2, 2]")  # fmt: skip
     assert len(result.missing) == 20
+
+
+KERAS_MODEL = str(KERAS / "healthy" / "model.keras")
+KERAS_STATS = {f"{layer}/{stat}" for layer in ("bn_default", "bn_noscale", "bn_nocenter")
+               for stat in ("moving_mean", "moving_variance")}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["healthy/model.weights.h5", "healthy/model.h5", "healthy/model.keras",
+                                  "healthy/ckpt/model", "healthy/savedmodel"])  # fmt: skip
+def test_healthy_keras_files_load_into_the_model(name, tf):
+    result = verify_model(KERAS / name, KERAS_MODEL)
+    assert result.ok, result.tf_error
+    assert result.graph_variables == 18
+
+
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [
+        ("stats_removed/model.weights.h5", "Layer 'bn_default' expected 4 variables, but received 2"),
+        ("stats_removed/model.keras", "Layer 'bn_default' expected 4 variables, but received 2"),
+        ("stats_removed/model.h5", "Layer expects 4 weight(s). Received 2"),
+        ("stats_removed/ckpt/model", "Found 6 Python objects that were not bound"),
+    ],
+)
+def test_keras_files_without_statistics_name_what_is_missing(name, error, tf):
+    result = verify_model(KERAS / name, KERAS_MODEL)
+    assert not result.ok and not result.restored
+    assert error in result.tf_error
+    assert set(result.missing) == KERAS_STATS
+
+
+def test_model_builder_spec(tmp_path, monkeypatch, tf):
+    (tmp_path / "mymodels.py").write_text(
+        "import keras\n\n"
+        "def build():\n"
+        f"    saved = keras.saving.load_model({KERAS_MODEL!r}, compile=False)\n"
+        "    return keras.models.clone_model(saved)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert verify_model(KERAS / "healthy" / "model.weights.h5", "mymodels:build").ok
