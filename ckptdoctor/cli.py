@@ -100,32 +100,172 @@ def inspect(path: PathArg, output_format: FormatOpt = OutputFormat.text) -> None
         render_inspect(_stdout(), report)
 
 
+class CheckFormat(str, Enum):
+    text = "text"
+    json = "json"
+    sarif = "sarif"
+    junit = "junit"
+    github = "github"
+
+
 @app.command()
 def check(
-    path: PathArg,
+    paths: Annotated[
+        list[str], typer.Argument(help="Checkpoints (prefixes, files or directories).", show_default=False)
+    ],
     reference: Annotated[
         Optional[str],  # noqa: UP045 - typer needs Optional on Python 3.9
         typer.Option("--reference", "-r", help="The checkpoint training started from (e.g. the pretrained model)."),
     ] = None,
-    fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Lowest severity that makes the exit code 1.")] = (
-        FailOn.error
-    ),
-    output_format: FormatOpt = OutputFormat.text,
+    fail_on: Annotated[
+        Optional[FailOn],  # noqa: UP045
+        typer.Option(
+            "--fail-on", help="Lowest severity that makes the exit code 1 [default: error].", show_default=False
+        ),
+    ] = None,
+    output_format: Annotated[CheckFormat, typer.Option("--format", "-f", help="Output format.")] = CheckFormat.text,
+    output: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--output", "-o", help="Write the report to this file instead of stdout.", show_default=False),
+    ] = None,
+    config: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--config", help="Policy file (TOML); default: [tool.ckptdoctor] in ./pyproject.toml.", show_default=False
+        ),
+    ] = None,
 ) -> None:
-    """Diagnose a checkpoint; exit 0 healthy, 1 findings at or above --fail-on, 2 unreadable."""
+    """Diagnose checkpoints; exit 0 healthy, 1 findings at or above --fail-on, 2 unreadable."""
+    import dataclasses
+
     from ckptdoctor.diagnose import check as run_check
+    from ckptdoctor.policy import load_policy
 
     with _one_line_errors():
-        report = run_check(path, reference=reference)
-    if output_format is OutputFormat.json:
-        from ckptdoctor.report.json import render
-
-        sys.stdout.write(render(report))
-    else:
+        policy = load_policy(config)
+    threshold = Severity(fail_on.value) if fail_on else (policy.fail_on or Severity.ERROR)
+    reports, unreadable = [], False
+    show_progress = output_format is CheckFormat.text and output is None and sys.stderr.isatty()
+    for path in paths:
+        try:
+            with _scan_progress(show_progress, path) as progress:
+                report = run_check(path, reference=reference, progress=progress)
+        except CheckpointError as error:
+            _error(str(error))
+            unreadable = True
+            continue
+        reports.append(dataclasses.replace(report, findings=policy.apply(path, report.findings)))
+    if output_format is CheckFormat.text and output is None:
         from ckptdoctor.report.text import render_check
 
-        render_check(_stdout(), report)
-    raise typer.Exit(exit_code(report.findings, Severity(fail_on.value)))
+        for report in reports:
+            render_check(_stdout(), report)
+    else:
+        with _one_line_errors():
+            _emit(_render_check(reports, output_format, threshold), output)
+    worst = max((exit_code(r.findings, threshold) for r in reports), default=EXIT_OK)
+    raise typer.Exit(EXIT_ERROR if unreadable else worst)
+
+
+@contextmanager
+def _scan_progress(enabled: bool, path: str) -> Iterator[object]:
+    """A rich progress bar on stderr for the byte scan, only on a terminal and only for text output."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(f"scanning {path}", total=None)
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield advance
+
+
+def _render_check(reports: list, output_format: CheckFormat, threshold: Severity) -> str:
+    if output_format is CheckFormat.json:
+        from ckptdoctor.report.json import render_many
+
+        return render_many(reports)
+    if output_format is CheckFormat.sarif:
+        from ckptdoctor.report.sarif import render
+
+        return render(reports)
+    if output_format is CheckFormat.junit:
+        from ckptdoctor.report.junit import render
+
+        return render(reports, threshold)
+    if output_format is CheckFormat.github:
+        from ckptdoctor.report.github import render
+
+        return render(reports)
+    import io
+
+    from rich.console import Console
+
+    from ckptdoctor.report.text import render_check
+
+    if not reports:
+        return ""
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=160, highlight=False, no_color=True)
+    for report in reports:
+        render_check(console, report)
+    return buffer.getvalue()
+
+
+def _emit(text: str, output: str | None) -> None:
+    """Write to stdout (rich colours on a terminal for text) or atomically to --output."""
+    if output is None:
+        sys.stdout.write(text)
+        return
+    from ckptdoctor.writer.atomic import write_atomically
+
+    try:
+        write_atomically(output, text.encode("utf-8"))
+    except OSError as error:
+        raise CheckpointError(f"{output}: cannot write the report ({error.strerror})") from None
+
+
+@app.command()
+def rules() -> None:
+    """List every rule: code, name, severity and what it finds."""
+    from rich.table import Table
+
+    from ckptdoctor.rules import CATALOGUE
+
+    table = Table(show_edge=False)
+    for column in ("code", "name", "severity", "what it finds"):
+        table.add_column(column, overflow="fold")
+    for rule in CATALOGUE:
+        table.add_row(rule.code, rule.name, rule.severity.value, rule.title)
+    _stdout().print(table)
+
+
+@app.command()
+def explain(
+    rule: Annotated[str, typer.Argument(help="A rule code (BN001) or name (bn-missing-moving-stats).")],
+) -> None:
+    """What a rule means, why it happens (with the TF/Keras error it explains) and how to fix it."""
+    from rich.text import Text
+
+    from ckptdoctor.rules import BY_NAME
+
+    found = BY_NAME.get(rule) or BY_NAME.get(rule.upper())
+    if found is None:
+        _error(f"{rule}: no such rule (see `ckptdoctor rules`)")
+        raise typer.Exit(EXIT_ERROR)
+    console = _stdout()
+    console.print(Text(f"{found.code} {found.name} ({found.severity.value})", style="bold"))
+    console.print(found.title)
+    console.print()
+    console.print(Text(found.explanation))
+    console.print()
+    console.print(Text(f"Fix: {found.hint}"))
 
 
 @app.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from ckptdoctor.analysis.checkpoint import Checkpoint, opened
 from ckptdoctor.model import Finding, Report
@@ -14,6 +15,7 @@ def _report(path: str | os.PathLike[str], checkpoint: Checkpoint, findings: tupl
         format=checkpoint.reader.format,
         resolved=checkpoint.resolved.location,
         note=checkpoint.resolved.note,
+        file=checkpoint.resolved.location + (".index" if checkpoint.resolved.kind == "bundle" else ""),
         variables=checkpoint.variables,
         batchnorm=checkpoint.batchnorm,
         findings=findings,
@@ -26,12 +28,18 @@ def inspect(path: str | os.PathLike[str]) -> Report:
         return _report(path, checkpoint)
 
 
-def check(path: str | os.PathLike[str], reference: str | os.PathLike[str] | None = None) -> Report:
-    """Diagnose a checkpoint: every rule over one full scan of its bytes, optionally against a reference."""
+def check(
+    path: str | os.PathLike[str],
+    reference: str | os.PathLike[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Report:
+    """Diagnose a checkpoint: every rule over one full scan of its bytes, optionally against a reference.
+
+    `progress(done, total)` is called with byte counts as the scan advances."""
     from ckptdoctor.rules import CheckContext, run_rules  # inspect never needs the rule catalogue
 
     with opened(path) as checkpoint:
-        scan = checkpoint.reader.scan()
+        scan = checkpoint.reader.scan(progress)
         if reference is None:
             return _report(path, checkpoint, run_rules(CheckContext(checkpoint, scan)))
         with opened(reference) as reference_checkpoint:

@@ -119,6 +119,7 @@ class Report:
     format: str
     resolved: str
     note: str | None
+    file: str  # the one file that stands for the checkpoint: the .index of a bundle, else the file itself
     variables: tuple[Variable, ...]
     batchnorm: tuple[BatchNormLayer, ...]
     findings: tuple[Finding, ...] = field(default=())

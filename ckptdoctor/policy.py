@@ -1,10 +1,16 @@
-"""The one place that decides exit codes."""
+"""The one place that decides exit codes, and the policy (ignored rules, severities) applied before it."""
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
+import sys
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from ckptdoctor.model import Finding, Severity
+from ckptdoctor.model import CheckpointError, Finding, Severity
 
 EXIT_OK = 0  # nothing at or above the --fail-on severity
 EXIT_FINDINGS = 1  # findings at or above --fail-on, or a verify that TensorFlow refused
@@ -14,3 +20,106 @@ EXIT_ERROR = 2  # could not run: unreadable input, bad arguments, missing option
 def exit_code(findings: Iterable[Finding], fail_on: Severity = Severity.ERROR) -> int:
     failing = any(finding.severity.rank >= fail_on.rank for finding in findings)
     return EXIT_FINDINGS if failing else EXIT_OK
+
+
+@dataclass(frozen=True)
+class Override:
+    paths: tuple[str, ...]  # globs matched against the checkpoint path as given
+    ignore: frozenset[str] = frozenset()
+    severity: dict[str, Severity] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """`[tool.ckptdoctor]` in pyproject.toml, or a TOML file given with --config (same keys at top level)."""
+
+    fail_on: Severity | None = None
+    ignore: frozenset[str] = frozenset()  # rule codes or slugs
+    severity: dict[str, Severity] = field(default_factory=dict)
+    overrides: tuple[Override, ...] = ()
+    source: str | None = None
+
+    def apply(self, path: str, findings: Iterable[Finding]) -> tuple[Finding, ...]:
+        """The findings that remain for `path`, with severities changed as configured."""
+        ignore, severity = set(self.ignore), dict(self.severity)
+        posix = Path(path).as_posix()
+        for override in self.overrides:
+            if any(fnmatch.fnmatch(posix, pattern) for pattern in override.paths):
+                ignore |= override.ignore
+                severity |= override.severity
+        kept = []
+        for finding in findings:
+            if finding.code in ignore or finding.name in ignore:
+                continue
+            changed = severity.get(finding.code) or severity.get(finding.name)
+            kept.append(dataclasses.replace(finding, severity=changed) if changed else finding)
+        return tuple(kept)
+
+
+def _toml(path: Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise CheckpointError(f"{path}: cannot read the configuration ({error})") from None
+
+
+def _severity(value: Any, where: str) -> Severity:
+    try:
+        return Severity(str(value))
+    except ValueError:
+        raise CheckpointError(f"{where}: severity must be error, warning or info, not {value!r}") from None
+
+
+def _rules(values: Any, where: str, known: set[str]) -> frozenset[str]:
+    names = frozenset(str(v) for v in values or ())
+    unknown = names - known
+    if unknown:
+        raise CheckpointError(f"{where}: unknown rule {sorted(unknown)[0]!r} (see `ckptdoctor rules`)")
+    return names
+
+
+def _severities(table: Any, where: str, known: set[str]) -> dict[str, Severity]:
+    table = table or {}
+    _rules(table.keys(), where, known)
+    return {str(rule): _severity(level, where) for rule, level in table.items()}
+
+
+def load_policy(config: str | None = None, cwd: Path | None = None) -> Policy:
+    """The policy from --config, else from ./pyproject.toml's [tool.ckptdoctor], else the defaults."""
+    from ckptdoctor.rules import BY_NAME
+
+    known = set(BY_NAME)
+    if config is not None:
+        path = Path(config)
+        if not path.is_file():
+            raise CheckpointError(f"{config}: configuration file not found")
+        data = _toml(path)
+        table = data.get("tool", {}).get("ckptdoctor", data) if path.name == "pyproject.toml" else data
+    else:
+        path = (cwd or Path.cwd()) / "pyproject.toml"
+        if not path.is_file():
+            return Policy()
+        table = _toml(path).get("tool", {}).get("ckptdoctor")
+        if table is None:
+            return Policy()
+    where = str(path)
+    overrides = tuple(
+        Override(
+            paths=tuple(str(p) for p in item.get("paths", ())),
+            ignore=_rules(item.get("ignore"), where, known),
+            severity=_severities(item.get("severity"), where, known),
+        )
+        for item in table.get("overrides", ())
+    )
+    fail_on = table.get("fail-on")
+    return Policy(
+        fail_on=_severity(fail_on, where) if fail_on is not None else None,
+        ignore=_rules(table.get("ignore"), where, known),
+        severity=_severities(table.get("severity"), where, known),
+        overrides=overrides,
+        source=where,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -11,6 +12,8 @@ if TYPE_CHECKING:
     import numpy as np
 
 SCAN_CHUNK = 8 << 20  # bytes read at a time when streaming a tensor
+
+Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
 
 
 @dataclass(frozen=True)
@@ -37,8 +40,8 @@ class CheckpointReader(Protocol):
         """One tensor's values."""
         ...
 
-    def scan(self) -> ScanResult:
-        """Read every stored byte once: checksums, sizes and non-finite values."""
+    def scan(self, progress: Progress | None = None) -> ScanResult:
+        """Read every stored byte once: checksums, sizes and non-finite values; reports bytes done."""
         ...
 
     def close(self) -> None: ...

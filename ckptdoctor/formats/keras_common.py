@@ -7,7 +7,7 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
-from ckptdoctor.formats.base import SCAN_CHUNK, ScanResult
+from ckptdoctor.formats.base import SCAN_CHUNK, Progress, ScanResult
 from ckptdoctor.model import CheckpointError, LayerConfig, TensorInfo
 
 if TYPE_CHECKING:
@@ -102,12 +102,16 @@ def read_dataset(dataset: h5py.Dataset) -> np.ndarray:
     return values
 
 
-def scan_datasets(datasets: dict[str, h5py.Dataset]) -> ScanResult:
+def scan_datasets(datasets: dict[str, h5py.Dataset], progress: Progress | None = None) -> ScanResult:
     """Count NaN/Inf in every float dataset, reading large ones a slab at a time."""
     import numpy as np
 
     nonfinite: dict[str, int] = {}
+    total, done = sum(d.nbytes for d in datasets.values()), 0
     for name, dataset in datasets.items():
+        done += dataset.nbytes
+        if progress:
+            progress(done, total)
         if dataset_dtype_name(dataset) not in ("float16", "float32", "float64", "bfloat16"):
             continue
         bad = 0

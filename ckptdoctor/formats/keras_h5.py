@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ckptdoctor.formats.base import ScanResult
+from ckptdoctor.formats.base import Progress, ScanResult
 from ckptdoctor.formats.keras_common import (
     dataset_info,
     import_h5py,
@@ -88,8 +88,8 @@ class KerasH5Reader:
     def read(self, name: str) -> np.ndarray:
         return read_dataset(self._datasets[name])
 
-    def scan(self) -> ScanResult:
-        return scan_datasets(self._datasets)
+    def scan(self, progress: Progress | None = None) -> ScanResult:
+        return scan_datasets(self._datasets, progress)
 
     def close(self) -> None:
         self.file.close()

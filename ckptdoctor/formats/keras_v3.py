@@ -6,7 +6,7 @@ import re
 import zipfile
 from typing import TYPE_CHECKING
 
-from ckptdoctor.formats.base import ScanResult
+from ckptdoctor.formats.base import Progress, ScanResult
 from ckptdoctor.formats.keras_common import (
     dataset_info,
     decode_text,
@@ -150,8 +150,8 @@ class KerasV3Reader:
     def read(self, name: str) -> np.ndarray:
         return read_dataset(self._datasets[name])
 
-    def scan(self) -> ScanResult:
-        return scan_datasets(self._datasets)
+    def scan(self, progress: Progress | None = None) -> ScanResult:
+        return scan_datasets(self._datasets, progress)
 
     def close(self) -> None:
         self.file.close()

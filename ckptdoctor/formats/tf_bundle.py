@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from ckptdoctor import dtypes
 from ckptdoctor.formats import object_graph, protos
-from ckptdoctor.formats.base import SCAN_CHUNK, ScanResult
+from ckptdoctor.formats.base import SCAN_CHUNK, Progress, ScanResult
 from ckptdoctor.formats.bytesource import LocalFile, copy_range
 from ckptdoctor.formats.crc import crc32c, mask, unmask
 from ckptdoctor.formats.ordered_code import slice_key
@@ -249,10 +249,14 @@ class BundleReader:
 
     # ---- scanning -------------------------------------------------------------------------------
 
-    def scan(self) -> ScanResult:
+    def scan(self, progress: Progress | None = None) -> ScanResult:
         problems = list(self.open_problems)
         nonfinite: dict[str, int] = {}
+        total, done = sum(e.size for e in self.entries.values()), 0
         for entry in self.entries.values():
+            done += entry.size
+            if progress:
+                progress(done, total)
             if entry.num_slices:
                 continue  # the full-tensor entry of a partitioned variable holds no bytes
             problem = self._check_layout(entry)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from ckptdoctor import dtypes
 from ckptdoctor.formats import protos
-from ckptdoctor.formats.base import ScanResult
+from ckptdoctor.formats.base import Progress, ScanResult
 from ckptdoctor.formats.bytesource import LocalFile
 from ckptdoctor.formats.sstable import TableError, TableReader
 from ckptdoctor.model import CheckpointError, LayerConfig, TensorInfo
@@ -89,7 +89,7 @@ class V1Reader:
             array = np.full(info.shape, array[0], dtype=dtype.numpy)
         return array.reshape(info.shape)
 
-    def scan(self) -> ScanResult:
+    def scan(self, progress: Progress | None = None) -> ScanResult:
         import numpy as np
 
         nonfinite = {}

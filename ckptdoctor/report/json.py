@@ -69,3 +69,11 @@ def to_dict(report: Report) -> dict[str, Any]:
 
 def render(report: Report) -> str:
     return json.dumps(to_dict(report), indent=2, ensure_ascii=False) + "\n"
+
+
+def render_many(reports: list[Report]) -> str:
+    """One report as itself; several as {"schema_version", "reports": [...]}, in the order given."""
+    if len(reports) == 1:
+        return render(reports[0])
+    document = {"schema_version": SCHEMA_VERSION, "reports": [to_dict(report) for report in reports]}
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"

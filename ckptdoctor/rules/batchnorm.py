@@ -100,11 +100,14 @@ RULES = (
         "BatchNorm layer lacks moving_mean or moving_variance",
         "A BatchNorm layer stores beta (and often gamma) but not its moving statistics. In evaluation "
         "(is_training=False, training=False) BatchNorm normalises with moving_mean and moving_variance, so "
-        "restoring fails with `NotFoundError: Key .../BatchNorm/moving_mean not found in checkpoint`, or, "
-        "with expect_partial(), silently uses 0/1. The usual cause is "
-        "`tf.train.Saver(var_list=tf.trainable_variables())`: moving statistics are not trainable. Fix: save "
-        "with `tf.train.Saver()` or `tf.global_variables()`, or merge the statistics from a full save of the "
-        "same run with `ckptdoctor patch`.",
+        "loading fails: TF1 says `NotFoundError: Key .../BatchNorm/moving_mean not found in checkpoint`; "
+        "Keras 3 says `Layer 'bn_Conv1' expected 4 variables, but received 2 variables during loading`; "
+        "legacy Keras says `Weight count mismatch for layer #1 ... Layer expects 4 weight(s). Received 2`; "
+        "TF2 restores report `Unresolved object in checkpoint: ...moving_variance` or unbound objects, and "
+        "with expect_partial() the layer silently keeps 0/1. The usual cause is "
+        "`tf.train.Saver(var_list=tf.trainable_variables())` (moving statistics are not trainable), or a "
+        "converter or hand-written export that kept only trainable weights. Save with `tf.train.Saver()` or "
+        "`tf.global_variables()` instead, or merge the statistics from a full save of the same run.",
         "repair with: ckptdoctor patch CKPT --from FULL_SAVE --out FIXED; save with tf.train.Saver() "
         "(all global variables) from now on",
         _missing_moving_stats,

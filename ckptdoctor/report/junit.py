@@ -1,0 +1,39 @@
+"""JUnit XML for CI test views: a testsuite per checkpoint, a testcase per rule and subject."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+from ckptdoctor.model import Report, Severity
+from ckptdoctor.rules import CATALOGUE
+
+
+def render(reports: list[Report], fail_on: Severity) -> str:
+    root = ET.Element("testsuites", name="ckptdoctor")
+    total_tests = total_failures = 0
+    for report in reports:
+        suite = ET.SubElement(root, "testsuite", name=report.path)
+        failures = 0
+        flagged = {finding.code for finding in report.findings}
+        for rule in CATALOGUE:
+            if rule.code not in flagged:  # a rule that found nothing passes once for the whole checkpoint
+                ET.SubElement(suite, "testcase", classname=report.path, name=f"{rule.code} {rule.name}")
+        for finding in report.findings:
+            case = ET.SubElement(suite, "testcase", classname=report.path,
+                                 name=f"{finding.code} {finding.name}: {finding.subject}")  # fmt: skip
+            if finding.severity.rank >= fail_on.rank:
+                failure = ET.SubElement(case, "failure", message=finding.message, type=finding.code)
+                failure.text = f"{finding.severity.value}: {finding.message}\nhint: {finding.hint}"
+                failures += 1
+            else:
+                ET.SubElement(case, "system-out").text = f"{finding.severity.value}: {finding.message}"
+        tests = len(suite)
+        suite.set("tests", str(tests))
+        suite.set("failures", str(failures))
+        suite.set("errors", "0")
+        total_tests += tests
+        total_failures += failures
+    root.set("tests", str(total_tests))
+    root.set("failures", str(total_failures))
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
