@@ -8,13 +8,47 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from ckptdoctor.formats.base import SCAN_CHUNK, Progress, ScanResult
-from ckptdoctor.model import CheckpointError, LayerConfig, TensorInfo
+from ckptdoctor.model import CheckpointError, IntegrityProblem, LayerConfig, TensorInfo
 
 if TYPE_CHECKING:
     import h5py
     import numpy as np
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def hdf5_truncation(path: str) -> str | None:
+    """Why an HDF5 file is shorter than its superblock says it is, or None where the length is fine.
+
+    The HDF5 library refuses such files with a cryptic "truncated file: eof = …"; a partial download is the
+    usual cause, and saying so is more useful."""
+    import os
+    import struct
+
+    with open(path, "rb") as file:
+        head = file.read(96)
+    if not head.startswith(HDF5_SIGNATURE) or len(head) < 16:
+        return None
+    version, offset_size = head[8], head[13] if head[8] in (0, 1) else head[9]
+    if offset_size not in (2, 4, 8):
+        return "superblock is damaged (invalid offset size)"
+    fmt = {2: "<H", 4: "<I", 8: "<Q"}[offset_size]
+    if version in (0, 1):
+        base_at = 24 + (4 if version == 1 else 0)
+        eof_at = base_at + 2 * offset_size
+    elif version in (2, 3):
+        base_at = 12
+        eof_at = base_at + 2 * offset_size
+    else:
+        return f"superblock version {version} is unknown"
+    if len(head) < eof_at + offset_size:
+        return "superblock is cut short"
+    (base,) = struct.unpack_from(fmt, head, base_at)
+    (eof,) = struct.unpack_from(fmt, head, eof_at)
+    size = os.path.getsize(path)
+    if base + eof > size:
+        return f"file is truncated: {size} bytes of the {base + eof} its superblock records (partial download?)"
+    return None
 
 
 def import_h5py():
@@ -103,29 +137,39 @@ def read_dataset(dataset: h5py.Dataset) -> np.ndarray:
 
 
 def scan_datasets(datasets: dict[str, h5py.Dataset], progress: Progress | None = None) -> ScanResult:
-    """Count NaN/Inf in every float dataset, reading large ones a slab at a time."""
-    import numpy as np
-
+    """Read every dataset once: NaN/Inf counts for float ones, and the ones HDF5 cannot read at all."""
     nonfinite: dict[str, int] = {}
+    problems: list[IntegrityProblem] = []
     total, done = sum(d.nbytes for d in datasets.values()), 0
     for name, dataset in datasets.items():
         done += dataset.nbytes
         if progress:
             progress(done, total)
-        if dataset_dtype_name(dataset) not in ("float16", "float32", "float64", "bfloat16"):
+        try:
+            bad = _count_nonfinite(dataset)
+        except Exception as error:  # HDF5 raises OSError, ValueError, RuntimeError… on damaged chunks
+            problems.append(IntegrityProblem("dataset-unreadable", name, str(error).splitlines()[0][:200]))
             continue
-        bad = 0
-        if dataset.ndim == 0 or dataset.nbytes <= SCAN_CHUNK:
-            values = read_dataset(dataset)
-            bad = int(values.size - np.count_nonzero(np.isfinite(values)))
-        else:
-            rows = max(1, SCAN_CHUNK // max(1, dataset.nbytes // dataset.shape[0]))
-            for start in range(0, dataset.shape[0], rows):
-                values = np.asarray(dataset[start : start + rows])
-                bad += int(values.size - np.count_nonzero(np.isfinite(values)))
         if bad:
             nonfinite[name] = bad
-    return ScanResult(nonfinite=nonfinite)
+    return ScanResult(nonfinite=nonfinite, problems=tuple(problems))
+
+
+def _count_nonfinite(dataset: h5py.Dataset) -> int:
+    """NaN/Inf elements of a dataset (0 unless float); every byte is read, large datasets a slab at a time."""
+    import numpy as np
+
+    is_float = dataset_dtype_name(dataset) in ("float16", "float32", "float64", "bfloat16")
+    if dataset.ndim == 0 or dataset.nbytes <= SCAN_CHUNK:
+        slabs = [read_dataset(dataset)]
+    else:
+        rows = max(1, SCAN_CHUNK // max(1, dataset.nbytes // dataset.shape[0]))
+        slabs = (np.asarray(dataset[start : start + rows]) for start in range(0, dataset.shape[0], rows))
+    bad = 0
+    for values in slabs:
+        if is_float:
+            bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+    return bad
 
 
 def unlisted_datasets(file: h5py.File, listed: dict[str, h5py.Dataset]) -> list[h5py.Dataset]:
@@ -135,3 +179,77 @@ def unlisted_datasets(file: h5py.File, listed: dict[str, h5py.Dataset]) -> list[
     found: list[h5py.Dataset] = []
     file.visititems(lambda name, obj: found.append(obj) if isinstance(obj, h5py.Dataset) else None)
     return [dataset for dataset in found if dataset.name.lstrip("/") not in listed]
+
+
+def open_hdf5(source, path: str):
+    """h5py.File for reading, with a truncated file or a damaged structure as a one-line CheckpointError."""
+    h5py = import_h5py()
+    if isinstance(source, str):
+        truncated = hdf5_truncation(source)
+        if truncated:
+            raise CheckpointError(f"{path}: HDF5 {truncated}")
+    try:
+        return h5py.File(source, "r")
+    except Exception as error:  # HDF5 reports damage as OSError, ValueError or RuntimeError
+        raise CheckpointError(f"{path}: HDF5 file cannot be opened ({_first_line(error)})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def damaged_structure(path: str, error: BaseException) -> CheckpointError:
+    return CheckpointError(f"{path}: HDF5 structure is damaged ({type(error).__name__}: {_first_line(error)})")
+
+
+class Hdf5Reader:
+    """What both Keras readers do once their layout walk has listed datasets: list, read, scan, close."""
+
+    location: str
+    file: h5py.File
+
+    def _start(self) -> None:
+        self._datasets: dict[str, h5py.Dataset] = {}
+        self._infos: list[TensorInfo] = []
+
+    def _add(self, dataset: h5py.Dataset, **fields: Any) -> None:
+        import h5py
+
+        if isinstance(dataset, h5py.Dataset) and dataset.name.lstrip("/") not in self._datasets:
+            info = dataset_info(dataset, **fields)
+            self._datasets[info.name] = dataset
+            self._infos.append(info)
+
+    def _add_unlisted(self) -> None:
+        """Datasets outside the layout (metrics/…, strays), so that a listing shows every one h5py sees."""
+        for dataset in unlisted_datasets(self.file, self._datasets):
+            self._add(dataset, path=dataset.name.lstrip("/").replace("/vars/", "/"))
+
+    def _list_safely(self, walk) -> None:
+        """Run the layout walk; damaged metadata becomes one CheckpointError and the file is closed."""
+        try:
+            walk()
+            self._add_unlisted()
+        except CheckpointError:
+            self.close()
+            raise
+        except Exception as error:  # h5py raises many types when group or attribute metadata is damaged
+            self.close()
+            raise damaged_structure(self.location, error) from None
+
+    def tensors(self) -> tuple[TensorInfo, ...]:
+        return tuple(self._infos)
+
+    def read(self, name: str) -> np.ndarray:
+        dataset = self._datasets[name]
+        try:
+            return read_dataset(dataset)
+        except Exception as error:
+            raise damaged_structure(self.location, error) from None
+
+    def scan(self, progress: Progress | None = None) -> ScanResult:
+        return scan_datasets(self._datasets, progress)
+
+    def close(self) -> None:
+        self.file.close()

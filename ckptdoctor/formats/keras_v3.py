@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import zipfile
 from typing import TYPE_CHECKING
 
 from ckptdoctor.formats.base import Progress, ScanResult
-from ckptdoctor.formats.keras_common import (
-    dataset_info,
-    decode_text,
-    import_h5py,
-    layer_configs,
-    parse_json,
-    read_dataset,
-    scan_datasets,
-    unlisted_datasets,
-)
-from ckptdoctor.model import CheckpointError, LayerConfig, TensorInfo
+from ckptdoctor.formats.keras_common import Hdf5Reader, decode_text, layer_configs, open_hdf5, parse_json
+from ckptdoctor.model import CheckpointError, IntegrityProblem, LayerConfig
 
 if TYPE_CHECKING:
     import h5py
-    import numpy as np
 
 WEIGHTS_MEMBER = "model.weights.h5"
 CONFIG_MEMBER = "config.json"
@@ -74,7 +65,7 @@ def _batchnorm_names(vars_group: h5py.Group, config: LayerConfig | None) -> list
     return expected[:count] + [str(i) for i in range(len(expected), count)]
 
 
-class KerasV3Reader:
+class KerasV3Reader(Hdf5Reader):
     """Layout: /layers/<container>/vars/<i> (nested models recurse), /vars, /optimizer/vars/<i>."""
 
     def __init__(self, path: str) -> None:
@@ -82,37 +73,38 @@ class KerasV3Reader:
         self.format = "keras-weights-h5"
         self._zip: zipfile.ZipFile | None = None
         self.configs: dict[str, LayerConfig] = {}
-        h5py = import_h5py()
-        try:
-            if zipfile.is_zipfile(path):
-                self.format = "keras-zip"
-                self._zip = zipfile.ZipFile(path)
-                names = set(self._zip.namelist())
-                if WEIGHTS_MEMBER not in names:
-                    raise CheckpointError(f"{path}: .keras archive has no {WEIGHTS_MEMBER}")
-                if CONFIG_MEMBER in names:
-                    self.configs = layer_configs(parse_json(self._zip.read(CONFIG_MEMBER), path))
-                self.file = h5py.File(self._zip.open(WEIGHTS_MEMBER), "r")
-            else:
-                self.file = h5py.File(path, "r")
-        except (OSError, zipfile.BadZipFile, KeyError) as error:
-            raise CheckpointError(f"{path}: cannot be opened ({error})") from None
-        self._datasets: dict[str, h5py.Dataset] = {}
-        self._infos: list[TensorInfo] = []
         self._layers: dict[str, LayerConfig] = {}
         self.vars_groups: dict[str, str] = {}  # layer path -> HDF5 path of its `vars` group
+        if zipfile.is_zipfile(path):
+            self.format = "keras-zip"
+            self.file = self._open_archive(path)
+        else:
+            self.file = open_hdf5(path, path)
+        self._start()
+        self._list_safely(self._walk)
+
+    def _open_archive(self, path: str) -> h5py.File:
+        try:
+            self._zip = zipfile.ZipFile(path)
+            names = set(self._zip.namelist())
+            if WEIGHTS_MEMBER not in names:
+                raise CheckpointError(f"{path}: .keras archive has no {WEIGHTS_MEMBER}")
+            if CONFIG_MEMBER in names:
+                self.configs = layer_configs(parse_json(self._zip.read(CONFIG_MEMBER), path))
+            return open_hdf5(self._zip.open(WEIGHTS_MEMBER), path)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+            if self._zip is not None:
+                self._zip.close()
+            raise CheckpointError(f"{path}: damaged .keras archive ({error})") from None
+
+    def _walk(self) -> None:
         if "layers" in self.file:
             self._walk_layers(self.file["layers"], prefix="")
         if "vars" in self.file:
             self._add_vars(self.file["vars"], path_prefix=decode_text(self.file["vars"].attrs.get("name", "model")))
         if "optimizer" in self.file and "vars" in self.file["optimizer"]:
-            optimizer = self.file["optimizer/vars"]
             names = ["iterations", "learning_rate"]  # then one slot per trainable weight and slot kind
-            self._add_vars(optimizer, path_prefix="optimizer", names=names, optimizer_state=True)
-        for dataset in unlisted_datasets(self.file, self._datasets):  # e.g. metrics/…, stray datasets
-            info = dataset_info(dataset, path=dataset.name.lstrip("/").replace("/vars/", "/"))
-            self._datasets[info.name] = dataset
-            self._infos.append(info)
+            self._add_vars(self.file["optimizer/vars"], path_prefix="optimizer", names=names, optimizer_state=True)
 
     def _walk_layers(self, layers: h5py.Group, prefix: str) -> None:
         for container in layers:
@@ -137,23 +129,27 @@ class KerasV3Reader:
     def _add_vars(self, group: h5py.Group, path_prefix: str, names=None, optimizer_state: bool = False) -> None:
         for index in sorted(int(k) for k in group if k.isdigit()):  # h5py lists "10" before "2"
             leaf = names[index] if names and index < len(names) else str(index)
-            info = dataset_info(group[str(index)], path=f"{path_prefix}/{leaf}", optimizer_state=optimizer_state)
-            self._datasets[info.name] = group[str(index)]
-            self._infos.append(info)
+            self._add(group[str(index)], path=f"{path_prefix}/{leaf}", optimizer_state=optimizer_state)
 
     def layers(self) -> tuple[LayerConfig, ...]:
         return tuple(self._layers.values())
 
-    def tensors(self) -> tuple[TensorInfo, ...]:
-        return tuple(self._infos)
-
-    def read(self, name: str) -> np.ndarray:
-        return read_dataset(self._datasets[name])
-
     def scan(self, progress: Progress | None = None) -> ScanResult:
-        return scan_datasets(self._datasets, progress)
+        result = super().scan(progress)
+        if self._zip is None:
+            return result
+        try:
+            bad_member = self._zip.testzip()  # every member's CRC-32, as Keras's own unzip would check
+        except (zipfile.BadZipFile, OSError, EOFError) as error:
+            bad_member, detail = self.location, str(error)
+        else:
+            detail = "bytes do not match the CRC-32 the archive records"
+        if bad_member is None:
+            return result
+        problem = IntegrityProblem("archive-corrupt", bad_member, detail)
+        return dataclasses.replace(result, problems=(*result.problems, problem))
 
     def close(self) -> None:
-        self.file.close()
+        super().close()
         if self._zip is not None:
             self._zip.close()

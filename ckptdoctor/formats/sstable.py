@@ -128,10 +128,24 @@ class TableReader:
         raise TableError(f"{name}: {what} at offset {handle.offset} has unknown compression type {kind}")
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
-        """Every (key, value) of the table in stored order."""
+        """Every (key, value) of the table in stored order; any damaged block raises TableError."""
         for _separator, handle_bytes in block_entries(self.index):
             handle, _ = _decode_handle(handle_bytes, 0)
             yield from block_entries(self.read_block(handle, "data block"))
+
+    def read_all(self) -> tuple[list[tuple[bytes, bytes]], list[str]]:
+        """Every readable (key, value), and one message per damaged data block that had to be skipped.
+
+        The footer and index block must be sound (else TableError): without them nothing can be found."""
+        records: list[tuple[bytes, bytes]] = []
+        damage: list[str] = []
+        for _separator, handle_bytes in block_entries(self.index):
+            handle, _ = _decode_handle(handle_bytes, 0)
+            try:
+                records.extend(block_entries(self.read_block(handle, "data block")))
+            except TableError as error:
+                damage.append(str(error))
+        return records, damage
 
 
 # ---- writing -------------------------------------------------------------------------------------

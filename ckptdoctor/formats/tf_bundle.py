@@ -22,8 +22,10 @@ if TYPE_CHECKING:
     import numpy as np
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+# Caps on what hostile bytes can ask for; each is far above anything TensorFlow writes.
 MAX_SHARDS = 1 << 16
 MAX_RANK = 64
+MAX_INDEX_SIZE = 4 << 30
 
 
 def data_file_name(prefix: str, shard_id: int, num_shards: int) -> str:
@@ -90,13 +92,17 @@ class BundleReader:
         self.location = prefix
         index = LocalFile(prefix + ".index")
         try:
-            table = TableReader(index)
-            records = list(table)
+            if index.size() > MAX_INDEX_SIZE:
+                cap = f"over the index size cap ({MAX_INDEX_SIZE})"
+                raise CheckpointError(f"{prefix}.index: {index.size()} bytes is {cap}")
+            records, damage = TableReader(index).read_all()
         except TableError as error:
             raise CheckpointError(str(error)) from None
         finally:
             index.close()
-        self.open_problems: list[IntegrityProblem] = []
+        self.open_problems: list[IntegrityProblem] = [
+            IntegrityProblem("index-corrupt", f"{prefix}.index", detail) for detail in damage
+        ]
         self.num_shards = self._read_header(records)
         self.entries: dict[bytes, BundleEntry] = {}
         previous = None
@@ -110,8 +116,9 @@ class BundleReader:
             previous = key
             try:
                 self.entries[key] = _decode_entry(key, value)
-            except Exception as error:
-                raise CheckpointError(f"{prefix}.index: entry {key!r} cannot be decoded ({error})") from None
+            except Exception as error:  # protobuf raises several types on hostile bytes
+                name = key.decode("utf-8", "backslashreplace")
+                self.open_problems.append(IntegrityProblem("index-corrupt", name, f"entry cannot be decoded ({error})"))
         self.format = format or ("tf2-object-based" if OBJECT_GRAPH_KEY.encode() in self.entries else "tf1-name-based")
         self._shards: dict[int, LocalFile | None] = {}
         self.object_graph = self._read_object_graph()
@@ -346,6 +353,8 @@ def decode_numeric(raw: bytes, dtype: dtypes.DType, shape: tuple[int, ...]) -> n
 
 def decode_strings(raw: bytes, count: int) -> list[bytes]:
     """A DT_STRING tensor's elements: varint lengths, a masked length CRC, then the bytes."""
+    if count > len(raw):  # every element needs at least one length byte
+        raise CheckpointError(f"string tensor claims {count} elements in {len(raw)} bytes")
     pos, lengths = 0, []
     for _ in range(count):
         length, pos = decode_varint(raw, pos)
@@ -363,6 +372,8 @@ def decode_strings(raw: bytes, count: int) -> list[bytes]:
 def string_tensor_crc(raw: bytes, count: int) -> int:
     """The CRC TF stores for a string tensor: lengths as uint32 (uint64 if huge), the length CRC, the bytes."""
     pos, crc, lengths = 0, 0, []
+    if count > len(raw):  # every element needs at least one length byte
+        return -1
     try:
         for _ in range(count):
             length, pos = decode_varint(raw, pos)

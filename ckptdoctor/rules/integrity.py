@@ -70,4 +70,29 @@ RULES = (
         "silently reads the first tensor as the header and that tensor disappears from the checkpoint.",
         "rewrite the checkpoint with a correct writer",
     ),
+    _integrity_rule(
+        "INT007",
+        "index-corrupt",
+        "Part of the index is damaged",
+        "A block of the checkpoint index fails its CRC-32C (TensorFlow always checks it and fails with "
+        "`DataLoss`/`failed to seek to header entry`), or an entry cannot be decoded. The tensors listed in that "
+        "block are unreachable; the rest were read and checked.",
+        _REWRITE,
+    ),
+    _integrity_rule(
+        "INT008",
+        "dataset-unreadable",
+        "An HDF5 dataset cannot be read",
+        "h5py opened the file but reading this dataset failed: its chunks or metadata are damaged, often by a "
+        "partial copy. Keras fails to load the weights with an OSError from HDF5.",
+        _REWRITE,
+    ),
+    _integrity_rule(
+        "INT009",
+        "archive-corrupt",
+        "A member of the .keras archive fails its CRC",
+        "A `.keras` file is a zip archive; a member's bytes no longer match the CRC-32 the archive records, "
+        "so `keras.saving.load_model` fails with `BadZipFile: Bad CRC-32`.",
+        _REWRITE,
+    ),
 )
