@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from ckptdoctor import __version__
+from ckptdoctor import __version__, watchdog
 from ckptdoctor.model import CheckpointError, Severity
 from ckptdoctor.policy import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, exit_code
 
@@ -88,6 +88,7 @@ def inspect(path: PathArg, output_format: FormatOpt = OutputFormat.text) -> None
     """List every variable with dtype, shape, size and role, grouped by layer, with a BatchNorm summary."""
     from ckptdoctor.diagnose import inspect as run_inspect
 
+    watchdog.subject(path)
     with _one_line_errors():
         report = run_inspect(path)
     if output_format is OutputFormat.json:
@@ -148,7 +149,14 @@ def check(
     show_progress = output_format is CheckFormat.text and output is None and sys.stderr.isatty()
     for path in paths:
         try:
-            with _scan_progress(show_progress, path) as progress:
+            watchdog.subject(path)
+            with _scan_progress(show_progress, path) as bar:
+
+                def progress(done: int, total: int, bar=bar) -> None:
+                    watchdog.beat()
+                    if bar:
+                        bar(done, total)
+
                 report = run_check(path, reference=reference, progress=progress)
         except CheckpointError as error:
             _error(str(error))
@@ -280,8 +288,9 @@ def patch(
     from ckptdoctor.patch import patch as run_patch
     from ckptdoctor.report.text import render_check
 
+    watchdog.subject(target)
     with _one_line_errors():
-        result = run_patch(target, donor, out, force=force)
+        result = run_patch(target, donor, out, force=force, progress=watchdog.beat)
     if result.added:
         layers = len({a.layer for a in result.added})
         _stdout().print(f"added {len(result.added)} tensors to {layers} BatchNorm layers from {result.donor}:")
@@ -331,11 +340,19 @@ def verify(
     raise typer.Exit(EXIT_OK if result.ok else EXIT_FINDINGS)
 
 
-def main() -> None:
+def _run_app() -> int:
+    """The command, as an exit code; any exception is one line on stderr, never a traceback."""
     try:
         app()
-    except Exception as error:
+    except SystemExit as exit:
+        return exit.code if isinstance(exit.code, int) else (0 if exit.code is None else EXIT_ERROR)
+    except Exception as error:  # the promise is one line, never a traceback
         if os.environ.get("CKPTDOCTOR_DEBUG"):
             raise
         _error(f"unexpected {type(error).__name__}: {error} (set CKPTDOCTOR_DEBUG=1 for a traceback)")
-        sys.exit(EXIT_ERROR)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def main() -> None:
+    sys.exit(watchdog.run_supervised(_run_app))

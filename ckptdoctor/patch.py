@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,8 +98,11 @@ def patch(
     donor_path: str | os.PathLike[str],
     out: str | os.PathLike[str],
     force: bool = False,
+    progress: Callable[..., None] | None = None,
 ) -> PatchResult:
-    """Write TARGET plus the statistics its BatchNorm layers lack, taken from DONOR, to OUT."""
+    """Write TARGET plus the statistics its BatchNorm layers lack, taken from DONOR, to OUT.
+
+    `progress()` is called after each tensor is written."""
     from ckptdoctor.writer import keras as keras_writer
     from ckptdoctor.writer import patch_bundle
 
@@ -121,7 +125,7 @@ def patch(
         additions = plan(target, donor)
         parent.mkdir(parents=True, exist_ok=True)
         if is_bundle:
-            written, additions = patch_bundle.write(target, donor, additions, out_text, previous)
+            written, additions = patch_bundle.write(target, donor, additions, out_text, previous, progress)
         elif isinstance(target.reader, (KerasV3Reader, KerasH5Reader)):
             written, additions = keras_writer.write(target, donor, additions, out_text)
         else:

@@ -25,19 +25,18 @@ def open_checkpoint(path: str | os.PathLike[str]) -> tuple[CheckpointReader, Res
 
 
 def _open_keras(resolved: Resolved) -> CheckpointReader:
-    from ckptdoctor.formats.keras_common import import_h5py
+    from ckptdoctor.formats.keras_common import damaged_structure, open_hdf5
     from ckptdoctor.formats.keras_h5 import KerasH5Reader, is_legacy_layout
     from ckptdoctor.formats.keras_v3 import KerasV3Reader, is_v3_layout
     from ckptdoctor.model import CheckpointError
 
     if resolved.kind == "zip":
-        return KerasV3Reader(resolved.location)
-    h5py = import_h5py()
-    try:
-        with h5py.File(resolved.location, "r") as file:
+        return KerasV3Reader(resolved.location, archive=True)
+    with open_hdf5(resolved.location, resolved.location) as file:
+        try:
             legacy, v3 = is_legacy_layout(file), is_v3_layout(file)
-    except OSError as error:
-        raise CheckpointError(f"{resolved.location}: HDF5 file cannot be opened ({error})") from None
+        except Exception as error:  # damaged root metadata
+            raise damaged_structure(resolved.location, error) from None
     if legacy:
         return KerasH5Reader(resolved.location)
     if v3:

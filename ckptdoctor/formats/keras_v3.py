@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import re
+import struct
 import zipfile
 from typing import TYPE_CHECKING
 
@@ -30,6 +32,54 @@ def class_from_container(container: str) -> str:
     base = re.sub(r"_\d+$", "", container)
     special = {"conv1d": "Conv1D", "conv2d": "Conv2D", "conv3d": "Conv3D", "conv2d_transpose": "Conv2DTranspose"}
     return special.get(base) or "".join(part.capitalize() for part in base.split("_"))
+
+
+class _StoredMember(io.RawIOBase):
+    """A stored (uncompressed) zip member read in place, by offset: HDF5 seeks freely and reads what it
+    needs, and a damaged byte shows up in the data instead of failing the whole archive's CRC check."""
+
+    def __init__(self, path: str, start: int, size: int) -> None:
+        self._file = open(path, "rb")  # noqa: SIM115 - closed with this object
+        self._start, self._size, self._position = start, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def readinto(self, buffer) -> int:
+        length = max(0, min(len(buffer), self._size - self._position))
+        self._file.seek(self._start + self._position)
+        data = self._file.read(length)
+        buffer[: len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def _member_file(path: str, info: zipfile.ZipInfo, archive: zipfile.ZipFile):
+    """A file object over one member: in place when stored uncompressed (as Keras writes), else unzipped."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        return archive.open(info)
+    with open(path, "rb") as file:
+        file.seek(info.header_offset)
+        header = file.read(30)
+    if len(header) < 30 or header[:4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile(f"bad local header for {info.filename}")
+    name_length, extra_length = struct.unpack_from("<HH", header, 26)
+    return _StoredMember(path, info.header_offset + 30 + name_length + extra_length, info.file_size)
 
 
 def is_v3_layout(file: h5py.File) -> bool:
@@ -68,14 +118,14 @@ def _batchnorm_names(vars_group: h5py.Group, config: LayerConfig | None) -> list
 class KerasV3Reader(Hdf5Reader):
     """Layout: /layers/<container>/vars/<i> (nested models recurse), /vars, /optimizer/vars/<i>."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, archive: bool | None = None) -> None:
         self.location = path
         self.format = "keras-weights-h5"
         self._zip: zipfile.ZipFile | None = None
         self.configs: dict[str, LayerConfig] = {}
         self._layers: dict[str, LayerConfig] = {}
         self.vars_groups: dict[str, str] = {}  # layer path -> HDF5 path of its `vars` group
-        if zipfile.is_zipfile(path):
+        if archive if archive is not None else zipfile.is_zipfile(path):
             self.format = "keras-zip"
             self.file = self._open_archive(path)
         else:
@@ -91,10 +141,14 @@ class KerasV3Reader(Hdf5Reader):
                 raise CheckpointError(f"{path}: .keras archive has no {WEIGHTS_MEMBER}")
             if CONFIG_MEMBER in names:
                 self.configs = layer_configs(parse_json(self._zip.read(CONFIG_MEMBER), path))
-            return open_hdf5(self._zip.open(WEIGHTS_MEMBER), path)
+            return open_hdf5(_member_file(path, self._zip.getinfo(WEIGHTS_MEMBER), self._zip), path)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
             if self._zip is not None:
                 self._zip.close()
+            if isinstance(error, zipfile.BadZipFile) and self._zip is None:
+                raise CheckpointError(
+                    f"{path}: damaged .keras archive: its zip directory is missing (truncated download?)"
+                ) from None
             raise CheckpointError(f"{path}: damaged .keras archive ({error})") from None
 
     def _walk(self) -> None:

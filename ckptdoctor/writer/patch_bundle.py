@@ -36,7 +36,7 @@ def _with_graph_nodes(graph: ObjectGraph, additions, full_names: dict[str, str])
     return proto.SerializeToString()
 
 
-def write(target: Checkpoint, donor: Checkpoint, additions, out: str, previous: list[Path]):
+def write(target: Checkpoint, donor: Checkpoint, additions, out: str, previous: list[Path], progress=None):
     reader = target.reader
     assert isinstance(reader, BundleReader)
     graph = reader.object_graph
@@ -66,6 +66,8 @@ def write(target: Checkpoint, donor: Checkpoint, additions, out: str, previous: 
                 raw = source.astype(source.dtype.newbyteorder("<")).tobytes()
                 code = dtypes.BY_NAME[str(source.dtype)].code
                 writer.add(key, code, tuple(source.shape), raw, mask(crc32c(raw)))
+            if progress:
+                progress()
         writer.commit()
     except BaseException:
         writer.abort()
