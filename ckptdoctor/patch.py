@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from ckptdoctor.formats.keras_h5 import KerasH5Reader
 from ckptdoctor.formats.keras_v3 import KerasV3Reader
 from ckptdoctor.formats.tf_bundle import BundleReader
 from ckptdoctor.model import BatchNormLayer, CheckpointError, TensorInfo
+from ckptdoctor.writer.atomic import TEMP_MARKER
 
 
 class PatchError(CheckpointError):
@@ -89,8 +91,9 @@ def existing_outputs(out: str, is_bundle: bool) -> list[Path]:
     path = Path(out)
     if not is_bundle:
         return [path] if path.exists() else []
-    found = [*path.parent.glob(glob.escape(path.name) + ".data-*-of-*"), Path(out + ".index")]
-    return sorted(p for p in found if p.is_file())
+    shard = re.compile(re.escape(path.name) + r"\.data-\d{5}-of-\d{5}")
+    found = [p for p in path.parent.glob(glob.escape(path.name) + ".data-*") if shard.fullmatch(p.name)]
+    return sorted(p for p in [*found, Path(out + ".index")] if p.is_file())
 
 
 def patch(
@@ -124,6 +127,8 @@ def patch(
             raise PatchError(f"{out_text}: a checkpoint exists at the output (use --force to replace it)")
         additions = plan(target, donor)
         parent.mkdir(parents=True, exist_ok=True)
+        for debris in parent.glob(glob.escape(Path(out_text).name) + ".*" + TEMP_MARKER + "*"):
+            debris.unlink(missing_ok=True)  # left by a patch that was killed; the marker makes it ours
         if is_bundle:
             written, additions = patch_bundle.write(target, donor, additions, out_text, previous, progress)
         elif isinstance(target.reader, (KerasV3Reader, KerasH5Reader)):

@@ -70,9 +70,19 @@ def run_supervised(work: Callable[[], int], seconds: float | None = None) -> int
             sys.stderr.flush()
             os._exit(code)
     os.close(write_end)
+
+    def forward(signum: int, _frame: object) -> None:  # a kill aimed at us reaches the work too
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, forward)
     current, buffer = "the input", b""
     while True:
-        ready, _, _ = select.select([read_end], [], [], seconds)
+        try:
+            ready, _, _ = select.select([read_end], [], [], seconds)
+        except InterruptedError:  # pragma: no cover - select retries on EINTR since Python 3.5
+            continue
         if not ready:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)

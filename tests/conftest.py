@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))  # the synthetic checkpoint generator lives with the benchmarks
 FIXTURES = ROOT / "fixtures"
 TF1 = FIXTURES / "tf1"
 REALWORLD = ROOT.parent / "shared" / "realworld"

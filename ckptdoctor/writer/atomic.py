@@ -6,10 +6,12 @@ import os
 import secrets
 from pathlib import Path
 
+TEMP_MARKER = ".tmp-ckptdoctor-"
+
 
 def temp_beside(final: str | os.PathLike[str]) -> str:
     """A fresh temporary name in the destination's directory, so the rename never crosses filesystems."""
-    return f"{os.fspath(final)}.tmp-ckptdoctor-{secrets.token_hex(6)}"
+    return f"{os.fspath(final)}{TEMP_MARKER}{secrets.token_hex(6)}"
 
 
 def fsync_directory(directory: str | os.PathLike[str]) -> None:

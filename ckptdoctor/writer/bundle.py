@@ -1,4 +1,4 @@
-"""Streaming writer of single-shard TF V2 bundles that copies tensor bytes without decoding them."""
+"""Streaming writer of TF V2 bundles that copies tensor bytes without decoding them."""
 
 from __future__ import annotations
 
@@ -12,62 +12,76 @@ from ckptdoctor.formats.tf_bundle import BundleEntry, BundleReader, data_file_na
 from ckptdoctor.writer.atomic import fsync_directory, temp_beside
 
 
-def _header() -> bytes:
-    header = protos.BundleHeaderProto(num_shards=1)
+def _header(num_shards: int) -> bytes:
+    header = protos.BundleHeaderProto(num_shards=num_shards)
     header.version.producer = 1
     return header.SerializeToString()
 
 
 class BundleWriter:
-    """Collects entries, streams their bytes into one data file, and writes the sorted index last.
+    """Collects entries, streams their bytes into the data shards, and writes the sorted index last.
 
-    Until `commit` renames them, everything lives in temporary files beside the output; a kill at any
-    moment leaves either no checkpoint at the output prefix or a complete one.
+    Each tensor goes to the shard with the fewest bytes so far. Until `commit` renames them, everything
+    lives in temporary files beside the output; a kill at any moment leaves either no checkpoint at the
+    output prefix or a complete one.
     """
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, num_shards: int = 1) -> None:
         self.prefix = prefix
-        self.data_path = data_file_name(prefix, 0, 1)
+        self.num_shards = num_shards
+        self.data_paths = [data_file_name(prefix, shard, num_shards) for shard in range(num_shards)]
         self.index_path = prefix + ".index"
-        self._data_temp = temp_beside(self.data_path)
+        self._temps = [temp_beside(path) for path in self.data_paths]
         self._index_temp = temp_beside(self.index_path)
-        self._data_fd = os.open(self._data_temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        self._offset = 0
+        self._fds: list[int] = []
+        for temp in self._temps:
+            self._fds.append(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        self._offsets = [0] * num_shards
         self._entries: dict[bytes, bytes] = {}
+
+    @property
+    def data_path(self) -> str:
+        return self.data_paths[0]
+
+    def _place(self, key: bytes) -> int:
+        if key in self._entries:
+            raise ValueError(f"duplicate key {key!r}")
+        return min(range(self.num_shards), key=self._offsets.__getitem__)
 
     def copy(self, reader: BundleReader, entry: BundleEntry, key: bytes | None = None) -> None:
         """Append one tensor from `reader`, bytes and checksum exactly as stored there."""
         key = entry.key if key is None else key
-        if key in self._entries:
-            raise ValueError(f"duplicate key {key!r}")
+        shard = self._place(key)
         proto = protos.BundleEntryProto.FromString(entry.proto)
         if not entry.num_slices:  # a partitioned variable's full entry has no bytes of its own
-            reader.copy_bytes(entry, self._data_fd)
-            proto.shard_id = 0
-            proto.offset = self._offset
-            self._offset += entry.size
+            reader.copy_bytes(entry, self._fds[shard])
+            proto.shard_id = shard
+            proto.offset = self._offsets[shard]
+            self._offsets[shard] += entry.size
         self._entries[key] = proto.SerializeToString()
 
     def add(self, key: bytes, dtype_code: int, shape: tuple[int, ...], raw: bytes, masked_crc: int) -> None:
         """Append a tensor given as its stored bytes (little-endian, or TF's string layout) and masked CRC."""
-        if key in self._entries:
-            raise ValueError(f"duplicate key {key!r}")
-        proto = protos.BundleEntryProto(dtype=dtype_code, offset=self._offset, size=len(raw), crc32c=masked_crc)
+        shard = self._place(key)
+        proto = protos.BundleEntryProto(
+            dtype=dtype_code, shard_id=shard, offset=self._offsets[shard], size=len(raw), crc32c=masked_crc
+        )
         proto.shape.SetInParent()  # TF always writes the shape, `12 00` for a scalar
         for size in shape:
             proto.shape.dim.add(size=size)
-        write_all(self._data_fd, raw)
-        self._offset += len(raw)
+        write_all(self._fds[shard], raw)
+        self._offsets[shard] += len(raw)
         self._entries[key] = proto.SerializeToString()
 
     def commit(self) -> None:
-        """Make the data file durable, write the index, and rename data then index into place."""
-        os.fsync(self._data_fd)
-        os.close(self._data_fd)
-        self._data_fd = -1
+        """Make the data files durable, write the index, and rename data then index into place."""
+        for fd in self._fds:
+            os.fsync(fd)
+            os.close(fd)
+        self._fds = []
         with open(self._index_temp, "wb") as out:
             table = TableBuilder(out)
-            table.add(b"", _header())
+            table.add(b"", _header(self.num_shards))
             for key in sorted(self._entries):
                 table.add(key, self._entries[key])
             table.finish()
@@ -75,13 +89,14 @@ class BundleWriter:
             os.fsync(out.fileno())
         # An older index at this prefix goes first: new data beside an old index would look complete.
         Path(self.index_path).unlink(missing_ok=True)
-        os.replace(self._data_temp, self.data_path)
+        for temp, path in zip(self._temps, self.data_paths, strict=True):
+            os.replace(temp, path)
         os.replace(self._index_temp, self.index_path)
         fsync_directory(Path(self.prefix).parent)
 
     def abort(self) -> None:
-        if self._data_fd >= 0:
-            os.close(self._data_fd)
-            self._data_fd = -1
-        for temp in (self._data_temp, self._index_temp):
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+        for temp in (*self._temps, self._index_temp):
             Path(temp).unlink(missing_ok=True)
