@@ -22,6 +22,7 @@ def to_dict(report: Report) -> dict[str, Any]:
         "tool": {"name": "ckptdoctor", "version": __version__},
         "path": report.path,
         "resolved": report.resolved,
+        "file": report.file,
         "format": report.format,
         "note": report.note,
         "summary": {
