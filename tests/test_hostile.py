@@ -143,3 +143,50 @@ def test_old_crashers_stay_fixed(tmp_path):
         paths.append(write_case(directory, crasher.name.rsplit("-", 1)[0], crasher.read_bytes()))
     outcomes = cli_outcomes(paths, stall_seconds=5)
     assert {path: result for path, result in outcomes.items() if result != "ok"} == {}
+
+
+def _index_with(tmp_path, header: bytes, entries: dict[bytes, bytes]) -> Path:
+    from ckptdoctor.formats.sstable import TableBuilder
+
+    prefix = tmp_path / "crafted"
+    with open(f"{prefix}.index", "wb") as out:
+        table = TableBuilder(out)
+        table.add(b"", header)
+        for key in sorted(entries):
+            table.add(key, entries[key])
+        table.finish()
+    Path(f"{prefix}.data-00000-of-00001").write_bytes(b"\0" * 64)
+    return prefix
+
+
+def test_shard_count_cap(tmp_path):
+    from ckptdoctor.formats import protos
+
+    prefix = _index_with(tmp_path, protos.BundleHeaderProto(num_shards=10**6).SerializeToString(), {})
+    one_line_error(run("check", prefix), "header claims 1000000 shards")
+
+
+def test_rank_cap_and_huge_string_count_are_findings(tmp_path):
+    from ckptdoctor.formats import protos
+
+    deep = protos.BundleEntryProto(dtype=1, size=4)
+    for _ in range(100):
+        deep.shape.dim.add(size=1)
+    strings = protos.BundleEntryProto(dtype=7, size=16)
+    strings.shape.dim.add(size=10**15)  # a million billion strings in 16 bytes
+    header = protos.BundleHeaderProto(num_shards=1).SerializeToString()
+    prefix = _index_with(tmp_path, header, {b"deep": deep.SerializeToString(), b"strings": strings.SerializeToString()})
+    result = run("check", prefix)
+    findings(result, "INT007 index-corrupt", "invalid shape")
+    assert "crc-mismatch" in result.stdout  # the string tensor is checked, quickly, and fails its checksum
+
+
+def test_block_size_cap(tmp_path):
+    import struct
+
+    from ckptdoctor.formats.sstable import MAGIC, encode_varint
+
+    index = tmp_path / "huge.index"
+    handles = (encode_varint(0) + encode_varint(0) + encode_varint(0) + encode_varint(1 << 40)).ljust(40, b"\0")
+    index.write_bytes(b"\0" * 100 + handles + struct.pack("<II", MAGIC & 0xFFFFFFFF, MAGIC >> 32))
+    one_line_error(run("check", tmp_path / "huge"), "over the block size cap")

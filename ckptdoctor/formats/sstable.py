@@ -109,7 +109,9 @@ class TableReader:
         """A block's contents after checking its trailer CRC and decompressing it."""
         name = self.source.name
         end = handle.offset + handle.size + TRAILER_SIZE
-        if handle.size > MAX_BLOCK_SIZE or end > self.source.size() - FOOTER_SIZE:
+        if handle.size > MAX_BLOCK_SIZE:
+            raise TableError(f"{name}: {what} claims {handle.size} bytes, over the block size cap ({MAX_BLOCK_SIZE})")
+        if end > self.source.size() - FOOTER_SIZE:
             raise TableError(f"{name}: {what} at offset {handle.offset} runs past the end of the file")
         raw = self.source.read(handle.offset, handle.size + TRAILER_SIZE)
         contents, kind = raw[: handle.size], raw[handle.size]
