@@ -150,7 +150,7 @@ def check(
     for path in paths:
         try:
             watchdog.subject(path)
-            with _scan_progress(show_progress, path) as bar:
+            with _progress_bar(show_progress, f"scanning {path}") as bar:
 
                 def progress(done: int, total: int, bar=bar) -> None:
                     watchdog.beat()
@@ -176,8 +176,8 @@ def check(
 
 
 @contextmanager
-def _scan_progress(enabled: bool, path: str) -> Iterator[object]:
-    """A rich progress bar on stderr for the byte scan, only on a terminal and only for text output."""
+def _progress_bar(enabled: bool, description: str) -> Iterator[object]:
+    """A rich progress bar on stderr in bytes, only on a terminal and only for text output."""
     if not enabled:
         yield None
         return
@@ -186,7 +186,7 @@ def _scan_progress(enabled: bool, path: str) -> Iterator[object]:
 
     columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(f"scanning {path}", total=None)
+        task = bar.add_task(description, total=None)
 
         def advance(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
@@ -289,8 +289,14 @@ def patch(
     from ckptdoctor.report.text import render_check
 
     watchdog.subject(target)
-    with _one_line_errors():
-        result = run_patch(target, donor, out, force=force, progress=watchdog.beat)
+    with _one_line_errors(), _progress_bar(sys.stderr.isatty(), f"writing {out}") as bar:
+
+        def progress(done: int, total: int) -> None:
+            watchdog.beat()
+            if bar:
+                bar(done, total)
+
+        result = run_patch(target, donor, out, force=force, progress=progress)
     if result.added:
         layers = len({a.layer for a in result.added})
         _stdout().print(f"added {len(result.added)} tensors to {layers} BatchNorm layers from {result.donor}:")

@@ -105,7 +105,7 @@ def patch(
 ) -> PatchResult:
     """Write TARGET plus the statistics its BatchNorm layers lack, taken from DONOR, to OUT.
 
-    `progress()` is called after each tensor is written."""
+    `progress(done_bytes, total_bytes)` is called after each tensor of a TF bundle is written."""
     from ckptdoctor.writer import keras as keras_writer
     from ckptdoctor.writer import patch_bundle
 

@@ -16,7 +16,9 @@ from synthetic import write_synthetic
 from ckptdoctor import check
 from ckptdoctor.model import CheckpointError
 
-DELAYS = (0.05, 0.2, 0.35, 0.5, 0.7, 1.0)
+# Kill moments as fractions of how long a full patch of the same inputs took on this machine, so that the
+# kills land before, during and after the copy whatever the machine's speed.
+FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9, 1.2)
 
 
 def patch_command(target, donor, out) -> list[str]:
@@ -40,9 +42,9 @@ def inputs(tmp_path_factory):
     return target, donor, finished, seconds
 
 
-@pytest.mark.parametrize("delay", DELAYS)
-def test_killed_patch(inputs, tmp_path, delay):
-    target, donor, finished, _ = inputs
+@pytest.mark.parametrize("fraction", FRACTIONS)
+def test_killed_patch(inputs, tmp_path, fraction):
+    target, donor, finished, seconds = inputs
     before = {**file_bytes(target), **file_bytes(donor)}
     out = tmp_path / "out" / "model.ckpt"
     process = subprocess.Popen(
@@ -51,7 +53,7 @@ def test_killed_patch(inputs, tmp_path, delay):
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # the whole group is killed, as a CI runner or Ctrl-C would
     )
-    time.sleep(delay)
+    time.sleep(seconds * fraction)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert {**file_bytes(target), **file_bytes(donor)} == before
@@ -67,12 +69,6 @@ def test_killed_patch(inputs, tmp_path, delay):
     for name, size in present.items():
         if ".tmp-ckptdoctor-" not in name:
             assert size == finished[name], name
-
-
-def test_kills_land_mid_write(inputs):
-    """Most delays above must catch the patch still running, or the test above proves little."""
-    *_, seconds = inputs
-    assert seconds > DELAYS[len(DELAYS) // 2]
 
 
 def test_debris_of_a_killed_patch_is_cleared_by_the_next(inputs, tmp_path):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from ckptdoctor import dtypes
 from ckptdoctor.formats import object_graph, protos
 from ckptdoctor.formats.base import SCAN_CHUNK, Progress, ScanResult
-from ckptdoctor.formats.bytesource import LocalFile, copy_range
+from ckptdoctor.formats.bytesource import ByteSource, copy_range, open_source
 from ckptdoctor.formats.crc import crc32c, mask, unmask
 from ckptdoctor.formats.ordered_code import slice_key
 from ckptdoctor.formats.sstable import TableError, TableReader, decode_varint, encode_varint
@@ -90,7 +90,7 @@ class BundleReader:
 
     def __init__(self, prefix: str, format: str | None = None) -> None:
         self.location = prefix
-        index = LocalFile(prefix + ".index")
+        index = open_source(prefix + ".index")
         try:
             if index.size() > MAX_INDEX_SIZE:
                 cap = f"over the index size cap ({MAX_INDEX_SIZE})"
@@ -120,7 +120,7 @@ class BundleReader:
                 name = key.decode("utf-8", "backslashreplace")
                 self.open_problems.append(IntegrityProblem("index-corrupt", name, f"entry cannot be decoded ({error})"))
         self.format = format or ("tf2-object-based" if OBJECT_GRAPH_KEY.encode() in self.entries else "tf1-name-based")
-        self._shards: dict[int, LocalFile | None] = {}
+        self._shards: dict[int, ByteSource | None] = {}
         self.object_graph = self._read_object_graph()
 
     def _read_object_graph(self) -> object_graph.ObjectGraph | None:
@@ -189,16 +189,16 @@ class BundleReader:
     def data_path(self, shard_id: int) -> str:
         return data_file_name(self.location, shard_id, self.num_shards)
 
-    def shard(self, shard_id: int) -> LocalFile | None:
+    def shard(self, shard_id: int) -> ByteSource | None:
         """The open data file, or None where it is missing."""
         if shard_id not in self._shards:
             try:
-                self._shards[shard_id] = LocalFile(self.data_path(shard_id))
+                self._shards[shard_id] = open_source(self.data_path(shard_id))
             except CheckpointError:
                 self._shards[shard_id] = None
         return self._shards[shard_id]
 
-    def _located(self, entry: BundleEntry) -> LocalFile:
+    def _located(self, entry: BundleEntry) -> ByteSource:
         if not 0 <= entry.shard_id < self.num_shards:
             raise CheckpointError(
                 f"{self.location}: {entry.name} points at shard {entry.shard_id} of {self.num_shards}"

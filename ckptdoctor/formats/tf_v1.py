@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from contextlib import closing
 from typing import TYPE_CHECKING
 
 from ckptdoctor import dtypes
 from ckptdoctor.formats import protos
 from ckptdoctor.formats.base import Progress, ScanResult
-from ckptdoctor.formats.bytesource import LocalFile
+from ckptdoctor.formats.bytesource import open_source
 from ckptdoctor.formats.sstable import TableError, TableReader
 from ckptdoctor.model import CheckpointError, LayerConfig, TensorInfo
 
@@ -33,7 +34,7 @@ _VALUE_FIELDS = {
 def is_v1_table(path: str) -> bool:
     """A V1 checkpoint is an SSTable whose first value is SavedTensorSlices (starts 0x0a, V2 headers 0x08)."""
     try:
-        with LocalFile(path) as source:
+        with closing(open_source(path)) as source:
             first = next(iter(TableReader(source)), None)
     except CheckpointError:
         return False
@@ -46,7 +47,7 @@ class V1Reader:
     def __init__(self, path: str) -> None:
         self.location = path
         try:
-            with LocalFile(path) as source:
+            with closing(open_source(path)) as source:
                 records = list(TableReader(source))
         except TableError as error:
             raise CheckpointError(str(error)) from None

@@ -38,6 +38,7 @@ class BundleWriter:
             self._fds.append(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
         self._offsets = [0] * num_shards
         self._entries: dict[bytes, bytes] = {}
+        self.last_size = 0  # bytes the last copy or add wrote, for progress reporting
 
     @property
     def data_path(self) -> str:
@@ -58,6 +59,7 @@ class BundleWriter:
             proto.shard_id = shard
             proto.offset = self._offsets[shard]
             self._offsets[shard] += entry.size
+        self.last_size = 0 if entry.num_slices else entry.size
         self._entries[key] = proto.SerializeToString()
 
     def add(self, key: bytes, dtype_code: int, shape: tuple[int, ...], raw: bytes, masked_crc: int) -> None:
@@ -71,6 +73,7 @@ class BundleWriter:
             proto.shape.dim.add(size=size)
         write_all(self._fds[shard], raw)
         self._offsets[shard] += len(raw)
+        self.last_size = len(raw)
         self._entries[key] = proto.SerializeToString()
 
     def commit(self) -> None:

@@ -56,6 +56,10 @@ def write(target: Checkpoint, donor: Checkpoint, additions, out: str, previous: 
         if graph is not None and additions:
             serialized = _with_graph_nodes(graph, additions, full_names)
             sources[OBJECT_GRAPH_KEY.encode()] = encode_string_tensor([serialized])
+        total = sum(source[1].size if isinstance(source, tuple) and isinstance(source[0], BundleReader)
+                    else len(source[0]) if isinstance(source, tuple) else source.nbytes
+                    for source in sources.values())  # fmt: skip
+        done = 0
         for key in sorted(sources):
             source = sources[key]
             if isinstance(source, tuple) and isinstance(source[0], BundleReader):
@@ -66,8 +70,9 @@ def write(target: Checkpoint, donor: Checkpoint, additions, out: str, previous: 
                 raw = source.astype(source.dtype.newbyteorder("<")).tobytes()
                 code = dtypes.BY_NAME[str(source.dtype)].code
                 writer.add(key, code, tuple(source.shape), raw, mask(crc32c(raw)))
+            done += writer.last_size
             if progress:
-                progress()
+                progress(done, total)
         writer.commit()
     except BaseException:
         writer.abort()
