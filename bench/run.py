@@ -139,7 +139,10 @@ def main() -> None:
         f"`ckptdoctor --help`: {help_a.seconds * 1000:.0f} ms, {help_a.peak_mib:.0f} MiB (target <= 300 ms).",
         "",
     ]
-    args.results.write_text("\n".join(lines))
+    kept = ""  # the Scale section written by bench/scale.py stays
+    if args.results.exists() and "## Scale" in args.results.read_text():
+        kept = "\n## Scale" + args.results.read_text().split("## Scale", 1)[1]
+    args.results.write_text("\n".join(lines) + kept)
     print(f"wrote {args.results}")
 
 

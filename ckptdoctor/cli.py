@@ -361,4 +361,5 @@ def _run_app() -> int:
 
 
 def main() -> None:
-    sys.exit(watchdog.run_supervised(_run_app))
+    watchdog.enable()
+    sys.exit(_run_app())
