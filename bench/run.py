@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"))
     parser.add_argument("--ckptdoctor", help="the ckptdoctor executable to measure (default: python -m ckptdoctor)")
+    parser.add_argument("--keras", type=Path, help="directory written by bench/keras_story.py, to measure Keras files")
     args = parser.parse_args()
     ckptdoctor = [args.ckptdoctor] if args.ckptdoctor else [PY, "-m", "ckptdoctor"]
 
@@ -112,6 +113,18 @@ def main() -> None:
     )
     row("patch (with its re-check) vs cp of the target", "<= 3x, <= 150 MiB", a, b,
         "ratio is patch time over cp time", ratio=a.seconds / b.seconds)  # fmt: skip
+
+    if args.keras:
+        h5_walk = (
+            "import h5py, sys, zipfile\n"
+            "p = sys.argv[1]\n"
+            "f = h5py.File(zipfile.ZipFile(p).open('model.weights.h5') if p.endswith('.keras') else p)\n"
+            "f.visititems(lambda n, o: o[()] if isinstance(o, h5py.Dataset) else None)\n"
+        )
+        for name in ("m.keras", "m.weights.h5", "m.h5"):
+            path = str(args.keras / name)
+            a, b = compare(args.runs, [*ckptdoctor, "check", path, "--format", "json"], [PY, "-c", h5_walk, path])
+            row(f"check {name} (MobileNetV2) vs h5py reading every dataset", "", a, b)
 
     help_a, _ = compare(args.runs, [*ckptdoctor, "--help"], ["true"])
     shutil.rmtree(out_dir, ignore_errors=True)

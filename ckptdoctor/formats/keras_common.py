@@ -127,16 +127,18 @@ def dataset_dtype_name(dataset: h5py.Dataset) -> str:
     return {"f": "float", "i": "int", "u": "uint", "c": "complex"}[kind.kind] + str(kind.itemsize * 8)
 
 
-def read_dataset(dataset: h5py.Dataset) -> np.ndarray:
+def read_dataset(dataset: h5py.Dataset, dtype_name: str | None = None) -> np.ndarray:
     import numpy as np
 
     values = np.asarray(dataset[()])
-    if dataset_dtype_name(dataset) == "bfloat16" and values.dtype == np.uint16:
+    if (dtype_name or dataset_dtype_name(dataset)) == "bfloat16" and values.dtype == np.uint16:
         values = (values.astype(np.uint32) << 16).view(np.float32)
     return values
 
 
-def scan_datasets(datasets: dict[str, h5py.Dataset], progress: Progress | None = None) -> ScanResult:
+def scan_datasets(
+    datasets: dict[str, h5py.Dataset], dtype_names: dict[str, str], progress: Progress | None = None
+) -> ScanResult:
     """Read every dataset once: NaN/Inf counts for float ones, and the ones HDF5 cannot read at all."""
     nonfinite: dict[str, int] = {}
     problems: list[IntegrityProblem] = []
@@ -146,7 +148,7 @@ def scan_datasets(datasets: dict[str, h5py.Dataset], progress: Progress | None =
         if progress:
             progress(done, total)
         try:
-            bad = _count_nonfinite(dataset)
+            bad = _count_nonfinite(dataset, dtype_names[name])
         except Exception as error:  # HDF5 raises OSError, ValueError, RuntimeError… on damaged chunks
             problems.append(IntegrityProblem("dataset-unreadable", name, str(error).splitlines()[0][:200]))
             continue
@@ -155,13 +157,13 @@ def scan_datasets(datasets: dict[str, h5py.Dataset], progress: Progress | None =
     return ScanResult(nonfinite=nonfinite, problems=tuple(problems))
 
 
-def _count_nonfinite(dataset: h5py.Dataset) -> int:
+def _count_nonfinite(dataset: h5py.Dataset, dtype_name: str) -> int:
     """NaN/Inf elements of a dataset (0 unless float); every byte is read, large datasets a slab at a time."""
     import numpy as np
 
-    is_float = dataset_dtype_name(dataset) in ("float16", "float32", "float64", "bfloat16")
+    is_float = dtype_name in ("float16", "float32", "float64", "bfloat16")
     if dataset.ndim == 0 or dataset.nbytes <= SCAN_CHUNK:
-        slabs = [read_dataset(dataset)]
+        slabs = [read_dataset(dataset, dtype_name)]
     else:
         rows = max(1, SCAN_CHUNK // max(1, dataset.nbytes // dataset.shape[0]))
         slabs = (np.asarray(dataset[start : start + rows]) for start in range(0, dataset.shape[0], rows))
@@ -176,9 +178,14 @@ def unlisted_datasets(file: h5py.File, listed: dict[str, h5py.Dataset]) -> list[
     """Datasets outside the layout a reader understood, so that a listing still shows every one."""
     import h5py
 
-    found: list[h5py.Dataset] = []
-    file.visititems(lambda name, obj: found.append(obj) if isinstance(obj, h5py.Dataset) else None)
-    return [dataset for dataset in found if dataset.name.lstrip("/") not in listed]
+    names: list[str] = []
+
+    def visit(name: bytes, info) -> None:
+        if info.type == h5py.h5o.TYPE_DATASET:  # low-level walk: no object is built for the listed ones
+            names.append(name.decode("utf-8", "replace"))
+
+    h5py.h5o.visit(file.id, visit, info=True)
+    return [file[name] for name in names if name not in listed]
 
 
 def open_hdf5(source, path: str):
@@ -214,6 +221,7 @@ class Hdf5Reader:
 
     def _start(self) -> None:
         self._datasets: dict[str, h5py.Dataset] = {}
+        self._dtypes: dict[str, str] = {}
         self._infos: list[TensorInfo] = []
 
     def _add(self, dataset: h5py.Dataset, **fields: Any) -> None:
@@ -222,6 +230,7 @@ class Hdf5Reader:
         if isinstance(dataset, h5py.Dataset) and dataset.name.lstrip("/") not in self._datasets:
             info = dataset_info(dataset, **fields)
             self._datasets[info.name] = dataset
+            self._dtypes[info.name] = info.dtype
             self._infos.append(info)
 
     def _add_unlisted(self) -> None:
@@ -247,12 +256,12 @@ class Hdf5Reader:
     def read(self, name: str) -> np.ndarray:
         dataset = self._datasets[name]
         try:
-            return read_dataset(dataset)
+            return read_dataset(dataset, self._dtypes[name])
         except Exception as error:
             raise damaged_structure(self.location, error) from None
 
     def scan(self, progress: Progress | None = None) -> ScanResult:
-        return scan_datasets(self._datasets, progress)
+        return scan_datasets(self._datasets, self._dtypes, progress)
 
     def close(self) -> None:
         self.file.close()
