@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 TEMP_MARKER = ".tmp-ckptdoctor-"
@@ -28,15 +30,21 @@ def fsync_directory(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def write_atomically(final: str | os.PathLike[str], data: bytes) -> None:
+@contextmanager
+def atomic_output(final: str | os.PathLike[str]) -> Iterator[str]:
+    """A temporary path beside `final` to write; made durable and renamed onto `final` only on success."""
     temp = temp_beside(final)
     try:
-        with open(temp, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
+        yield temp
+        with open(temp, "rb+") as written:
+            os.fsync(written.fileno())
         os.replace(temp, final)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
     fsync_directory(Path(final).parent)
+
+
+def write_atomically(final: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_output(final) as temp, open(temp, "wb") as out:
+        out.write(data)

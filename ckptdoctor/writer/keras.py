@@ -14,7 +14,7 @@ from ckptdoctor.formats.keras_common import import_h5py, string_list_attr
 from ckptdoctor.formats.keras_h5 import KerasH5Reader
 from ckptdoctor.formats.keras_v3 import WEIGHTS_MEMBER, KerasV3Reader
 from ckptdoctor.model import BatchNormLayer, CheckpointError
-from ckptdoctor.writer.atomic import fsync_directory, temp_beside
+from ckptdoctor.writer.atomic import atomic_output
 
 BN_ORDER = ("gamma", "beta", "moving_mean", "moving_variance")
 
@@ -84,8 +84,7 @@ def _replace_member(archive: str, out: str, member: str, data_path: str) -> None
 def write(target: Checkpoint, donor: Checkpoint, additions, out: str):
     reader = target.reader
     values = {a.donor_key: donor.reader.read(a.donor_key) for a in additions}
-    temp = temp_beside(out)
-    try:
+    with atomic_output(out) as temp:
         if isinstance(reader, KerasV3Reader) and reader.format == "keras-zip":
             with tempfile.TemporaryDirectory(dir=Path(out).parent) as scratch:
                 weights = os.path.join(scratch, WEIGHTS_MEMBER)
@@ -102,11 +101,4 @@ def write(target: Checkpoint, donor: Checkpoint, additions, out: str):
             shutil.copyfile(reader.location, temp)
             patcher = _patch_v3_file if isinstance(reader, KerasV3Reader) else _patch_legacy_file
             placed = patcher(temp, reader, target, additions, values)
-        with open(temp, "rb+") as file:
-            os.fsync(file.fileno())
-        os.replace(temp, out)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    fsync_directory(Path(out).parent)
     return (out,), placed
