@@ -90,8 +90,12 @@ def main() -> None:
     for kind, path in files.items():
         found = {layer.layer.rsplit("/", 1)[-1] for layer in inspect(path).batchnorm}
         count = len(inspect(path).batchnorm)
-        claims.append((f"{kind}: {count} of {len(names)} BatchNorm layers found, check passes",
-                       count == len(names) and check(path).findings == ()))  # fmt: skip
+        claims.append(
+            (
+                f"{kind}: {count} of {len(names)} BatchNorm layers found, check passes",
+                count == len(names) and check(path).findings == (),
+            )
+        )
         if kind != "ckpt":
             claims.append((f"{kind}: layers found by name", found == set(names)))
 
@@ -105,8 +109,12 @@ def main() -> None:
 
     for label, edit, rule in (("reset to 0/1", zero_one, "bn-stats-at-init"), ("NaN", nan, "nonfinite-values")):
         clone = edited(model, damaged, edit)
-        variants = {"weights": root / f"{rule}.weights.h5", "keras": root / f"{rule}.keras",
-                    "h5": root / f"{rule}.h5", "ckpt": root / f"{rule}-ckpt" / "model"}  # fmt: skip
+        variants = {
+            "weights": root / f"{rule}.weights.h5",
+            "keras": root / f"{rule}.keras",
+            "h5": root / f"{rule}.h5",
+            "ckpt": root / f"{rule}-ckpt" / "model",
+        }
         clone.save_weights(variants["weights"])
         clone.save(variants["keras"])
         clone.save(variants["h5"])
@@ -132,16 +140,26 @@ def main() -> None:
     options = tf.train.CheckpointOptions(experimental_sharding_callback=policy)
     tf.train.Checkpoint(model=model).write(str(sharded), options=options)
     shards = len(list(sharded.parent.glob("ckpt.data-*")))
-    claims.append((f"sharded object-based ({shards} shards): listing equals TF's, BN layers found, check passes",
-                   shards > 1 and tf_listing_matches(sharded) and len(inspect(sharded).batchnorm) == len(names)
-                   and check(sharded).findings == ()))  # fmt: skip
+    claims.append(
+        (
+            f"sharded object-based ({shards} shards): listing equals TF's, BN layers found, check passes",
+            shards > 1
+            and tf_listing_matches(sharded)
+            and len(inspect(sharded).batchnorm) == len(names)
+            and check(sharded).findings == (),
+        )
+    )
     savedmodel = root / "savedmodel_sharded"
     tf.saved_model.save(
         model, str(savedmodel), options=tf.saved_model.SaveOptions(experimental_sharding_callback=policy)
     )
     healthy_savedmodel = len(inspect(savedmodel).batchnorm) == len(names) and check(savedmodel).findings == ()
-    claims.append(("sharded SavedModel: listing equals TF's, BN layers found, check passes",
-                   tf_listing_matches(savedmodel / "variables" / "variables") and healthy_savedmodel))  # fmt: skip
+    claims.append(
+        (
+            "sharded SavedModel: listing equals TF's, BN layers found, check passes",
+            tf_listing_matches(savedmodel / "variables" / "variables") and healthy_savedmodel,
+        )
+    )
     module = tf.Module()
     module.label = tf.Variable("mobilenet-v2 ünïcode")
     module.scale = tf.Variable([1.0, 2.0])

@@ -85,11 +85,14 @@ def main() -> None:
     def row(name: str, target: str, a: Sample, b: Sample, extra: str = "", ratio: float | None = None) -> None:
         ratio = b.seconds / a.seconds if ratio is None else ratio
         rows.append((name, a, b, ratio, target, extra))
-        print(f"{name:<44} {a.seconds * 1000:8.1f} ms {a.peak_mib:6.0f} MiB | "
-              f"{b.seconds * 1000:8.1f} ms {b.peak_mib:6.0f} MiB | {ratio:6.1f}x {extra}")  # fmt: skip
+        print(
+            f"{name:<44} {a.seconds * 1000:8.1f} ms {a.peak_mib:6.0f} MiB | "
+            f"{b.seconds * 1000:8.1f} ms {b.peak_mib:6.0f} MiB | {ratio:6.1f}x {extra}"
+        )
 
-    a, b = compare(args.runs, [*ckptdoctor, "inspect", full, "--format", "json"],
-                   tf_script(f"tf.train.list_variables({full!r})"))  # fmt: skip
+    a, b = compare(
+        args.runs, [*ckptdoctor, "inspect", full, "--format", "json"], tf_script(f"tf.train.list_variables({full!r})")
+    )
     row("inspect vs tf.train.list_variables", ">= 25x, <= 80 MiB", a, b)
 
     bn_reads = (
@@ -102,8 +105,13 @@ def main() -> None:
 
     every = f"r = tf.train.load_checkpoint({full!r})\nfor name in r.get_variable_to_shape_map(): r.get_tensor(name)\n"
     a, b = compare(args.runs, [*ckptdoctor, "check", full, "--format", "json"], tf_script(every))
-    row("full scan (check) vs TF reading every tensor", ">= 1x, >= 1 GB/s", a, b,
-        f"{data_bytes / a.seconds / 1e9:.2f} GB/s incl. start-up")  # fmt: skip
+    row(
+        "full scan (check) vs TF reading every tensor",
+        ">= 1x, >= 1 GB/s",
+        a,
+        b,
+        f"{data_bytes / a.seconds / 1e9:.2f} GB/s incl. start-up",
+    )
 
     target_files = sorted(Path(trainable).parent.glob("model.ckpt-3.*"))
     a, b = compare(
@@ -111,8 +119,14 @@ def main() -> None:
         [*ckptdoctor, "patch", trainable, "--from", full, "--out", str(out_dir / "fixed" / "model.ckpt-3"), "--force"],
         ["cp", *map(str, target_files), str(out_dir)],
     )
-    row("patch (with its re-check) vs cp of the target", "<= 3x, <= 150 MiB", a, b,
-        "ratio is patch time over cp time", ratio=a.seconds / b.seconds)  # fmt: skip
+    row(
+        "patch (with its re-check) vs cp of the target",
+        "<= 3x, <= 150 MiB",
+        a,
+        b,
+        "ratio is patch time over cp time",
+        ratio=a.seconds / b.seconds,
+    )
 
     if args.keras:
         h5_walk = (

@@ -48,8 +48,11 @@ def main() -> None:
         root = args.directory / f"{gigabytes:g}GB"
         full, target, donor = root / "full" / "model.ckpt", root / "target" / "model.ckpt", root / "donor" / "m"
         if not Path(f"{full}.index").exists():
-            for prefix, options in ((full, {}), (target, {"drop_statistics": True}),
-                                    (donor, {"statistics_only": True})):  # fmt: skip
+            for prefix, options in (
+                (full, {}),
+                (target, {"drop_statistics": True}),
+                (donor, {"statistics_only": True}),
+            ):
                 shutil.rmtree(prefix.parent, ignore_errors=True)
                 prefix.parent.mkdir(parents=True)
                 started = time.perf_counter()
@@ -61,13 +64,17 @@ def main() -> None:
         out.parent.mkdir(exist_ok=True)
         inspect = measure([*ckptdoctor, "inspect", str(full), "--format", "json"], args.runs)
         check = measure([*ckptdoctor, "check", str(full), "--format", "json"], args.runs)
-        patch = measure([*ckptdoctor, "patch", str(target), "--from", str(donor), "--out", str(out), "--force"],
-                        args.runs)  # fmt: skip
+        patch = measure(
+            [*ckptdoctor, "patch", str(target), "--from", str(donor), "--out", str(out), "--force"], args.runs
+        )
         copy = measure(["cp", *target_files, str(out.parent)], args.runs)
         rows.append((gigabytes, tensors, shards, size, inspect, check, patch, copy))
-        print(f"{size / 1e9:.2f} GB: inspect {inspect.seconds:.2f} s {inspect.peak_mib:.0f} MiB, check "
-              f"{check.seconds:.2f} s {check.peak_mib:.0f} MiB ({size / check.seconds / 1e9:.2f} GB/s), patch "
-              f"{patch.seconds:.2f} s {patch.peak_mib:.0f} MiB, cp {copy.seconds:.2f} s", file=sys.stderr)  # fmt: skip
+        print(
+            f"{size / 1e9:.2f} GB: inspect {inspect.seconds:.2f} s {inspect.peak_mib:.0f} MiB, check "
+            f"{check.seconds:.2f} s {check.peak_mib:.0f} MiB ({size / check.seconds / 1e9:.2f} GB/s), patch "
+            f"{patch.seconds:.2f} s {patch.peak_mib:.0f} MiB, cp {copy.seconds:.2f} s",
+            file=sys.stderr,
+        )
 
     lines = [
         MARKER,

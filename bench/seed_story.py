@@ -50,22 +50,35 @@ def main() -> None:
     result = cli("check", str(trainable), "--format", "json")
     findings = json.loads(result.stdout)["findings"]
     layers = json.loads(result.stdout)["summary"]["batchnorm_layers"]
-    claims.append((f"trainable-only save: exit {result.returncode}, {len(findings)} bn-missing-moving-stats "
-                   f"of {layers} BN layers", result.returncode == 1 and len(findings) == layers == 96))  # fmt: skip
+    claims.append(
+        (
+            f"trainable-only save: exit {result.returncode}, {len(findings)} bn-missing-moving-stats "
+            f"of {layers} BN layers",
+            result.returncode == 1 and len(findings) == layers == 96,
+        )
+    )
     result = cli("check", str(full))
     claims.append((f"full save: exit {result.returncode}", result.returncode == 0))
     result = cli("check", str(story / "finetune_noupdate"), "--reference", str(story / "pretrained"), "-f", "json")
     names = [f["name"] for f in json.loads(result.stdout)["findings"]]
-    claims.append((f"no-update fine-tune vs pretrained: {names.count('bn-stats-match-reference')} "
-                   "bn-stats-match-reference", names == ["bn-stats-match-reference"] * 96))  # fmt: skip
+    claims.append(
+        (
+            f"no-update fine-tune vs pretrained: {names.count('bn-stats-match-reference')} bn-stats-match-reference",
+            names == ["bn-stats-match-reference"] * 96,
+        )
+    )
 
     out = Path(tempfile.mkdtemp(prefix="ckptdoctor-story-")) / "fixed" / "model.ckpt-3"
     result = cli("patch", str(trainable), "--from", str(full), "--out", str(out))
     claims.append((f"patch: exit {result.returncode}", result.returncode == 0))
     for name in ("finetune_full", "finetune_trainable"):
         verdict = cli("verify", str(out if name == "finetune_trainable" else full), "--meta-graph", str(meta))
-        claims.append((f"verify {'patched' if name == 'finetune_trainable' else 'full'}: exit {verdict.returncode}",
-                       verdict.returncode == 0))  # fmt: skip
+        claims.append(
+            (
+                f"verify {'patched' if name == 'finetune_trainable' else 'full'}: exit {verdict.returncode}",
+                verdict.returncode == 0,
+            )
+        )
     verdict = cli("verify", str(trainable), "--meta-graph", str(meta))
     claims.append((f"verify trainable-only: exit {verdict.returncode}", verdict.returncode == 1))
 

@@ -78,8 +78,9 @@ def main() -> None:
     parser.add_argument("--statistics-only", action="store_true")
     args = parser.parse_args()
     args.prefix.parent.mkdir(parents=True, exist_ok=True)
-    count = write_synthetic(args.prefix, int(args.gigabytes * 1e9), args.tensors, args.shards,
-                            args.drop_statistics, args.statistics_only)  # fmt: skip
+    count = write_synthetic(
+        args.prefix, int(args.gigabytes * 1e9), args.tensors, args.shards, args.drop_statistics, args.statistics_only
+    )
     size = sum(p.stat().st_size for p in args.prefix.parent.glob(args.prefix.name + ".*"))
     print(f"wrote {args.prefix}: {count} tensors, {args.shards} shards, {size / 1e9:.2f} GB")
 

@@ -59,8 +59,12 @@ class LayerConfig:
     @property
     def batchnorm_parts(self) -> tuple[str, ...]:
         """The variables Keras stores for this BatchNormalization, in its weight order."""
-        return (*(("gamma",) if self.scale else ()), *(("beta",) if self.center else ()), "moving_mean",
-                "moving_variance")  # fmt: skip
+        return (
+            *(("gamma",) if self.scale else ()),
+            *(("beta",) if self.center else ()),
+            "moving_mean",
+            "moving_variance",
+        )
 
 
 @dataclass(frozen=True)

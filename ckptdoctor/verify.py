@@ -152,8 +152,11 @@ def _compare_keras_layers(reader, model) -> tuple[list[str], list[Mismatch]]:
                 continue
             shape_expected, shape_found = tuple(variable.shape), found[index].shape
             if shape_expected != shape_found:
-                mismatched.append(Mismatch(label, f"{variable.dtype}{list(shape_expected)}",
-                                           f"{found[index].dtype}{list(shape_found)}"))  # fmt: skip
+                mismatched.append(
+                    Mismatch(
+                        label, f"{variable.dtype}{list(shape_expected)}", f"{found[index].dtype}{list(shape_found)}"
+                    )
+                )
     return missing, mismatched
 
 

@@ -45,8 +45,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         while time.monotonic() < deadline:
             seed = rng.choice(sorted(SEEDS))
-            edits = [(rng.choice(["flip", "set", "truncate", "insert", "duplicate"]), rng.randrange(1 << 20),
-                      rng.randrange(256)) for _ in range(rng.randint(1, 4))]  # fmt: skip
+            edits = [
+                (
+                    rng.choice(["flip", "set", "truncate", "insert", "duplicate"]),
+                    rng.randrange(1 << 20),
+                    rng.randrange(256),
+                )
+                for _ in range(rng.randint(1, 4))
+            ]
             data = mutate(originals[seed], edits)
             directory = Path(scratch) / str(cases)
             directory.mkdir()

@@ -136,8 +136,12 @@ def keras3() -> None:
     removed.mkdir(parents=True)
     drop_statistics_weights_h5(healthy / "model.weights.h5", removed / "model.weights.h5")
     drop_statistics_legacy_h5(healthy / "model.h5", removed / "model.h5")
-    replace_zip_member(healthy / "model.keras", removed / "model.keras", "model.weights.h5",
-                       (removed / "model.weights.h5").read_bytes())  # fmt: skip
+    replace_zip_member(
+        healthy / "model.keras",
+        removed / "model.keras",
+        "model.weights.h5",
+        (removed / "model.weights.h5").read_bytes(),
+    )
     statless_inputs, statless_outputs = build(keras.layers, batchnorm=StatlessBatchNorm)
     statless = keras.Model(statless_inputs, statless_outputs)
     for layer, source in zip(statless.layers, model.layers, strict=True):  # same structure, same order

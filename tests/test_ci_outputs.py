@@ -15,13 +15,22 @@ from conftest import FIXTURE_BUNDLES, KERAS, REALWORLD, ROOT
 from ckptdoctor.rules import CATALOGUE
 
 jsonschema = pytest.importorskip("jsonschema")
-BROKEN = [str(FIXTURE_BUNDLES["finetune_trainable"]), str(KERAS / "stats_nan" / "model.weights.h5"),
-          str(FIXTURE_BUNDLES["finetune_full"])]  # fmt: skip
+BROKEN = [
+    str(FIXTURE_BUNDLES["finetune_trainable"]),
+    str(KERAS / "stats_nan" / "model.weights.h5"),
+    str(FIXTURE_BUNDLES["finetune_full"]),
+]
 
 
 def run(*args, cwd=None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ckptdoctor", *map(str, args)], capture_output=True, text=True,
-                          timeout=120, cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "ckptdoctor", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 def test_sarif_validates_and_describes_every_rule(tmp_path):

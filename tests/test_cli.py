@@ -42,9 +42,17 @@ def test_inspect_json_is_the_documented_report():
     assert report["format"] == "tf1-name-based"
     assert report["findings"] == []
     variable = next(v for v in report["variables"] if v["name"] == "net/conv1/weights")
-    assert variable == {"name": "net/conv1/weights", "dtype": "float32", "shape": [3, 3, 3, 8], "elements": 216,
-                        "bytes": 864, "role": "weight", "layer": "net/conv1", "path": "net/conv1/weights",
-                        "full_name": None}  # fmt: skip
+    assert variable == {
+        "name": "net/conv1/weights",
+        "dtype": "float32",
+        "shape": [3, 3, 3, 8],
+        "elements": 216,
+        "bytes": 864,
+        "role": "weight",
+        "layer": "net/conv1",
+        "path": "net/conv1/weights",
+        "full_name": None,
+    }
     slim = next(b for b in report["batchnorm"] if b["layer"] == "net/conv1/BatchNorm")
     assert slim == {
         "layer": "net/conv1/BatchNorm",

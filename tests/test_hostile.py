@@ -16,8 +16,13 @@ DATA = "data-00000-of-00001"
 
 
 def run(*args) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ckptdoctor", *map(str, args)], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "CKPTDOCTOR_DEBUG": ""})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "ckptdoctor", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CKPTDOCTOR_DEBUG": ""},
+    )
 
 
 def one_line_error(result, *fragments) -> None:

@@ -63,9 +63,12 @@ def test_listing_and_values_equal_h5py(case):
 
 @pytest.mark.parametrize(
     ("name", "expected_format"),
-    [("healthy/model.keras", "keras-zip"), ("healthy/model.weights.h5", "keras-weights-h5"),
-     ("healthy/model.h5", "keras-h5")],
-)  # fmt: skip
+    [
+        ("healthy/model.keras", "keras-zip"),
+        ("healthy/model.weights.h5", "keras-weights-h5"),
+        ("healthy/model.h5", "keras-h5"),
+    ],
+)
 def test_format_is_sniffed_from_content_not_extension(tmp_path, name, expected_format):
     disguised = tmp_path / "weights.bin"
     disguised.write_bytes((KERAS / name).read_bytes())

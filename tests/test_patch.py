@@ -109,8 +109,11 @@ def test_donor_without_the_statistics_names_the_missing_keys(tmp_path):
 
 def test_donor_with_wrong_shapes_is_refused(tmp_path, tf):
     donor = str(tmp_path / "donor" / "model.ckpt")
-    names = [f"net/{layer}/{stat}" for layer in ("conv1/BatchNorm", "conv2/BatchNorm", "batch_normalization",
-             "batch_normalization_1") for stat in ("moving_mean", "moving_variance")]  # fmt: skip
+    names = [
+        f"net/{layer}/{stat}"
+        for layer in ("conv1/BatchNorm", "conv2/BatchNorm", "batch_normalization", "batch_normalization_1")
+        for stat in ("moving_mean", "moving_variance")
+    ]
     tensors = [tf.zeros([5]) for _ in names]
     tf.raw_ops.SaveV2(prefix=donor, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors)
     with pytest.raises(PatchError, match=r"is float32\[5\] in the donor but the layer's beta is float32\[8\]"):

@@ -87,9 +87,10 @@ def test_tf2_object_checkpoint_adds_graph_nodes(tmp_path, tf, keras, healthy):
     out = tmp_path / "fixed" / "model"
     result = patch(broken, KERAS / "healthy" / "ckpt" / "model", out)
     assert {a.key for a in result.added} == {
-        f"model/_operations/{i}/{s}/.ATTRIBUTES/VARIABLE_VALUE" for i in (2, 5, 8)
+        f"model/_operations/{i}/{s}/.ATTRIBUTES/VARIABLE_VALUE"
+        for i in (2, 5, 8)
         for s in ("moving_mean", "moving_variance")
-    }  # fmt: skip
+    }
     model = _fresh(keras)
     tf.train.Checkpoint(model=model).read(str(out)).assert_consumed()
     np.testing.assert_array_equal(model.predict(INPUTS, verbose=0), healthy)

@@ -23,8 +23,14 @@ def _by_rule(report):
 
 def test_catalogue_codes_and_slugs_are_unique_and_explained():
     assert len({r.code for r in CATALOGUE}) == len({r.name for r in CATALOGUE}) == len(CATALOGUE)
-    for slug in ("bn-missing-moving-stats", "bn-stats-at-init", "bn-stats-match-reference",
-                 "nonfinite-values", "bn-variance-nonpositive", "crc-mismatch"):  # fmt: skip
+    for slug in (
+        "bn-missing-moving-stats",
+        "bn-stats-at-init",
+        "bn-stats-match-reference",
+        "nonfinite-values",
+        "bn-variance-nonpositive",
+        "crc-mismatch",
+    ):
         assert slug in BY_NAME
         assert len(BY_NAME[slug].explanation) > 100
 

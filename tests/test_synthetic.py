@@ -13,9 +13,11 @@ def test_tensorflow_reads_a_multi_shard_synthetic_checkpoint(tmp_path, tf):
     prefix = tmp_path / "model.ckpt"
     count = write_synthetic(prefix, total_bytes=3_000_000, tensors=400, shards=3)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "model.ckpt.data-00000-of-00003", "model.ckpt.data-00001-of-00003", "model.ckpt.data-00002-of-00003",
+        "model.ckpt.data-00000-of-00003",
+        "model.ckpt.data-00001-of-00003",
+        "model.ckpt.data-00002-of-00003",
         "model.ckpt.index",
-    ]  # fmt: skip
+    ]
     listed = dict(tf.train.list_variables(str(prefix)))
     assert len(listed) == count == 400
     reader, loaded = BundleReader(str(prefix)), tf.train.load_checkpoint(str(prefix))

@@ -9,8 +9,11 @@ from ckptdoctor.patch import patch
 from ckptdoctor.verify import verify_meta_graph, verify_model
 
 META = TF1 / "eval" / "eval.meta"
-STATS = {f"net/{layer}/{stat}" for layer in ("conv1/BatchNorm", "conv2/BatchNorm", "batch_normalization",
-         "batch_normalization_1") for stat in ("moving_mean", "moving_variance")}  # fmt: skip
+STATS = {
+    f"net/{layer}/{stat}"
+    for layer in ("conv1/BatchNorm", "conv2/BatchNorm", "batch_normalization", "batch_normalization_1")
+    for stat in ("moving_mean", "moving_variance")
+}
 
 
 def test_full_save_restores(tf):
@@ -35,23 +38,32 @@ def test_patched_save_restores(tmp_path, tf):
 
 def test_shape_mismatch_is_reported(tmp_path, tf):
     prefix = str(tmp_path / "wrong")
-    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=["net/conv1/weights"], shape_and_slices=[""],
-                      tensors=[tf.zeros([2, 2])])  # fmt: skip
+    tf.raw_ops.SaveV2(
+        prefix=prefix, tensor_names=["net/conv1/weights"], shape_and_slices=[""], tensors=[tf.zeros([2, 2])]
+    )
     result = verify_meta_graph(prefix, META)
     assert not result.ok
     (mismatch,) = result.mismatched
-    assert (mismatch.key, mismatch.expected, mismatch.found) == ("net/conv1/weights", "float32[3, 3, 3, 8]",
-                                                                 "float32[2, 2]")  # fmt: skip
+    assert (mismatch.key, mismatch.expected, mismatch.found) == (
+        "net/conv1/weights",
+        "float32[3, 3, 3, 8]",
+        "float32[2, 2]",
+    )
     assert len(result.missing) == 20
 
 
 KERAS_MODEL = str(KERAS / "healthy" / "model.keras")
-KERAS_STATS = {f"{layer}/{stat}" for layer in ("bn_default", "bn_noscale", "bn_nocenter")
-               for stat in ("moving_mean", "moving_variance")}  # fmt: skip
+KERAS_STATS = {
+    f"{layer}/{stat}"
+    for layer in ("bn_default", "bn_noscale", "bn_nocenter")
+    for stat in ("moving_mean", "moving_variance")
+}
 
 
-@pytest.mark.parametrize("name", ["healthy/model.weights.h5", "healthy/model.h5", "healthy/model.keras",
-                                  "healthy/ckpt/model", "healthy/savedmodel"])  # fmt: skip
+@pytest.mark.parametrize(
+    "name",
+    ["healthy/model.weights.h5", "healthy/model.h5", "healthy/model.keras", "healthy/ckpt/model", "healthy/savedmodel"],
+)
 def test_healthy_keras_files_load_into_the_model(name, tf):
     result = verify_model(KERAS / name, KERAS_MODEL)
     assert result.ok, result.tf_error

@@ -11,11 +11,27 @@ OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
 # TF1 optimizers append their slot name to the variable's name: `conv/weights/Momentum`.
 SLOT_SUFFIXES = frozenset(
     {
-        "Momentum", "Adam", "Adam_1", "RMSProp", "RMSProp_1", "Adagrad", "AdagradDA", "AdagradDA_1",
-        "Ftrl", "Ftrl_1", "Adadelta", "Adadelta_1", "ProximalAdagrad", "Nadam", "Nadam_1", "LazyAdam",
-        "LazyAdam_1", "AdamW", "AdamW_1",
+        "Momentum",
+        "Adam",
+        "Adam_1",
+        "RMSProp",
+        "RMSProp_1",
+        "Adagrad",
+        "AdagradDA",
+        "AdagradDA_1",
+        "Ftrl",
+        "Ftrl_1",
+        "Adadelta",
+        "Adadelta_1",
+        "ProximalAdagrad",
+        "Nadam",
+        "Nadam_1",
+        "LazyAdam",
+        "LazyAdam_1",
+        "AdamW",
+        "AdamW_1",
     }
-)  # fmt: skip
+)
 # Keras-2 optimizers in TF1 graphs keep all state under `training/<Optimizer>/...`.
 OPTIMIZER_SCOPES = frozenset(
     {"Adagrad", "Adam", "Adamax", "Adadelta", "Ftrl", "Nadam", "RMSprop", "SGD", "AdamW", "Lion"}

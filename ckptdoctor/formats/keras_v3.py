@@ -22,9 +22,14 @@ CONFIG_MEMBER = "config.json"
 # Variable names by position for layers whose order is fixed (the rest are shown by index).
 _KERNEL_BIAS = ("kernel", "bias")
 _KNOWN_ORDER = {
-    "Dense": _KERNEL_BIAS, "Conv1D": _KERNEL_BIAS, "Conv2D": _KERNEL_BIAS, "Conv3D": _KERNEL_BIAS,
-    "Conv2DTranspose": _KERNEL_BIAS, "Embedding": ("embeddings",), "LayerNormalization": ("gamma", "beta"),
-}  # fmt: skip
+    "Dense": _KERNEL_BIAS,
+    "Conv1D": _KERNEL_BIAS,
+    "Conv2D": _KERNEL_BIAS,
+    "Conv3D": _KERNEL_BIAS,
+    "Conv2DTranspose": _KERNEL_BIAS,
+    "Embedding": ("embeddings",),
+    "LayerNormalization": ("gamma", "beta"),
+}
 
 
 def class_from_container(container: str) -> str:

@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 # Header bits marking the length of a signed number's encoding (ordered_code.cc, kLengthToHeaderBits).
-_HEADER_BITS = [(0, 0), (0x80, 0), (0xC0, 0), (0xE0, 0), (0xF0, 0), (0xF8, 0), (0xFC, 0), (0xFE, 0), (0xFF, 0),
-                (0xFF, 0x80), (0xFF, 0xC0)]  # fmt: skip
+_HEADER_BITS = [
+    (0, 0),
+    (0x80, 0),
+    (0xC0, 0),
+    (0xE0, 0),
+    (0xF0, 0),
+    (0xF8, 0),
+    (0xFC, 0),
+    (0xFE, 0),
+    (0xFF, 0),
+    (0xFF, 0x80),
+    (0xFF, 0xC0),
+]
 
 
 def num_increasing(value: int) -> bytes:

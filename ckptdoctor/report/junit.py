@@ -19,8 +19,9 @@ def render(reports: list[Report], fail_on: Severity) -> str:
             if rule.code not in flagged:  # a rule that found nothing passes once for the whole checkpoint
                 ET.SubElement(suite, "testcase", classname=report.path, name=f"{rule.code} {rule.name}")
         for finding in report.findings:
-            case = ET.SubElement(suite, "testcase", classname=report.path,
-                                 name=f"{finding.code} {finding.name}: {finding.subject}")  # fmt: skip
+            case = ET.SubElement(
+                suite, "testcase", classname=report.path, name=f"{finding.code} {finding.name}: {finding.subject}"
+            )
             if finding.severity.rank >= fail_on.rank:
                 failure = ET.SubElement(case, "failure", message=finding.message, type=finding.code)
                 failure.text = f"{finding.severity.value}: {finding.message}\nhint: {finding.hint}"

@@ -58,8 +58,13 @@ def _patch_legacy_file(path: str, reader: KerasH5Reader, target: Checkpoint, add
             name = f"{scope}/{addition.statistic}{device}"
             group.create_dataset(name, data=values[addition.donor_key])
             names.append(name)
-            names.sort(key=lambda n: BN_ORDER.index(n.split(":")[0].rsplit("/", 1)[-1])
-                       if n.split(":")[0].rsplit("/", 1)[-1] in BN_ORDER else -1)  # fmt: skip
+            names.sort(
+                key=lambda n: (
+                    BN_ORDER.index(n.split(":")[0].rsplit("/", 1)[-1])
+                    if n.split(":")[0].rsplit("/", 1)[-1] in BN_ORDER
+                    else -1
+                )
+            )
             old = group.attrs.get("weight_names")
             if old is not None and getattr(old, "dtype", None) is not None and old.dtype.kind == "S":
                 group.attrs["weight_names"] = np.array([n.encode() for n in names])  # keep Keras 2's bytes

@@ -56,9 +56,14 @@ def write(target: Checkpoint, donor: Checkpoint, additions, out: str, previous: 
         if graph is not None and additions:
             serialized = _with_graph_nodes(graph, additions, full_names)
             sources[OBJECT_GRAPH_KEY.encode()] = encode_string_tensor([serialized])
-        total = sum(source[1].size if isinstance(source, tuple) and isinstance(source[0], BundleReader)
-                    else len(source[0]) if isinstance(source, tuple) else source.nbytes
-                    for source in sources.values())  # fmt: skip
+        total = sum(
+            source[1].size
+            if isinstance(source, tuple) and isinstance(source[0], BundleReader)
+            else len(source[0])
+            if isinstance(source, tuple)
+            else source.nbytes
+            for source in sources.values()
+        )
         done = 0
         for key in sorted(sources):
             source = sources[key]
