@@ -13,7 +13,7 @@ from ckptdoctor.analysis.checkpoint import Checkpoint, opened
 from ckptdoctor.formats.keras_h5 import KerasH5Reader
 from ckptdoctor.formats.keras_v3 import KerasV3Reader
 from ckptdoctor.formats.tf_bundle import BundleReader
-from ckptdoctor.model import BatchNormLayer, CheckpointError, TensorInfo
+from ckptdoctor.model import CheckpointError, TensorInfo
 from ckptdoctor.writer.atomic import TEMP_MARKER
 
 
@@ -42,26 +42,17 @@ class PatchResult:
     added: tuple[Addition, ...]
 
 
-def _framework_name(checkpoint: Checkpoint, layer: BatchNormLayer) -> str:
-    """The layer's name as its framework knows it (`bn_default`), to match layers across formats."""
-    keys = {getattr(layer, part) for part in ("gamma", "beta", "moving_mean", "moving_variance")} - {None}
-    for variable in checkpoint.variables:
-        if variable.name in keys and variable.full_name:
-            return variable.full_name.rpartition("/")[0]
-    return layer.layer
-
-
 def plan(target: Checkpoint, donor: Checkpoint) -> list[Addition]:
     """What to take from the donor, validated against the target's layers; raises PatchError naming gaps."""
     infos: dict[str, TensorInfo] = {t.name: t for t in target.reader.tensors()}
     donor_infos: dict[str, TensorInfo] = {t.name: t for t in donor.reader.tensors()}
     by_layer = {layer.layer: layer for layer in donor.batchnorm}
-    by_name = {_framework_name(donor, layer): layer for layer in donor.batchnorm}
+    by_name = {donor.layer_name(layer): layer for layer in donor.batchnorm}
     additions, missing, mismatched = [], [], []
     for layer in target.batchnorm:
         if not layer.missing_statistics:
             continue
-        source = by_layer.get(layer.layer) or by_name.get(_framework_name(target, layer))
+        source = by_layer.get(layer.layer) or by_name.get(target.layer_name(layer))
         param_key = layer.beta or layer.gamma or layer.moving_mean or layer.moving_variance
         param = infos.get(param_key) if param_key else None
         for statistic in layer.missing_statistics:

@@ -139,3 +139,41 @@ def test_real_kotlindl_batchnorm_layers():
     assert report.findings == ()
     assert len(report.batchnorm) == 4
     assert all(not layer.missing_statistics for layer in report.batchnorm)
+
+
+def test_keras_2_0_uniquified_weight_scopes(tmp_path):
+    """Keras 2.0 named a layer's variables by a uniquified scope (layer `batch_normalization_1` holds
+    `batch_normalization_1_1/gamma:0`), as in a real emotion-recognition model published on PyPI; those
+    weights belong to the layer, not to a second, empty BatchNorm layer."""
+    import shutil
+
+    path = tmp_path / "keras205.h5"
+    shutil.copy(KERAS.parent / "keras2" / "model_weights.h5", path)
+    with h5py.File(path, "r+") as file:
+        group = file["bn_default"]
+        renamed = []
+        for name in [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]]:
+            new = name.replace("bn_default/", "bn_default_1/", 1)
+            group.move(name, new)
+            renamed.append(new.encode())
+        group.attrs["weight_names"] = np.array(renamed)
+    report = check(path)
+    assert report.findings == ()
+    layers = {layer.layer: layer for layer in report.batchnorm}
+    assert sorted(layers) == ["bn_default", "bn_nocenter", "bn_noscale"]
+    assert layers["bn_default"].moving_variance == "bn_default/bn_default_1/moving_variance:0"
+
+
+@pytest.mark.parametrize("reference", ["healthy/model.keras", "healthy/ckpt/model", "healthy/model.h5"])
+def test_reference_is_matched_across_formats(tmp_path, reference):
+    """A .weights.h5 whose kernels were trained but whose statistics still equal the reference's, compared
+    with the reference saved in another format: layers and weights are matched by their Keras names."""
+    import shutil
+
+    target = tmp_path / "finetuned.weights.h5"
+    shutil.copy(KERAS / "healthy" / "model.weights.h5", target)
+    with h5py.File(target, "r+") as file:
+        file["layers/conv2d/vars/0"][...] = file["layers/conv2d/vars/0"][()] + 0.01
+    counts = Counter(f.name for f in check(target, reference=KERAS / reference).findings)
+    assert counts == {"bn-stats-match-reference": 3}
+    assert check(KERAS / "healthy" / "model.weights.h5", reference=KERAS / reference).findings == ()

@@ -24,6 +24,14 @@ class Checkpoint:
     variables: tuple[Variable, ...]
     batchnorm: tuple[BatchNormLayer, ...]
 
+    def layer_name(self, layer: BatchNormLayer) -> str:
+        """The layer's name as its framework knows it (`bn_default`), to match layers across formats."""
+        keys = {layer.gamma, layer.beta, layer.moving_mean, layer.moving_variance} - {None}
+        for variable in self.variables:
+            if variable.name in keys and variable.full_name:
+                return variable.full_name.rpartition("/")[0]
+        return layer.layer
+
     def values(self, name: str) -> np.ndarray | None:
         """A tensor's values, or None where its bytes cannot be read (that damage is its own finding)."""
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from ckptdoctor.formats.keras_common import (
@@ -21,6 +22,17 @@ if TYPE_CHECKING:
 def is_legacy_layout(file: h5py.File) -> bool:
     root = file.get("model_weights", file)
     return any(name in root.attrs for name in ("layer_names", "layer_names0"))
+
+
+def _local_name(layer: str, weight: str) -> str:
+    """A weight's name within its layer: `gamma` from `bn/gamma:0`, and from `bn_1/gamma:0` too, since
+    Keras 2.0 scoped variables by a uniquified name (layer `batch_normalization_1` holds
+    `batch_normalization_1_1/gamma:0`). Names led by another layer's scope (nested models) stay whole."""
+    name = strip_device_suffix(weight)
+    first, _, rest = name.partition("/")
+    if rest and (first == layer or re.fullmatch(re.escape(layer) + r"_\d+", first)):
+        return rest
+    return name
 
 
 class KerasH5Reader(Hdf5Reader):
@@ -46,9 +58,9 @@ class KerasH5Reader(Hdf5Reader):
             for weight in string_list_attr(group, "weight_names"):
                 if weight not in group:
                     continue
-                local = strip_device_suffix(weight)
-                local = local[len(layer) + 1 :] if local.startswith(layer + "/") else local
-                self._add(group[weight], path=f"{layer}/{local}", full_name=strip_device_suffix(weight))
+                self._add(
+                    group[weight], path=f"{layer}/{_local_name(layer, weight)}", full_name=strip_device_suffix(weight)
+                )
         if "optimizer_weights" in self.file:
             group = self.file["optimizer_weights"]
             for weight in string_list_attr(group, "weight_names"):

@@ -43,17 +43,22 @@ def _stats_at_init(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
             )
 
 
+def _identity(variable) -> str:
+    """What names a variable across formats: the framework's own name where the file records one."""
+    return variable.full_name or variable.path
+
+
 def _model_was_trained(ctx: CheckContext) -> bool:
     """True when some weight stored in both checkpoints has different values."""
     import numpy as np
 
     assert ctx.reference is not None
-    theirs = {v.name: v for v in ctx.reference.variables if v.role is Role.WEIGHT}
+    theirs = {_identity(v): v for v in ctx.reference.variables if v.role is Role.WEIGHT}
     for var in ctx.target.variables:
-        other = theirs.get(var.name)
+        other = theirs.get(_identity(var))
         if var.role is not Role.WEIGHT or other is None or other.shape != var.shape:
             continue
-        mine, reference = ctx.values(var.name), ctx.reference.values(var.name)
+        mine, reference = ctx.values(var.name), ctx.reference.values(other.name)
         if mine is not None and reference is not None and not np.array_equal(mine, reference):
             return True
     return False
@@ -68,9 +73,10 @@ def _same_bits(ctx: CheckContext, mine: str, theirs: str) -> bool:
 def _stats_match_reference(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
     if ctx.reference is None or not _model_was_trained(ctx):
         return
-    reference_layers = {layer.layer: layer for layer in ctx.reference.batchnorm}
+    by_layer = {layer.layer: layer for layer in ctx.reference.batchnorm}
+    by_name = {ctx.reference.layer_name(layer): layer for layer in ctx.reference.batchnorm}
     for layer in ctx.target.batchnorm:
-        other = reference_layers.get(layer.layer)
+        other = by_layer.get(layer.layer) or by_name.get(ctx.target.layer_name(layer))
         if other is None or layer.missing_statistics or other.missing_statistics:
             continue
         if _same_bits(ctx, layer.moving_mean, other.moving_mean) and _same_bits(
