@@ -77,11 +77,15 @@ def cli_outcomes(paths: list[Path], stall_seconds: int = 10) -> dict[Path, str]:
     'ok' (exit 0/1, or 2 with exactly one error line and no traceback) or a description of what went wrong."""
     env = {**os.environ, "CKPTDOCTOR_STALL_SECONDS": str(stall_seconds), "CKPTDOCTOR_DEBUG": ""}
 
-    def run(batch: list[Path]) -> subprocess.CompletedProcess[str]:
+    def run(batch: list[Path]) -> subprocess.CompletedProcess[bytes]:
         command = [sys.executable, "-m", "ckptdoctor", "check", *map(str, batch), "--format", "json"]
-        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=60 + stall_seconds * 3)
+        return subprocess.run(command, capture_output=True, env=env, timeout=60 + stall_seconds * 3)
 
-    def judge(result: subprocess.CompletedProcess[str], expected_errors: int) -> str:
+    def judge(raw: subprocess.CompletedProcess[bytes], expected_errors: int) -> str:
+        try:
+            result = subprocess.CompletedProcess(raw.args, raw.returncode, raw.stdout.decode(), raw.stderr.decode())
+        except UnicodeDecodeError as error:
+            return f"output is not valid UTF-8 ({error})"
         if "Traceback" in result.stderr or "unexpected" in result.stderr:
             return f"traceback or unexpected error: {result.stderr.strip()[-500:]}"
         if result.returncode not in (0, 1, 2):
@@ -92,7 +96,7 @@ def cli_outcomes(paths: list[Path], stall_seconds: int = 10) -> dict[Path, str]:
         return "ok"
 
     batch = run(paths)
-    if judge(batch, len(paths)) == "ok" and "no progress for" not in batch.stderr:
+    if judge(batch, len(paths)) == "ok" and b"no progress for" not in batch.stderr:
         return dict.fromkeys(paths, "ok")
     return {path: judge(run([path]), 1) for path in paths}
 

@@ -60,7 +60,7 @@ def import_h5py():
 
 
 def decode_text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else clean_text(str(value))
 
 
 def string_list_attr(group: h5py.Group, name: str) -> list[str]:
@@ -110,10 +110,18 @@ def parse_json(text: str | bytes, where: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def clean_text(text: str) -> str:
+    """h5py hands undecodable name bytes over as surrogates; show them escaped, never as invalid UTF-8."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def dataset_info(dataset: h5py.Dataset, **fields: Any) -> TensorInfo:
     dtype = dataset_dtype_name(dataset)
     shape = tuple(int(d) for d in dataset.shape)
-    return TensorInfo(dataset.name.lstrip("/"), dtype, shape, math.prod(shape) * dataset.dtype.itemsize, **fields)
+    name = clean_text(dataset.name.lstrip("/"))
+    if "path" in fields:
+        fields["path"] = clean_text(fields["path"])
+    return TensorInfo(name, dtype, shape, math.prod(shape) * dataset.dtype.itemsize, **fields)
 
 
 def dataset_dtype_name(dataset: h5py.Dataset) -> str:
@@ -182,10 +190,10 @@ def unlisted_datasets(file: h5py.File, listed: dict[str, h5py.Dataset]) -> list[
 
     def visit(name: bytes, info) -> None:
         if info.type == h5py.h5o.TYPE_DATASET:  # low-level walk: no object is built for the listed ones
-            names.append(name.decode("utf-8", "replace"))
+            names.append(name.decode("utf-8", "surrogateescape"))
 
     h5py.h5o.visit(file.id, visit, info=True)
-    return [file[name] for name in names if name not in listed]
+    return [file[name] for name in names if clean_text(name) not in listed]
 
 
 def open_hdf5(source, path: str):
@@ -227,7 +235,7 @@ class Hdf5Reader:
     def _add(self, dataset: h5py.Dataset, **fields: Any) -> None:
         import h5py
 
-        if isinstance(dataset, h5py.Dataset) and dataset.name.lstrip("/") not in self._datasets:
+        if isinstance(dataset, h5py.Dataset) and clean_text(dataset.name.lstrip("/")) not in self._datasets:
             info = dataset_info(dataset, **fields)
             self._datasets[info.name] = dataset
             self._dtypes[info.name] = info.dtype
