@@ -144,3 +144,34 @@ def test_verify_cli_agrees_with_tf(tf):
     assert broken.returncode == 1
     assert "missing     net/conv1/BatchNorm/moving_mean" in broken.stdout
     assert "the restore failed: NotFoundError" in broken.stdout
+
+
+def _stderr_on_a_terminal(*args: str) -> bytes:
+    """Run the CLI with stderr on a pseudo-terminal (stdout stays a pipe) and return what stderr showed."""
+    import pty
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ckptdoctor", *args],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        env={**os.environ, "TERM": "xterm", "COLUMNS": "120"},
+    )
+    process.communicate(timeout=120)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    return shown
+
+
+def test_progress_bar_on_a_terminal_only_for_text_output():
+    assert b"scanning" in _stderr_on_a_terminal("check", FULL)
+    assert _stderr_on_a_terminal("check", FULL, "--format", "json") == b""
