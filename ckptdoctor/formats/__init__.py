@@ -31,14 +31,16 @@ def _open_keras(resolved: Resolved) -> CheckpointReader:
     from ckptdoctor.model import CheckpointError
 
     if resolved.kind == "zip":
-        return KerasV3Reader(resolved.location, archive=True)
-    with open_hdf5(resolved.location, resolved.location) as file:
-        try:
-            legacy, v3 = is_legacy_layout(file), is_v3_layout(file)
-        except Exception as error:  # damaged root metadata
-            raise damaged_structure(resolved.location, error) from None
-    if legacy:
-        return KerasH5Reader(resolved.location)
-    if v3:
         return KerasV3Reader(resolved.location)
+    file = open_hdf5(resolved.location, resolved.location)  # opened once, handed to the reader that fits
+    try:
+        legacy, v3 = is_legacy_layout(file), is_v3_layout(file)
+    except Exception as error:  # damaged root metadata
+        file.close()
+        raise damaged_structure(resolved.location, error) from None
+    if legacy:
+        return KerasH5Reader(resolved.location, file)
+    if v3:
+        return KerasV3Reader(resolved.location, file)
+    file.close()
     raise CheckpointError(f"{resolved.location}: HDF5 file holds no Keras weights (no layer_names, no layers/)")

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 from ckptdoctor.formats.keras_common import (
     Hdf5Reader,
     layer_configs,
-    open_hdf5,
     parse_json,
     string_list_attr,
     strip_device_suffix,
@@ -40,9 +39,9 @@ class KerasH5Reader(Hdf5Reader):
 
     format = "keras-h5"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, file: h5py.File) -> None:
         self.location = path
-        self.file = open_hdf5(path, path)
+        self.file = file
         self.configs: dict[str, LayerConfig] = {}
         self._start()
         self._list_safely(self._walk)

@@ -123,18 +123,19 @@ def _batchnorm_names(vars_group: h5py.Group, config: LayerConfig | None) -> list
 class KerasV3Reader(Hdf5Reader):
     """Layout: /layers/<container>/vars/<i> (nested models recurse), /vars, /optimizer/vars/<i>."""
 
-    def __init__(self, path: str, archive: bool | None = None) -> None:
+    def __init__(self, path: str, file: h5py.File | None = None) -> None:
+        """`file` is the opened `.weights.h5`; without it, `path` is a `.keras` archive."""
         self.location = path
         self.format = "keras-weights-h5"
         self._zip: zipfile.ZipFile | None = None
         self.configs: dict[str, LayerConfig] = {}
         self._layers: dict[str, LayerConfig] = {}
         self.vars_groups: dict[str, str] = {}  # layer path -> HDF5 path of its `vars` group
-        if archive if archive is not None else zipfile.is_zipfile(path):
+        if file is None:
             self.format = "keras-zip"
             self.file = self._open_archive(path)
         else:
-            self.file = open_hdf5(path, path)
+            self.file = file
         self._start()
         self._list_safely(self._walk)
 

@@ -354,14 +354,27 @@ def decode_numeric(raw: bytes, dtype: dtypes.DType, shape: tuple[int, ...]) -> n
     return values
 
 
-def decode_strings(raw: bytes, count: int) -> list[bytes]:
-    """A DT_STRING tensor's elements: varint lengths, a masked length CRC, then the bytes."""
+def _string_lengths(raw: bytes, count: int) -> tuple[list[int], int]:
+    """The varint element lengths that open a DT_STRING tensor, and where they end."""
     if count > len(raw):  # every element needs at least one length byte
         raise CheckpointError(f"string tensor claims {count} elements in {len(raw)} bytes")
     pos, lengths = 0, []
     for _ in range(count):
         length, pos = decode_varint(raw, pos)
         lengths.append(length)
+    return lengths, pos
+
+
+def _lengths_crc(lengths: list[int], crc: int = 0) -> int:
+    """TF checksums each length as a uint32 (a uint64 when over 4 GiB), not as its varint bytes."""
+    for length in lengths:
+        crc = crc32c(struct.pack("<Q" if length > 0xFFFFFFFF else "<I", length), crc)
+    return crc
+
+
+def decode_strings(raw: bytes, count: int) -> list[bytes]:
+    """A DT_STRING tensor's elements: varint lengths, a masked length CRC, then the bytes."""
+    lengths, pos = _string_lengths(raw, count)
     pos += 4
     out = []
     for length in lengths:
@@ -373,27 +386,17 @@ def decode_strings(raw: bytes, count: int) -> list[bytes]:
 
 
 def string_tensor_crc(raw: bytes, count: int) -> int:
-    """The CRC TF stores for a string tensor: lengths as uint32 (uint64 if huge), the length CRC, the bytes."""
-    pos, crc, lengths = 0, 0, []
-    if count > len(raw):  # every element needs at least one length byte
-        return -1
+    """The CRC TF stores for a string tensor: the lengths, the stored length CRC, then the bytes."""
     try:
-        for _ in range(count):
-            length, pos = decode_varint(raw, pos)
-            lengths.append(length)
-    except TableError:
+        lengths, pos = _string_lengths(raw, count)
+    except (CheckpointError, TableError):
         return -1
-    for length in lengths:
-        crc = crc32c(struct.pack("<Q" if length > 0xFFFFFFFF else "<I", length), crc)
-    crc = crc32c(raw[pos : pos + 4], crc)
+    crc = crc32c(raw[pos : pos + 4], _lengths_crc(lengths))
     return crc32c(raw[pos + 4 :], crc)
 
 
 def encode_string_tensor(values: list[bytes]) -> tuple[bytes, int]:
     """(stored bytes, masked crc) of a DT_STRING tensor, as TF's BundleWriter writes it."""
     lengths = b"".join(encode_varint(len(v)) for v in values)
-    length_crc = 0
-    for value in values:
-        length_crc = crc32c(struct.pack("<Q" if len(value) > 0xFFFFFFFF else "<I", len(value)), length_crc)
-    raw = lengths + struct.pack("<I", mask(length_crc)) + b"".join(values)
+    raw = lengths + struct.pack("<I", mask(_lengths_crc([len(v) for v in values]))) + b"".join(values)
     return raw, mask(string_tensor_crc(raw, len(values)))

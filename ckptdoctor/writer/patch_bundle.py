@@ -45,36 +45,31 @@ def write(target: Checkpoint, donor: Checkpoint, additions, out: str, previous: 
     donor_names = {v.name: v.full_name for v in donor.variables}
     full_names = {a.key: donor_names.get(a.donor_key) or f"{a.layer}/{a.statistic}" for a in additions}
 
+    # Every output tensor is either copied as stored from a bundle, or given as bytes and masked CRC.
+    copies = {entry.key: (reader, entry) for entry in reader.entries.values()}
+    encoded: dict[bytes, tuple[int, tuple[int, ...], bytes, int]] = {}
+    for addition in additions:
+        key = addition.key.encode()
+        if isinstance(donor.reader, BundleReader):
+            copies[key] = (donor.reader, donor.reader.entry(addition.donor_key))
+        else:
+            values = donor.reader.read(addition.donor_key)
+            raw = values.astype(values.dtype.newbyteorder("<")).tobytes()
+            encoded[key] = (dtypes.BY_NAME[values.dtype.name].code, tuple(values.shape), raw, mask(crc32c(raw)))
+    if graph is not None and additions:
+        raw, crc = encode_string_tensor([_with_graph_nodes(graph, additions, full_names)])
+        copies.pop(OBJECT_GRAPH_KEY.encode(), None)
+        encoded[OBJECT_GRAPH_KEY.encode()] = (dtypes.BY_NAME["string"].code, (), raw, crc)
+    total = sum(entry.size for _, entry in copies.values()) + sum(len(item[2]) for item in encoded.values())
+
     writer = BundleWriter(out)
     try:
-        sources: dict[bytes, object] = {entry.key: (reader, entry) for entry in reader.entries.values()}
-        for addition in additions:
-            if isinstance(donor.reader, BundleReader):
-                sources[addition.key.encode()] = (donor.reader, donor.reader.entry(addition.donor_key))
-            else:
-                sources[addition.key.encode()] = donor.reader.read(addition.donor_key)
-        if graph is not None and additions:
-            serialized = _with_graph_nodes(graph, additions, full_names)
-            sources[OBJECT_GRAPH_KEY.encode()] = encode_string_tensor([serialized])
-        total = sum(
-            source[1].size
-            if isinstance(source, tuple) and isinstance(source[0], BundleReader)
-            else len(source[0])
-            if isinstance(source, tuple)
-            else source.nbytes
-            for source in sources.values()
-        )
         done = 0
-        for key in sorted(sources):
-            source = sources[key]
-            if isinstance(source, tuple) and isinstance(source[0], BundleReader):
-                writer.copy(*source, key=key)
-            elif isinstance(source, tuple):  # (string bytes, masked crc)
-                writer.add(key, dtypes.BY_NAME["string"].code, (), *source)
+        for key in sorted(copies.keys() | encoded.keys()):
+            if key in encoded:
+                writer.add(key, *encoded[key])
             else:
-                raw = source.astype(source.dtype.newbyteorder("<")).tobytes()
-                code = dtypes.BY_NAME[str(source.dtype)].code
-                writer.add(key, code, tuple(source.shape), raw, mask(crc32c(raw)))
+                writer.copy(*copies[key], key=key)
             done += writer.last_size
             if progress:
                 progress(done, total)
