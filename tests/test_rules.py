@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import FIXTURE_BUNDLES, copy_checkpoint
 
 from ckptdoctor import check
+from ckptdoctor.formats.crc import crc32c, mask
 from ckptdoctor.formats.tf_bundle import BundleReader
 from ckptdoctor.model import Severity
 from ckptdoctor.policy import exit_code
 from ckptdoctor.rules import BY_NAME, CATALOGUE
+from ckptdoctor.writer.bundle import BundleWriter
 
 BN_LAYERS = {"net/batch_normalization", "net/batch_normalization_1", "net/conv1/BatchNorm", "net/conv2/BatchNorm"}
 
@@ -70,12 +73,12 @@ def test_scratch_without_update_ops_keeps_initial_statistics():
     assert _by_rule(report) == {"bn-stats-at-init": 4}
 
 
-def test_nan_weights_and_nonpositive_variance():
-    report = check(FIXTURE_BUNDLES["damaged_values"])
+def test_nan_weights_and_negative_variance():
+    report = check(FIXTURE_BUNDLES["damaged_values"])  # moving_variance[:2] = [-0.5, 0.0]
     assert _by_rule(report) == {"bn-variance-nonpositive": 1, "nonfinite-values": 1}
     by_name = {f.name: f for f in report.findings}
     assert by_name["bn-variance-nonpositive"].subject == "net/batch_normalization"
-    assert "2 of 8" in by_name["bn-variance-nonpositive"].message
+    assert "1 of 8" in by_name["bn-variance-nonpositive"].message  # the 0.0 is a dead channel, not damage
     assert by_name["nonfinite-values"].subject == "net/conv2/weights"
     assert "3 NaN or Inf" in by_name["nonfinite-values"].message
 
@@ -120,3 +123,36 @@ def test_exit_code_policy(fail_on):
     report = check(FIXTURE_BUNDLES["finetune_noupdate"], reference=FIXTURE_BUNDLES["pretrained"])
     expected = 1 if fail_on.rank <= Severity.WARNING.rank else 0
     assert exit_code(report.findings, fail_on) == expected
+
+
+def _with_variance(tmp_path: Path, values: np.ndarray) -> Path:
+    """finetune_full with one layer's moving_variance replaced, written by the bundle writer."""
+    source = BundleReader(str(FIXTURE_BUNDLES["finetune_full"]))
+    out = tmp_path / "model.ckpt"
+    writer = BundleWriter(str(out))
+    replaced = b"net/conv1/BatchNorm/moving_variance"
+    for key in sorted(source.entries):
+        entry = source.entries[key]
+        if key == replaced:
+            raw = values.astype("<f4").tobytes()
+            writer.add(key, entry.dtype.code, entry.shape, raw, mask(crc32c(raw)))
+        else:
+            writer.copy(source, entry)
+    writer.commit()
+    source.close()
+    return out
+
+
+def test_dead_channels_with_zero_variance_are_healthy(tmp_path):
+    variance = BundleReader(str(FIXTURE_BUNDLES["finetune_full"])).read("net/conv1/BatchNorm/moving_variance")
+    variance = variance.copy()
+    variance[:3] = 0.0
+    assert check(_with_variance(tmp_path, variance)).findings == ()
+
+
+def test_a_layer_whose_every_variance_is_zero_is_a_warning(tmp_path):
+    variance = BundleReader(str(FIXTURE_BUNDLES["finetune_full"])).read("net/conv1/BatchNorm/moving_variance")
+    report = check(_with_variance(tmp_path, np.zeros_like(variance)))
+    assert [(f.code, f.severity, f.subject) for f in report.findings] == [
+        ("BN006", Severity.WARNING, "net/conv1/BatchNorm")
+    ]

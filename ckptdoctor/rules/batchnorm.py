@@ -90,19 +90,31 @@ def _stats_match_reference(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
             )
 
 
-def _variance_nonpositive(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
+def _variance_negative(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
+    # A variance of exactly 0 is healthy: a dead channel (e.g. after ReLU) has no spread, and evaluation
+    # divides by sqrt(0 + epsilon). Only a negative variance is impossible; NaN is nonfinite-values' job.
     for layer in ctx.target.batchnorm:
-        if layer.moving_variance is None:
-            continue
-        variance = ctx.values(layer.moving_variance)
+        variance = ctx.values(layer.moving_variance) if layer.moving_variance else None
         if variance is None:
             continue
-        bad = int((variance <= 0).sum())
+        bad = int((variance < 0).sum())
         if bad:
             yield rule.finding(
                 layer.layer,
-                f"BatchNorm layer {layer.layer}: {bad} of {variance.size} moving_variance values are zero or "
-                f"negative (min {float(variance.min()):g}); normalising divides by sqrt(variance + epsilon)",
+                f"BatchNorm layer {layer.layer}: {bad} of {variance.size} moving_variance values are negative "
+                f"(min {float(variance.min()):g}); a variance cannot be negative and sqrt(variance + epsilon) "
+                "is NaN",
+            )
+
+
+def _variance_all_zero(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
+    for layer in ctx.target.batchnorm:
+        variance = ctx.values(layer.moving_variance) if layer.moving_variance else None
+        if variance is not None and variance.size and not variance.any():
+            yield rule.finding(
+                layer.layer,
+                f"BatchNorm layer {layer.layer}: every one of its {variance.size} moving_variance values is 0, so "
+                "evaluation divides every channel by sqrt(epsilon)",
             )
 
 
@@ -156,12 +168,25 @@ RULES = (
     ),
     Rule(
         "BN004",
-        "bn-variance-nonpositive",
+        "bn-variance-nonpositive",  # the slug predates the rule's narrowing to negative values; slugs are stable
         Severity.ERROR,
-        "BatchNorm moving_variance has zero or negative values",
-        "A variance is never negative, and zero makes evaluation divide by sqrt(epsilon). Such values come "
-        "from a corrupted file, a bad conversion or a hand-edited checkpoint.",
+        "BatchNorm moving_variance has negative values",
+        "A variance is never negative: sqrt(variance + epsilon) becomes NaN in evaluation. Such values come "
+        "from a corrupted file, a bad conversion or a hand-edited checkpoint. A variance of exactly 0 is not "
+        "reported here: dead channels (always 0 after a ReLU) have none, and evaluation divides them by "
+        "sqrt(epsilon) harmlessly; a layer whose every variance is 0 is bn-variance-all-zero (BN006).",
         "restore the statistics from a healthy save (ckptdoctor patch) or recompute them",
-        _variance_nonpositive,
+        _variance_negative,
+    ),
+    Rule(
+        "BN006",
+        "bn-variance-all-zero",
+        Severity.WARNING,
+        "Every moving_variance value of a BatchNorm layer is 0",
+        "Single dead channels have a variance of 0, but a whole layer without spread means the statistics "
+        "were zeroed (by a conversion, an initialiser or a hand edit) or the layer only ever saw constant input. "
+        "Evaluation then divides every channel by sqrt(epsilon), amplifying it by about 30-1000x.",
+        "restore the statistics from a healthy save (ckptdoctor patch) or recompute them",
+        _variance_all_zero,
     ),
 )
