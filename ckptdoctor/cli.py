@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from ckptdoctor import __version__, watchdog
-from ckptdoctor.model import CheckpointError, Severity
-from ckptdoctor.policy import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, exit_code
+from ckptdoctor.errors import CkptDoctorError, OutputError
+from ckptdoctor.model import Severity
+from ckptdoctor.policy import ExitCode, exit_code
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -57,9 +58,9 @@ def _one_line_errors() -> Iterator[None]:
     """Anything that stops a command becomes one line on stderr and exit code 2."""
     try:
         yield
-    except CheckpointError as error:
+    except CkptDoctorError as error:
         _error(str(error))
-        raise typer.Exit(EXIT_ERROR) from None
+        raise typer.Exit(ExitCode.ERROR) from None
 
 
 def _version(value: bool) -> None:
@@ -137,32 +138,29 @@ def check(
     ] = None,
 ) -> None:
     """Diagnose checkpoints; exit 0 healthy, 1 findings at or above --fail-on, 2 unreadable."""
-    import dataclasses
-
-    from ckptdoctor.diagnose import check as run_check
+    from ckptdoctor.gate import gate
     from ckptdoctor.policy import load_policy
 
     with _one_line_errors():
         policy = load_policy(config)
-    threshold = Severity(fail_on.value) if fail_on else (policy.fail_on or Severity.ERROR)
-    reports, unreadable = [], False
     show_progress = output_format is CheckFormat.text and output is None and sys.stderr.isatty()
-    for path in paths:
-        try:
-            watchdog.subject(path)
-            with _progress_bar(show_progress, f"scanning {path}") as bar:
+    with _progress_bar(show_progress) as bar:
 
-                def progress(done: int, total: int, bar=bar) -> None:
-                    watchdog.beat()
-                    if bar:
-                        bar(done, total)
+        def progress(path: str, done: int, total: int) -> None:
+            watchdog.beat()
+            if bar:
+                bar(f"scanning {path}", done, total)
 
-                report = run_check(path, reference=reference, progress=progress)
-        except CheckpointError as error:
-            _error(str(error))
-            unreadable = True
-            continue
-        reports.append(dataclasses.replace(report, findings=policy.apply(path, report.findings)))
+        verdict = gate(
+            paths,
+            reference=reference,
+            policy=policy,
+            fail_on=Severity(fail_on.value) if fail_on else None,
+            progress=progress,
+        )
+    for unreadable in verdict.unreadable:
+        _error(unreadable.message)
+    reports = list(verdict.reports)
     if output_format is CheckFormat.text and output is None:
         from ckptdoctor.report.text import render_check
 
@@ -170,14 +168,14 @@ def check(
             render_check(_stdout(), report)
     else:
         with _one_line_errors():
-            _emit(_render_check(reports, output_format, threshold), output)
-    worst = max((exit_code(r.findings, threshold) for r in reports), default=EXIT_OK)
-    raise typer.Exit(EXIT_ERROR if unreadable else worst)
+            _emit(_render_check(reports, output_format, verdict.fail_on), output)
+    raise typer.Exit(verdict.exit_code)
 
 
 @contextmanager
-def _progress_bar(enabled: bool, description: str) -> Iterator[object]:
-    """A rich progress bar on stderr in bytes, only on a terminal and only for text output."""
+def _progress_bar(enabled: bool) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A rich progress bar on stderr in bytes, only on a terminal; yields `advance(description, done, total)`,
+    which starts a new bar line whenever the description changes (one per checkpoint)."""
     if not enabled:
         yield None
         return
@@ -186,23 +184,26 @@ def _progress_bar(enabled: bool, description: str) -> Iterator[object]:
         BarColumn,
         DownloadColumn,
         Progress,
+        TaskID,
         TextColumn,
         TimeRemainingColumn,
         TransferSpeedColumn,
     )
 
     columns = (
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
     )
+    tasks: dict[str, TaskID] = {}
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(description, total=None)
 
-        def advance(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+        def advance(description: str, done: int, total: int) -> None:
+            if description not in tasks:
+                tasks[description] = bar.add_task(description, total=None)
+            bar.update(tasks[description], completed=done, total=total)
 
         yield advance
 
@@ -249,7 +250,7 @@ def _emit(text: str, output: str | None) -> None:
     try:
         write_atomically(output, text.encode("utf-8"))
     except OSError as error:
-        raise CheckpointError(f"{output}: cannot write the report ({error.strerror})") from None
+        raise OutputError(f"{output}: cannot write the report ({error.strerror})") from None
 
 
 @app.command()
@@ -279,7 +280,7 @@ def explain(
     found = BY_NAME.get(rule) or BY_NAME.get(rule.upper())
     if found is None:
         _error(f"{rule}: no such rule (see `ckptdoctor rules`)")
-        raise typer.Exit(EXIT_ERROR)
+        raise typer.Exit(ExitCode.ERROR)
     console = _stdout()
     console.print(Text(f"{found.code} {found.name} ({found.severity.value})", style="bold"))
     console.print(found.title)
@@ -302,12 +303,12 @@ def patch(
     from ckptdoctor.report.text import render_check
 
     watchdog.subject(target)
-    with _one_line_errors(), _progress_bar(sys.stderr.isatty(), f"writing {out}") as bar:
+    with _one_line_errors(), _progress_bar(sys.stderr.isatty()) as bar:
 
         def progress(done: int, total: int) -> None:
             watchdog.beat()
             if bar:
-                bar(done, total)
+                bar(f"writing {out}", done, total)
 
         result = run_patch(target, donor, out, force=force, progress=progress)
     if result.added:
@@ -342,7 +343,7 @@ def verify(
 
     if (meta_graph is None) == (model is None):
         _error("verify needs exactly one of --meta-graph (TF1 graphs) or --model (Keras and TF2)")
-        raise typer.Exit(EXIT_ERROR)
+        raise typer.Exit(ExitCode.ERROR)
     with _one_line_errors():
         result = verify_meta_graph(checkpoint, meta_graph) if meta_graph else verify_model(checkpoint, model)
     _stdout().print(f"{result.graph_variables} variables in the model, checkpoint {result.checkpoint}", markup=False)
@@ -356,7 +357,7 @@ def verify(
         _stdout().print(f"the restore failed: {result.tf_error}", markup=False, soft_wrap=True)
     if result.ok:
         _stdout().print("[bold green]restored for real: every variable matched[/]")
-    raise typer.Exit(EXIT_OK if result.ok else EXIT_FINDINGS)
+    raise typer.Exit(ExitCode.OK if result.ok else ExitCode.FINDINGS)
 
 
 def _run_app() -> int:
@@ -364,13 +365,13 @@ def _run_app() -> int:
     try:
         app()
     except SystemExit as exit:
-        return exit.code if isinstance(exit.code, int) else (0 if exit.code is None else EXIT_ERROR)
+        return exit.code if isinstance(exit.code, int) else (0 if exit.code is None else ExitCode.ERROR)
     except Exception as error:  # the promise is one line, never a traceback
         if os.environ.get("CKPTDOCTOR_DEBUG"):
             raise
         _error(f"unexpected {type(error).__name__}: {error} (set CKPTDOCTOR_DEBUG=1 for a traceback)")
-        return EXIT_ERROR
-    return EXIT_OK
+        return ExitCode.ERROR
+    return ExitCode.OK
 
 
 def main() -> None:

@@ -5,9 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from ckptdoctor.errors import CheckpointError  # re-exported: readers and users import it from here
 
-class CheckpointError(Exception):
-    """A checkpoint could not be read at all; the message is one line naming the file."""
+__all__ = [
+    "BatchNormLayer",
+    "CheckpointError",
+    "Finding",
+    "IntegrityProblem",
+    "LayerConfig",
+    "Report",
+    "Role",
+    "Severity",
+    "TensorInfo",
+    "Variable",
+]
 
 
 class Role(str, Enum):

@@ -7,19 +7,33 @@ import fnmatch
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
-from ckptdoctor.model import CheckpointError, Finding, Severity
-
-EXIT_OK = 0  # nothing at or above the --fail-on severity
-EXIT_FINDINGS = 1  # findings at or above --fail-on, or a verify that TensorFlow refused
-EXIT_ERROR = 2  # could not run: unreadable input, bad arguments, missing optional dependency
+from ckptdoctor.errors import ConfigError
+from ckptdoctor.model import Finding, Severity
 
 
-def exit_code(findings: Iterable[Finding], fail_on: Severity = Severity.ERROR) -> int:
+class ExitCode(IntEnum):
+    OK = 0  # nothing at or above the --fail-on severity; verify: TensorFlow restored it
+    FINDINGS = 1  # findings at or above --fail-on; verify: missing or mismatched variables
+    ERROR = 2  # could not run: unreadable input, bad arguments or policy, missing optional dependency, a stall
+
+
+def exit_code(findings: Iterable[Finding], fail_on: Severity = Severity.ERROR) -> ExitCode:
+    """The exit code of one checkpoint's findings (after the policy) at the `fail_on` threshold."""
     failing = any(finding.severity.rank >= fail_on.rank for finding in findings)
-    return EXIT_FINDINGS if failing else EXIT_OK
+    return ExitCode.FINDINGS if failing else ExitCode.OK
+
+
+def combined_exit_code(
+    findings_per_checkpoint: Iterable[Iterable[Finding]], fail_on: Severity, any_unreadable: bool
+) -> ExitCode:
+    """Several checkpoints give one code: ERROR if any could not be read, else the worst of the others."""
+    if any_unreadable:
+        return ExitCode.ERROR
+    return max((exit_code(findings, fail_on) for findings in findings_per_checkpoint), default=ExitCode.OK)
 
 
 @dataclass(frozen=True)
@@ -38,6 +52,10 @@ class Policy:
     severity: dict[str, Severity] = field(default_factory=dict)
     overrides: tuple[Override, ...] = ()
     source: str | None = None
+
+    def threshold(self, fail_on: Severity | None = None) -> Severity:
+        """The severity that fails: the caller's (--fail-on) wins over the policy's, which wins over error."""
+        return fail_on or self.fail_on or Severity.ERROR
 
     def apply(self, path: str, findings: Iterable[Finding]) -> tuple[Finding, ...]:
         """The findings that remain for `path`, with severities changed as configured."""
@@ -64,21 +82,21 @@ def _toml(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-        raise CheckpointError(f"{path}: cannot read the configuration ({error})") from None
+        raise ConfigError(f"{path}: cannot read the configuration ({error})") from None
 
 
 def _severity(value: Any, where: str) -> Severity:
     try:
         return Severity(str(value))
     except ValueError:
-        raise CheckpointError(f"{where}: severity must be error, warning or info, not {value!r}") from None
+        raise ConfigError(f"{where}: severity must be error, warning or info, not {value!r}") from None
 
 
 def _rules(values: Any, where: str, known: set[str]) -> frozenset[str]:
     names = frozenset(str(v) for v in values or ())
     unknown = names - known
     if unknown:
-        raise CheckpointError(f"{where}: unknown rule {sorted(unknown)[0]!r} (see `ckptdoctor rules`)")
+        raise ConfigError(f"{where}: unknown rule {sorted(unknown)[0]!r} (see `ckptdoctor rules`)")
     return names
 
 
@@ -96,7 +114,7 @@ def load_policy(config: str | None = None, cwd: Path | None = None) -> Policy:
     if config is not None:
         path = Path(config)
         if not path.is_file():
-            raise CheckpointError(f"{config}: configuration file not found")
+            raise ConfigError(f"{config}: configuration file not found")
         data = _toml(path)
         table = data.get("tool", {}).get("ckptdoctor", data) if path.name == "pyproject.toml" else data
     else:

@@ -6,12 +6,8 @@ import os
 import re
 from dataclasses import dataclass
 
+from ckptdoctor.errors import MissingExtraError, ModelError
 from ckptdoctor.formats import open_checkpoint
-from ckptdoctor.model import CheckpointError
-
-
-class MissingExtra(CheckpointError):
-    """TensorFlow is not installed."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +40,7 @@ def _import_tensorflow():
         os.dup2(devnull, 2)
         import tensorflow as tf
     except ImportError:
-        raise MissingExtra("verify needs TensorFlow: pip install 'ckptdoctor[tf]'") from None
+        raise MissingExtraError("verify needs TensorFlow: pip install 'ckptdoctor[tf]'") from None
     finally:
         os.dup2(saved_stderr, 2)
         os.close(saved_stderr)
@@ -73,7 +69,7 @@ def verify_meta_graph(checkpoint: str | os.PathLike[str], meta_graph: str | os.P
     finally:
         reader.close()
     if not os.path.isfile(meta_graph):
-        raise CheckpointError(f"{meta_graph}: meta graph file not found")
+        raise ModelError(f"{meta_graph}: meta graph file not found")
     tf = _import_tensorflow()
     tf1 = tf.compat.v1
     graph = tf.Graph()
@@ -81,7 +77,7 @@ def verify_meta_graph(checkpoint: str | os.PathLike[str], meta_graph: str | os.P
         try:
             saver = tf1.train.import_meta_graph(os.fspath(meta_graph), clear_devices=True)
         except Exception as error:
-            raise CheckpointError(f"{meta_graph}: not a MetaGraphDef TensorFlow can import ({error})") from None
+            raise ModelError(f"{meta_graph}: not a MetaGraphDef TensorFlow can import ({error})") from None
         variables = tf1.global_variables()
         saver = saver or tf1.train.Saver(variables)
         missing, mismatched = [], []
@@ -119,15 +115,15 @@ def load_model_spec(spec: str):
         try:
             saved = keras.saving.load_model(spec, compile=False)
         except Exception as error:  # Keras raises many types for a file it cannot load
-            raise CheckpointError(f"{spec}: Keras cannot load this model ({_first_line(error)})") from None
+            raise ModelError(f"{spec}: Keras cannot load this model ({_first_line(error)})") from None
         return keras.models.clone_model(saved)
     module_name, _, attribute = spec.partition(":")
     if not attribute:
-        raise CheckpointError(f"{spec}: --model is neither a model file nor package.module:builder")
+        raise ModelError(f"{spec}: --model is neither a model file nor package.module:builder")
     try:
         builder = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as error:
-        raise CheckpointError(f"{spec}: cannot import the model builder ({error})") from None
+        raise ModelError(f"{spec}: cannot import the model builder ({error})") from None
     return builder()
 
 

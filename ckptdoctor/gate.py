@@ -1,0 +1,69 @@
+"""The CI gate as a library call: check several checkpoints under a policy and reach one verdict.
+
+`ckptdoctor check` only renders what `gate` returns, so a library user gets the same reports and the same
+exit code as the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ckptdoctor.errors import CheckpointError
+from ckptdoctor.model import Report, Severity
+from ckptdoctor.policy import ExitCode, Policy, combined_exit_code
+
+PathProgress = Callable[[str, int, int], None]  # (path, bytes done, bytes in all)
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A path that could not be checked at all, and the one-line reason."""
+
+    path: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    reports: tuple[Report, ...]  # one per readable path, findings after the policy
+    unreadable: tuple[Unreadable, ...]
+    fail_on: Severity  # the threshold the exit code was decided at
+    exit_code: ExitCode
+
+
+def gate(
+    paths: Sequence[str | os.PathLike[str]],
+    reference: str | os.PathLike[str] | None = None,
+    policy: Policy | None = None,
+    fail_on: Severity | None = None,
+    progress: PathProgress | None = None,
+) -> Verdict:
+    """Check every path (an unreadable one does not stop the others), apply the policy, decide the exit code.
+
+    `fail_on` overrides the policy's threshold; `progress(path, done, total)` follows each scan."""
+    from ckptdoctor.diagnose import check
+
+    policy = policy or Policy()
+    reports: list[Report] = []
+    unreadable: list[Unreadable] = []
+    for path in paths:
+        shown = os.fspath(path)
+        scan_progress = None if progress is None else _bind(progress, shown)
+        try:
+            report = check(path, reference=reference, progress=scan_progress)
+        except CheckpointError as error:
+            unreadable.append(Unreadable(shown, str(error)))
+            continue
+        reports.append(dataclasses.replace(report, findings=policy.apply(shown, report.findings)))
+    threshold = policy.threshold(fail_on)
+    code = combined_exit_code((r.findings for r in reports), threshold, any_unreadable=bool(unreadable))
+    return Verdict(tuple(reports), tuple(unreadable), threshold, code)
+
+
+def _bind(progress: PathProgress, path: str) -> Callable[[int, int], None]:
+    def scan_progress(done: int, total: int) -> None:
+        progress(path, done, total)
+
+    return scan_progress
