@@ -85,3 +85,15 @@ def copy_checkpoint(prefix: Path, directory: Path) -> Path:
 def file_bytes(prefix: Path) -> dict[str, bytes]:
     """Every file of a checkpoint by name, to prove inputs were not modified."""
     return {p.name: p.read_bytes() for p in sorted(prefix.parent.iterdir()) if p.is_file()}
+
+
+SLOW_MODULES = {"test_kill", "test_fuzz"}  # real processes killed at measured moments; fuzz batches
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Markers follow from what a test uses: `-m "not tf"` is the suite without TensorFlow, `-m "not slow"` quick."""
+    for item in items:
+        if "tf" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.tf)
+        if item.module is not None and item.module.__name__ in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
