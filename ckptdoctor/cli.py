@@ -63,6 +63,12 @@ def _one_line_errors() -> Iterator[None]:
         raise typer.Exit(ExitCode.ERROR) from None
 
 
+def _supervise(*inputs: str | None) -> None:
+    """Run the rest of the command under the stall watchdog when an input is read by native code (HDF5)."""
+    watchdog.subject(next((i for i in inputs if i), "the input"))
+    watchdog.supervise(inputs, ExitCode.ERROR)
+
+
 def _version(value: bool) -> None:
     if value:
         _stdout().print(f"ckptdoctor {__version__}")
@@ -89,7 +95,7 @@ def inspect(path: PathArg, output_format: FormatOpt = OutputFormat.text) -> None
     """List every variable with dtype, shape, size and role, grouped by layer, with a BatchNorm summary."""
     from ckptdoctor.diagnose import inspect as run_inspect
 
-    watchdog.subject(path)
+    _supervise(path)
     with _one_line_errors():
         report = run_inspect(path)
     if output_format is OutputFormat.json:
@@ -143,10 +149,12 @@ def check(
 
     with _one_line_errors():
         policy = load_policy(config)
+    _supervise(*paths, reference)
     show_progress = output_format is CheckFormat.text and output is None and sys.stderr.isatty()
     with _progress_bar(show_progress) as bar:
 
         def progress(path: str, done: int, total: int) -> None:
+            watchdog.subject(path)
             watchdog.beat()
             if bar:
                 bar(f"scanning {path}", done, total)
@@ -302,7 +310,7 @@ def patch(
     from ckptdoctor.patch import patch as run_patch
     from ckptdoctor.report.text import render_check
 
-    watchdog.subject(target)
+    _supervise(target, donor)
     with _one_line_errors(), _progress_bar(sys.stderr.isatty()) as bar:
 
         def progress(done: int, total: int) -> None:
@@ -344,6 +352,7 @@ def verify(
     if (meta_graph is None) == (model is None):
         _error("verify needs exactly one of --meta-graph (TF1 graphs) or --model (Keras and TF2)")
         raise typer.Exit(ExitCode.ERROR)
+    _supervise(checkpoint)
     with _one_line_errors():
         result = verify_meta_graph(checkpoint, meta_graph) if meta_graph else verify_model(checkpoint, model)
     _stdout().print(f"{result.graph_variables} variables in the model, checkpoint {result.checkpoint}", markup=False)
@@ -375,5 +384,4 @@ def _run_app() -> int:
 
 
 def main() -> None:
-    watchdog.enable()
     sys.exit(_run_app())

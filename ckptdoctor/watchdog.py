@@ -1,11 +1,12 @@
-"""Stall supervision for the command line.
+"""Stall supervision, for the command line only (the library never imports this module).
 
 Damaged HDF5 metadata can make libhdf5 loop forever inside C code that holds the GIL, out of reach of any
-Python signal handler or thread. So before the CLI first hands a file to native code that may loop, it
-forks: the child goes on with the command and sends heartbeats through a pipe as it makes progress; the
-parent only waits, and when no heartbeat comes for a while it kills the child and prints one line instead
-of hanging. Commands that never reach such code (TF bundles are read in Python) never fork. Library use is
-never supervised; where fork is missing (Windows) nothing is."""
+Python signal handler or thread. So when a command's inputs include a file read by such native code, the
+CLI calls `supervise` before running the command: the process forks, the child goes on with the command and
+sends heartbeats through a pipe as it makes progress (the CLI's progress callbacks call `beat`); the parent
+only waits, and when no heartbeat comes for a while it kills the child and prints one line instead of
+hanging. Commands on TF bundles (read in Python) never fork. Where fork is missing (Windows) nothing is
+supervised."""
 
 from __future__ import annotations
 
@@ -15,25 +16,45 @@ import select
 import signal
 import sys
 import time
+from collections.abc import Iterable
 
 DEFAULT_STALL_SECONDS = 300.0
-EXIT_ERROR = 2
+NATIVE_KINDS = frozenset({"hdf5", "zip"})  # inputs read by libhdf5 (a .keras archive holds an HDF5 file)
 
-_enabled = False
-_seconds = DEFAULT_STALL_SECONDS
 _pipe: int | None = None
 _last = 0.0
 _subject = "the input"
 
 
-def enable() -> None:
-    """Called by the CLI only: supervise from the first native read on."""
-    global _enabled, _seconds
+def _stall_seconds() -> float:
     try:
-        _seconds = float(os.environ.get("CKPTDOCTOR_STALL_SECONDS", DEFAULT_STALL_SECONDS))
+        return float(os.environ.get("CKPTDOCTOR_STALL_SECONDS", DEFAULT_STALL_SECONDS))
     except ValueError:
-        _seconds = DEFAULT_STALL_SECONDS
-    _enabled = _seconds > 0 and hasattr(os, "fork")
+        return DEFAULT_STALL_SECONDS
+
+
+def reads_native_code(paths: Iterable[str | None]) -> bool:
+    """Whether any of these inputs will be handed to native code that can loop (resolving is cheap)."""
+    from ckptdoctor.errors import CkptDoctorError
+    from ckptdoctor.formats.resolve import resolve
+
+    for path in paths:
+        if path is None:
+            continue
+        try:
+            if resolve(path).kind in NATIVE_KINDS:
+                return True
+        except (CkptDoctorError, OSError):
+            continue  # the command itself reports it
+    return False
+
+
+def supervise(paths: Iterable[str | None], exit_error: int) -> None:
+    """Fork if any input needs it; the child returns and runs the command, the parent waits and exits."""
+    seconds = _stall_seconds()
+    if _pipe is not None or seconds <= 0 or not hasattr(os, "fork") or not reads_native_code(paths):
+        return
+    _fork(seconds, exit_error)
 
 
 def _send(message: bytes) -> None:
@@ -54,16 +75,14 @@ def beat(*_: object) -> None:
 def subject(what: str) -> None:
     """Name what is being read now, for the message if it stalls; counts as progress."""
     global _subject
+    if what == _subject:
+        return
     _subject = what
     _send(b"@" + what.encode("utf-8", "replace").replace(b"\n", b" ") + b"\n")
 
 
-def guard_native_code() -> None:
-    """Fork once, before native code that might loop; the parent supervises and never returns."""
-    global _pipe, _enabled
-    if not _enabled or _pipe is not None:
-        return
-    _enabled = False
+def _fork(seconds: float, exit_error: int) -> None:
+    global _pipe
     read_end, write_end = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -73,10 +92,10 @@ def guard_native_code() -> None:
         _pipe = write_end
         return
     os.close(write_end)
-    os._exit(_supervise(pid, read_end))
+    os._exit(_supervise(pid, read_end, seconds, exit_error))
 
 
-def _supervise(pid: int, read_end: int) -> int:
+def _supervise(pid: int, read_end: int, seconds: float, exit_error: int) -> int:
     def forward(signum: int, _frame: object) -> None:  # a kill aimed at us reaches the work too
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
@@ -85,16 +104,16 @@ def _supervise(pid: int, read_end: int) -> int:
         signal.signal(signum, forward)
     current, buffer = _subject, b""
     while True:
-        ready, _, _ = select.select([read_end], [], [], _seconds)
+        ready, _, _ = select.select([read_end], [], [], seconds)
         if not ready:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             sys.stderr.write(
-                f"ckptdoctor: error: {current}: no progress for {_seconds:g} s, giving up (damaged HDF5 "
+                f"ckptdoctor: error: {current}: no progress for {seconds:g} s, giving up (damaged HDF5 "
                 "metadata can make the HDF5 library loop; CKPTDOCTOR_STALL_SECONDS waits longer)\n"
             )
             sys.stderr.flush()
-            return EXIT_ERROR
+            return exit_error
         data = os.read(read_end, 65536)
         if not data:
             break
@@ -104,4 +123,4 @@ def _supervise(pid: int, read_end: int) -> int:
             current = buffer[start + 1 : buffer.index(b"\n", start)].decode("utf-8", "replace")
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
-    return code if code >= 0 else EXIT_ERROR
+    return code if code >= 0 else exit_error

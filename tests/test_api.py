@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import FIXTURE_BUNDLES
+from conftest import FIXTURE_BUNDLES, KERAS_FILES
 
 import ckptdoctor
 from ckptdoctor import ConfigError, ExitCode, Severity, gate, load_policy
@@ -65,3 +65,13 @@ def test_errors_by_kind(tmp_path):
         ckptdoctor.inspect(tmp_path / "missing")
     assert issubclass(ConfigError, CkptDoctorError) and issubclass(CheckpointError, CkptDoctorError)
     assert not issubclass(ConfigError, CheckpointError)  # a bad policy is not "a checkpoint could not be read"
+
+
+def test_the_library_never_forks_or_loads_the_watchdog():
+    code = (
+        "import os, sys, ckptdoctor; pid = os.getpid(); "
+        f"ckptdoctor.check({str(KERAS_FILES['healthy/model.keras'])!r}); "
+        "print(os.getpid() == pid, 'ckptdoctor.watchdog' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False"]

@@ -203,9 +203,6 @@ def open_hdf5(source, path: str):
         truncated = hdf5_truncation(source)
         if truncated:
             raise CheckpointError(f"{path}: HDF5 {truncated}")
-    from ckptdoctor import watchdog
-
-    watchdog.guard_native_code()  # libhdf5 can loop on damaged metadata: from here on, the CLI is supervised
     try:
         return h5py.File(source, "r")
     except Exception as error:  # HDF5 reports damage as OSError, ValueError or RuntimeError
