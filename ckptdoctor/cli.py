@@ -32,9 +32,15 @@ app = typer.Typer(
 def _stdout() -> Console:
     from rich.console import Console  # not imported for JSON output: start-up time matters in CI loops
 
-    console = Console(highlight=False)
+    class StdoutConsole(Console):
+        def on_broken_pipe(self) -> None:
+            """Rich would exit 1 here, which reads as findings; `_reader_may_stop` decides instead."""
+            self.quiet = True
+            raise BrokenPipeError
+
+    console = StdoutConsole(highlight=False)
     if not console.is_terminal:  # pipes and CI logs: wide enough that long variable names stay on one line
-        console = Console(highlight=False, width=160)
+        console = StdoutConsole(highlight=False, width=160)
     return console
 
 
