@@ -118,3 +118,20 @@ def test_patch_adds_statistics_to_an_undecodable_layer(tf, tmp_path):
         prefix=str(out), tensor_names=keys, shape_and_slices=[""] * 3, dtypes=[tf.float32] * 3
     )
     assert [float(t.numpy()[0]) for t in restored] == [0.75, 2.0, TRAINED_MEAN]
+
+
+def test_keras_layer_names_keep_their_bytes(tmp_path):
+    """In a .weights.h5 a layer's name is an attribute; a 0xff byte there and a literal backslash-x-f-f
+    stay two layers, both checked (h5py itself cannot address non-UTF-8 *link* names at all)."""
+    import shutil
+
+    h5py = __import__("h5py")
+    path = tmp_path / "model.weights.h5"
+    shutil.copyfile(ROOT / "fixtures" / "keras" / "stats_init" / "model.weights.h5", path)
+    with h5py.File(path, "r+") as file:
+        file["layers/batch_normalization/vars"].attrs["name"] = np.bytes_(b"bn\xff")
+        file["layers/batch_normalization_1/vars"].attrs["name"] = np.bytes_(b"bn\\xff")
+    code, report = check_json(path)
+    assert code == 1
+    stats_at_init = sorted(f["subject"] for f in report["findings"] if f["name"] == "bn-stats-at-init")
+    assert stats_at_init == ["bn\\\\xff", "bn\\xff", "bn_nocenter"]
