@@ -15,6 +15,7 @@ import typer
 from ckptdoctor import __version__, watchdog
 from ckptdoctor.errors import CkptDoctorError, OutputError
 from ckptdoctor.model import Severity
+from ckptdoctor.names import shown
 from ckptdoctor.policy import ExitCode, exit_code
 
 if TYPE_CHECKING:
@@ -32,9 +33,15 @@ app = typer.Typer(
 def _stdout() -> Console:
     from rich.console import Console  # not imported for JSON output: start-up time matters in CI loops
 
-    console = Console(highlight=False)
+    class StdoutConsole(Console):
+        def on_broken_pipe(self) -> None:
+            """Rich would exit 1 here, which reads as findings; `_reader_may_stop` decides instead."""
+            self.quiet = True
+            raise BrokenPipeError
+
+    console = StdoutConsole(highlight=False)
     if not console.is_terminal:  # pipes and CI logs: wide enough that long variable names stay on one line
-        console = Console(highlight=False, width=160)
+        console = StdoutConsole(highlight=False, width=160)
     return console
 
 
@@ -50,7 +57,23 @@ class FailOn(str, Enum):
 
 
 def _error(message: str) -> None:
-    sys.stderr.write(f"ckptdoctor: error: {message}\n")
+    """One line: file and tensor names in the message are untrusted and could hold a newline or an escape."""
+    sys.stderr.write(f"ckptdoctor: error: {shown(message)}\n")
+
+
+@contextmanager
+def _reader_may_stop() -> Iterator[None]:
+    """`ckptdoctor inspect X | head -1`: a reader that closes the pipe early is not an error.
+
+    The rest of the output is dropped and the command's own exit code stands (click would turn the
+    BrokenPipeError into exit 1, which reads as findings). stdout is pointed at /dev/null so that the flush
+    at interpreter exit has nowhere to fail ("Exception ignored ... BrokenPipeError")."""
+    try:
+        yield
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 @contextmanager
@@ -98,14 +121,16 @@ def inspect(path: PathArg, output_format: FormatOpt = OutputFormat.text) -> None
     _supervise(path)
     with _one_line_errors():
         report = run_inspect(path)
-    if output_format is OutputFormat.json:
-        from ckptdoctor.report.json import render
+    with _reader_may_stop():
+        if output_format is OutputFormat.json:
+            from ckptdoctor.report.json import render
 
-        sys.stdout.write(render(report))
-    else:
-        from ckptdoctor.report.text import render_inspect
+            sys.stdout.write(render(report))
+            sys.stdout.flush()  # inside the guard: a closed pipe shows here, not at interpreter exit
+        else:
+            from ckptdoctor.report.text import render_inspect
 
-        render_inspect(_stdout(), report)
+            render_inspect(_stdout(), report)
 
 
 class CheckFormat(str, Enum):
@@ -157,7 +182,7 @@ def check(
             watchdog.subject(path)
             watchdog.beat()
             if bar:
-                bar(f"scanning {path}", done, total)
+                bar(f"scanning {shown(path)}", done, total)
 
         verdict = gate(
             paths,
@@ -172,11 +197,13 @@ def check(
     if output_format is CheckFormat.text and output is None:
         from ckptdoctor.report.text import render_check
 
-        for report in reports:
-            render_check(_stdout(), report)
+        with _reader_may_stop():
+            for report in reports:
+                render_check(_stdout(), report)
     else:
-        with _one_line_errors():
+        with _one_line_errors(), _reader_may_stop():
             _emit(_render_check(reports, output_format, verdict.fail_on), output)
+            sys.stdout.flush()
     raise typer.Exit(verdict.exit_code)
 
 
@@ -273,7 +300,8 @@ def rules() -> None:
         table.add_column(column, overflow="fold")
     for rule in CATALOGUE:
         table.add_row(rule.code, rule.name, rule.severity.value, rule.title)
-    _stdout().print(table)
+    with _reader_may_stop():
+        _stdout().print(table)
 
 
 @app.command()
@@ -290,12 +318,13 @@ def explain(
         _error(f"{rule}: no such rule (see `ckptdoctor rules`)")
         raise typer.Exit(ExitCode.ERROR)
     console = _stdout()
-    console.print(Text(f"{found.code} {found.name} ({found.severity.value})", style="bold"))
-    console.print(found.title)
-    console.print()
-    console.print(Text(found.explanation))
-    console.print()
-    console.print(Text(f"Fix: {found.hint}"))
+    with _reader_may_stop():
+        console.print(Text(f"{found.code} {found.name} ({found.severity.value})", style="bold"))
+        console.print(found.title)
+        console.print()
+        console.print(Text(found.explanation))
+        console.print()
+        console.print(Text(f"Fix: {found.hint}"))
 
 
 @app.command()
@@ -355,17 +384,19 @@ def verify(
     _supervise(checkpoint)
     with _one_line_errors():
         result = verify_meta_graph(checkpoint, meta_graph) if meta_graph else verify_model(checkpoint, model)
-    _stdout().print(f"{result.graph_variables} variables in the model, checkpoint {result.checkpoint}", markup=False)
-    for key in result.missing:
-        _stdout().print(f"  missing     {key}", markup=False)
-    for mismatch in result.mismatched:
-        _stdout().print(
-            f"  mismatched  {mismatch.key}: graph {mismatch.expected}, checkpoint {mismatch.found}", markup=False
-        )
-    if result.tf_error:
-        _stdout().print(f"the restore failed: {result.tf_error}", markup=False, soft_wrap=True)
-    if result.ok:
-        _stdout().print("[bold green]restored for real: every variable matched[/]")
+    console = _stdout()
+    with _reader_may_stop():
+        summary = f"{result.graph_variables} variables in the model, checkpoint {result.checkpoint}"
+        console.print(shown(summary), markup=False, soft_wrap=True)
+        for key in result.missing:
+            console.print(f"  missing     {shown(key)}", markup=False, soft_wrap=True)
+        for mismatch in result.mismatched:
+            line = f"  mismatched  {mismatch.key}: graph {mismatch.expected}, checkpoint {mismatch.found}"
+            console.print(shown(line), markup=False, soft_wrap=True)
+        if result.tf_error:
+            console.print(f"the restore failed: {shown(result.tf_error)}", markup=False, soft_wrap=True)
+        if result.ok:
+            console.print("[bold green]restored for real: every variable matched[/]")
     raise typer.Exit(ExitCode.OK if result.ok else ExitCode.FINDINGS)
 
 
@@ -384,4 +415,8 @@ def _run_app() -> int:
 
 
 def main() -> None:
+    # A last guard: a name that reaches stdout without `shown` (an undecodable byte kept as a surrogate) is
+    # written as an escape rather than failing the command.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
     sys.exit(_run_app())

@@ -38,7 +38,7 @@ def test_inspect_json_is_the_documented_report():
     result = run("inspect", TRAINABLE, "--format", "json")
     assert result.returncode == 0
     report = json.loads(result.stdout)
-    assert report["schema_version"] == "1.0"
+    assert report["schema_version"] == "1.1"
     assert report["format"] == "tf1-name-based"
     assert report["findings"] == []
     variable = next(v for v in report["variables"] if v["name"] == "net/conv1/weights")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ckptdoctor.formats.base import SCAN_CHUNK, Progress, ScanResult
 from ckptdoctor.model import CheckpointError, IntegrityProblem, LayerConfig, TensorInfo
+from ckptdoctor.names import decode_name
 
 if TYPE_CHECKING:
     import h5py
@@ -60,7 +61,7 @@ def import_h5py():
 
 
 def decode_text(value: Any) -> str:
-    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else clean_text(str(value))
+    return decode_name(value) if isinstance(value, bytes) else clean_text(str(value))
 
 
 def string_list_attr(group: h5py.Group, name: str) -> list[str]:
@@ -111,8 +112,9 @@ def parse_json(text: str | bytes, where: str) -> dict[str, Any]:
 
 
 def clean_text(text: str) -> str:
-    """h5py hands undecodable name bytes over as surrogates; show them escaped, never as invalid UTF-8."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """A name as h5py hands it over (undecodable bytes as surrogates), kept as is: the bytes are its identity,
+    and reports escape it for display (ckptdoctor.names.shown)."""
+    return text
 
 
 def dataset_info(dataset: h5py.Dataset, **fields: Any) -> TensorInfo:

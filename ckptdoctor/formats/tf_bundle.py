@@ -17,6 +17,7 @@ from ckptdoctor.formats.crc import crc32c, mask, unmask
 from ckptdoctor.formats.ordered_code import slice_key
 from ckptdoctor.formats.sstable import TableError, TableReader, decode_varint, encode_varint
 from ckptdoctor.model import CheckpointError, IntegrityProblem, LayerConfig, TensorInfo
+from ckptdoctor.names import decode_name, encode_name
 
 if TYPE_CHECKING:
     import numpy as np
@@ -73,7 +74,7 @@ def _decode_entry(key: bytes, value: bytes) -> BundleEntry:
         raise TableError(f"tensor {key!r} has an invalid shape {shape}")
     return BundleEntry(
         key=key,
-        name=key.decode("utf-8", "backslashreplace"),
+        name=decode_name(key),
         dtype=dtypes.from_code(proto.dtype),
         shape=shape,
         shard_id=proto.shard_id,
@@ -110,14 +111,12 @@ class BundleReader:
             if key == b"":
                 continue
             if previous is not None and key <= previous:
-                self.open_problems.append(
-                    IntegrityProblem("index-unsorted", key.decode("utf-8", "backslashreplace"), "keys out of order")
-                )
+                self.open_problems.append(IntegrityProblem("index-unsorted", decode_name(key), "keys out of order"))
             previous = key
             try:
                 self.entries[key] = _decode_entry(key, value)
             except Exception as error:  # protobuf raises several types on hostile bytes
-                name = key.decode("utf-8", "backslashreplace")
+                name = decode_name(key)
                 self.open_problems.append(IntegrityProblem("index-corrupt", name, f"entry cannot be decoded ({error})"))
         self.format = format or ("tf2-object-based" if OBJECT_GRAPH_KEY.encode() in self.entries else "tf1-name-based")
         self._shards: dict[int, ByteSource | None] = {}
@@ -180,7 +179,7 @@ class BundleReader:
 
     def entry(self, name: str) -> BundleEntry:
         try:
-            return self.entries[name.encode()]
+            return self.entries[encode_name(name)]
         except KeyError:
             raise KeyError(f"{name} not in {self.location}") from None
 

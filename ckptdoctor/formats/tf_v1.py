@@ -12,6 +12,7 @@ from ckptdoctor.formats.base import Progress, ScanResult
 from ckptdoctor.formats.bytesource import open_source
 from ckptdoctor.formats.sstable import TableError, TableReader
 from ckptdoctor.model import CheckpointError, LayerConfig, TensorInfo
+from ckptdoctor.names import encode_name
 
 if TYPE_CHECKING:
     import numpy as np
@@ -64,7 +65,7 @@ class V1Reader:
             self._slices.setdefault(saved.name, []).append(saved)
 
     def tensors(self) -> tuple[TensorInfo, ...]:
-        return tuple(sorted(self._infos.values(), key=lambda t: t.name.encode()))
+        return tuple(sorted(self._infos.values(), key=lambda t: encode_name(t.name)))
 
     def layers(self) -> tuple[LayerConfig, ...]:
         return ()  # TF bundles carry no model configuration

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from ckptdoctor.model import Report, Severity
+from ckptdoctor.names import shown
 
 _COMMAND = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
 
 
 def _escape_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    """As GitHub's toolkit escapes command data; `shown` first, so no control character is left for a runner."""
+    return shown(text).replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
 def _escape_property(text: str) -> str:

@@ -9,9 +9,10 @@ from typing import Any
 
 from ckptdoctor import __version__
 from ckptdoctor.analysis.batchnorm import PARTS
-from ckptdoctor.model import Report, Role, Severity
+from ckptdoctor.model import Report, Role, Severity, Variable
+from ckptdoctor.names import encode_name, needs_escaping, shown
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: names shown escaped, name_hex where that changed them
 
 
 def to_dict(report: Report) -> dict[str, Any]:
@@ -20,11 +21,11 @@ def to_dict(report: Report) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "ckptdoctor", "version": __version__},
-        "path": report.path,
-        "resolved": report.resolved,
-        "file": report.file,
+        "path": shown(report.path),
+        "resolved": shown(report.resolved),
+        "file": shown(report.file),
         "format": report.format,
-        "note": report.note,
+        "note": _shown_or_none(report.note),
         "summary": {
             "variables": len(report.variables),
             "bytes": sum(v.nbytes for v in report.variables),
@@ -32,24 +33,11 @@ def to_dict(report: Report) -> dict[str, Any]:
             "batchnorm_layers": len(report.batchnorm),
             "findings": {s.value: severities.get(s.value, 0) for s in Severity},
         },
-        "variables": [
-            {
-                "name": v.name,
-                "dtype": v.dtype,
-                "shape": list(v.shape),
-                "elements": math.prod(v.shape),
-                "bytes": v.nbytes,
-                "role": v.role.value,
-                "layer": v.layer,
-                "path": v.path,
-                "full_name": v.full_name,
-            }
-            for v in report.variables
-        ],
+        "variables": [_variable(v) for v in report.variables],
         "batchnorm": [
             {
-                "layer": layer.layer,
-                **{part: getattr(layer, part) for part in PARTS},
+                "layer": shown(layer.layer),
+                **{part: _shown_or_none(getattr(layer, part)) for part in PARTS},
                 "missing": list(layer.missing_statistics),
             }
             for layer in report.batchnorm
@@ -59,12 +47,32 @@ def to_dict(report: Report) -> dict[str, Any]:
                 "code": f.code,
                 "name": f.name,
                 "severity": f.severity.value,
-                "subject": f.subject,
-                "message": f.message,
-                "hint": f.hint,
+                "subject": shown(f.subject),
+                "message": shown(f.message),
+                "hint": shown(f.hint),
             }
             for f in report.findings
         ],
+    }
+
+
+def _shown_or_none(text: str | None) -> str | None:
+    return None if text is None else shown(text)
+
+
+def _variable(v: Variable) -> dict[str, Any]:
+    """Names are shown escaped; where escaping changed the key, name_hex holds its exact bytes."""
+    return {
+        "name": shown(v.name),
+        **({"name_hex": encode_name(v.name).hex()} if needs_escaping(v.name) else {}),
+        "dtype": v.dtype,
+        "shape": list(v.shape),
+        "elements": math.prod(v.shape),
+        "bytes": v.nbytes,
+        "role": v.role.value,
+        "layer": shown(v.layer),
+        "path": shown(v.path),
+        "full_name": _shown_or_none(v.full_name),
     }
 
 

@@ -5,29 +5,32 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from ckptdoctor.model import Report, Severity
+from ckptdoctor.names import shown
 from ckptdoctor.rules import CATALOGUE
 
 
 def render(reports: list[Report], fail_on: Severity) -> str:
+    """Every untrusted string goes through `shown`, which leaves no character XML 1.0 forbids."""
     root = ET.Element("testsuites", name="ckptdoctor")
     total_tests = total_failures = 0
     for report in reports:
-        suite = ET.SubElement(root, "testsuite", name=report.path)
+        checkpoint = shown(report.path)
+        suite = ET.SubElement(root, "testsuite", name=checkpoint)
         failures = 0
         flagged = {finding.code for finding in report.findings}
         for rule in CATALOGUE:
             if rule.code not in flagged:  # a rule that found nothing passes once for the whole checkpoint
-                ET.SubElement(suite, "testcase", classname=report.path, name=f"{rule.code} {rule.name}")
+                ET.SubElement(suite, "testcase", classname=checkpoint, name=f"{rule.code} {rule.name}")
         for finding in report.findings:
             case = ET.SubElement(
-                suite, "testcase", classname=report.path, name=f"{finding.code} {finding.name}: {finding.subject}"
+                suite, "testcase", classname=checkpoint, name=shown(f"{finding.code} {finding.name}: {finding.subject}")
             )
             if finding.severity.rank >= fail_on.rank:
-                failure = ET.SubElement(case, "failure", message=finding.message, type=finding.code)
-                failure.text = f"{finding.severity.value}: {finding.message}\nhint: {finding.hint}"
+                failure = ET.SubElement(case, "failure", message=shown(finding.message), type=finding.code)
+                failure.text = f"{finding.severity.value}: {shown(finding.message)}\nhint: {shown(finding.hint)}"
                 failures += 1
             else:
-                ET.SubElement(case, "system-out").text = f"{finding.severity.value}: {finding.message}"
+                ET.SubElement(case, "system-out").text = f"{finding.severity.value}: {shown(finding.message)}"
         tests = len(suite)
         suite.set("tests", str(tests))
         suite.set("failures", str(failures))

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from ckptdoctor import __version__
-from ckptdoctor.model import Report, Severity
+from ckptdoctor.model import Finding, Report, Severity
+from ckptdoctor.names import shown
 from ckptdoctor.rules import CATALOGUE
 
 SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -15,9 +18,28 @@ _LEVEL = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "
 
 
 def artifact_uri(path: str) -> str:
-    """Relative paths stay relative (code scanning resolves them against the repository); others are file URIs."""
+    """Relative paths stay relative (code scanning resolves them against the repository), percent-encoded from
+    their exact bytes so that a space, `#`, `%` or an undecodable byte makes a valid URI; others are file URIs."""
     candidate = Path(path)
-    return candidate.resolve().as_uri() if candidate.is_absolute() else candidate.as_posix()
+    if candidate.is_absolute():
+        return candidate.resolve().as_uri()  # percent-encodes the path's bytes itself
+    return quote(os.fsencode(candidate.as_posix()), safe="/")
+
+
+def _result(file: str, finding: Finding, rule_index: int) -> dict[str, Any]:
+    subject = shown(finding.subject)
+    return {
+        "ruleId": finding.code,
+        "ruleIndex": rule_index,
+        "level": _LEVEL[finding.severity],
+        "message": {"text": shown(f"{finding.message}. Hint: {finding.hint}")},
+        "locations": [
+            {
+                "physicalLocation": {"artifactLocation": {"uri": artifact_uri(file)}},
+                "logicalLocations": [{"name": subject, "fullyQualifiedName": subject, "kind": "variable"}],
+            }
+        ],
+    }
 
 
 def to_dict(reports: list[Report]) -> dict[str, Any]:
@@ -36,24 +58,7 @@ def to_dict(reports: list[Report]) -> dict[str, Any]:
         }
         for rule in CATALOGUE
     ]
-    results = [
-        {
-            "ruleId": finding.code,
-            "ruleIndex": index[finding.code],
-            "level": _LEVEL[finding.severity],
-            "message": {"text": f"{finding.message}. Hint: {finding.hint}"},
-            "locations": [
-                {
-                    "physicalLocation": {"artifactLocation": {"uri": artifact_uri(report.file)}},
-                    "logicalLocations": [
-                        {"name": finding.subject, "fullyQualifiedName": finding.subject, "kind": "variable"}
-                    ],
-                }
-            ],
-        }
-        for report in reports
-        for finding in report.findings
-    ]
+    results = [_result(report.file, finding, index[finding.code]) for report in reports for finding in report.findings]
     driver = {
         "name": "ckptdoctor",
         "version": __version__,

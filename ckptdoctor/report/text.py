@@ -7,14 +7,15 @@ from collections import Counter, defaultdict
 from itertools import groupby
 
 from rich.console import Console
-from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
 from ckptdoctor.analysis.batchnorm import PARTS
 from ckptdoctor.model import Finding, Report, Role, Severity
+from ckptdoctor.names import encode_name, shown
 
 _SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
+_INDENT = " " * 8  # finding details sit under the finding line
 _ROLE_STYLE = {
     Role.WEIGHT: "",
     Role.BN_STATISTIC: "magenta",
@@ -41,10 +42,18 @@ def _natural(text: str) -> tuple:
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text))
 
 
+def _shown(text: str, style: str = "") -> Text:
+    """Untrusted text as a rich Text: escaped by `shown`, and never parsed as markup or emoji codes."""
+    return Text(shown(text), style=style)
+
+
 def _header(console: Console, report: Report) -> None:
-    console.print(Text.assemble(("checkpoint ", "bold"), report.resolved, ("  format ", "bold"), report.format))
+    console.print(
+        Text.assemble(("checkpoint ", "bold"), _shown(report.resolved), ("  format ", "bold"), _shown(report.format)),
+        soft_wrap=True,
+    )
     if report.note:
-        console.print(Text(f"note: {report.note}", style="dim"))
+        console.print(_shown(f"note: {report.note}", style="dim"), soft_wrap=True)
 
 
 def render_inspect(console: Console, report: Report) -> None:
@@ -58,15 +67,15 @@ def render_inspect(console: Console, report: Report) -> None:
         table.add_column(column)
     table.add_column("size", justify="right")
     table.add_column("role")
-    by_layer = sorted(report.variables, key=lambda v: (v.layer.encode(), _natural(v.path)))
+    by_layer = sorted(report.variables, key=lambda v: (encode_name(v.layer), _natural(v.path)))
     for layer, members in groupby(by_layer, key=lambda v: v.layer):
-        table.add_row(Text(f"{layer or '(top level)'}/", style="bold"), *[""] * (len(table.columns) - 1))
+        table.add_row(_shown(f"{layer or '(top level)'}/", style="bold"), *[""] * (len(table.columns) - 1))
         for var in members:
             local = var.path[len(layer) + 1 :] if layer and var.path.startswith(layer + "/") else var.path
-            cells = [f"  {local}", *([var.full_name or ""] if named else [])]
+            cells = [_shown(f"  {local}"), *([_shown(var.full_name or "")] if named else [])]
             shape = "[" + ", ".join(map(str, var.shape)) + "]"
             role = Text(var.role.value, style=_ROLE_STYLE[var.role])
-            table.add_row(*cells, var.dtype, shape, human_bytes(var.nbytes), role)
+            table.add_row(*cells, _shown(var.dtype), shape, human_bytes(var.nbytes), role)
     console.print(table)
     _role_totals(console, report)
     _batchnorm_summary(console, report)
@@ -100,7 +109,7 @@ def _batchnorm_summary(console: Console, report: Report) -> None:
     status = Text(f"{len(incomplete)} lack moving statistics", style="bold red") if incomplete else Text("all complete")
     console.print(Text.assemble(("BatchNorm: ", "bold"), f"{len(layers)} layers ({parts}); ", status))
     for layer in incomplete[:10]:
-        console.print(f"  {layer.layer}: no {' or '.join(layer.missing_statistics)}")
+        console.print(_shown(f"  {layer.layer}: no {' or '.join(layer.missing_statistics)}"), soft_wrap=True)
     if len(incomplete) > 10:
         console.print(f"  … and {len(incomplete) - 10} more")
 
@@ -122,12 +131,14 @@ def render_check(console: Console, report: Report) -> None:
 
 
 def _print_finding(console: Console, finding: Finding) -> None:
+    """Each line whole (soft_wrap): a long name wrapped by rich could start a line that reads as a finding."""
     console.print(
         Text.assemble(
             (f"{finding.severity.value:<7} ", _SEVERITY_STYLE[finding.severity]),
             (f"{finding.code} {finding.name} ", "bold"),
-            finding.subject,
-        )
+            _shown(finding.subject),
+        ),
+        soft_wrap=True,
     )
-    console.print(Padding(Text(finding.message), (0, 0, 0, 8)))
-    console.print(Padding(Text(f"hint: {finding.hint}", style="dim"), (0, 0, 0, 8)))
+    console.print(Text.assemble(_INDENT, _shown(finding.message)), soft_wrap=True)
+    console.print(Text.assemble(_INDENT, _shown(f"hint: {finding.hint}", style="dim")), soft_wrap=True)

@@ -14,6 +14,7 @@ from ckptdoctor.formats.keras_common import import_h5py, string_list_attr
 from ckptdoctor.formats.keras_h5 import KerasH5Reader
 from ckptdoctor.formats.keras_v3 import WEIGHTS_MEMBER, KerasV3Reader
 from ckptdoctor.model import BatchNormLayer, CheckpointError
+from ckptdoctor.names import encode_name
 from ckptdoctor.writer.atomic import atomic_output
 
 BN_ORDER = ("gamma", "beta", "moving_mean", "moving_variance")
@@ -67,7 +68,7 @@ def _patch_legacy_file(path: str, reader: KerasH5Reader, target: Checkpoint, add
             )
             old = group.attrs.get("weight_names")
             if old is not None and getattr(old, "dtype", None) is not None and old.dtype.kind == "S":
-                group.attrs["weight_names"] = np.array([n.encode() for n in names])  # keep Keras 2's bytes
+                group.attrs["weight_names"] = np.array([encode_name(n) for n in names])  # keep Keras 2's bytes
             else:
                 group.attrs["weight_names"] = np.array(names, dtype=h5py.string_dtype())
             placed.append(dataclasses.replace(addition, key=group[name].name.lstrip("/")))

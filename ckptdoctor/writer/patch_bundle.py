@@ -12,6 +12,7 @@ from ckptdoctor.formats.crc import crc32c, mask
 from ckptdoctor.formats.object_graph import ObjectGraph
 from ckptdoctor.formats.tf_bundle import OBJECT_GRAPH_KEY, BundleReader, encode_string_tensor
 from ckptdoctor.model import CheckpointError
+from ckptdoctor.names import encode_name
 from ckptdoctor.writer.bundle import BundleWriter
 from ckptdoctor.writer.state import write_state_file
 
@@ -49,7 +50,7 @@ def write(target: Checkpoint, donor: Checkpoint, additions, out: str, previous: 
     copies = {entry.key: (reader, entry) for entry in reader.entries.values()}
     encoded: dict[bytes, tuple[int, tuple[int, ...], bytes, int]] = {}
     for addition in additions:
-        key = addition.key.encode()
+        key = encode_name(addition.key)
         if isinstance(donor.reader, BundleReader):
             copies[key] = (donor.reader, donor.reader.entry(addition.donor_key))
         else:
