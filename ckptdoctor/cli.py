@@ -240,14 +240,14 @@ def _render_check(reports: list, output_format: CheckFormat, threshold: Severity
 
 
 def _emit(text: str, output: str | None) -> None:
-    """Write to stdout (rich colours on a terminal for text) or atomically to --output."""
+    """Write to stdout, or to --output: a regular file atomically, a FIFO, device or link written through."""
     if output is None:
         sys.stdout.write(text)
         return
-    from ckptdoctor.writer.atomic import write_atomically
+    from ckptdoctor.writer.atomic import write_report
 
     try:
-        write_atomically(output, text.encode("utf-8"))
+        write_report(output, text)
     except OSError as error:
         raise CheckpointError(f"{output}: cannot write the report ({error.strerror})") from None
 
@@ -310,18 +310,23 @@ def patch(
                 bar(done, total)
 
         result = run_patch(target, donor, out, force=force, progress=progress)
+    console = _stdout()  # every path and name below is printed as plain text, never as rich markup
     if result.added:
         layers = len({a.layer for a in result.added})
-        _stdout().print(f"added {len(result.added)} tensors to {layers} BatchNorm layers from {result.donor}:")
+        console.print(
+            f"added {len(result.added)} tensors to {layers} BatchNorm layers from {result.donor}:", markup=False
+        )
         for addition in result.added:
-            _stdout().print(f"  + {addition.key}  {addition.dtype}{list(addition.shape)}", markup=False)
+            console.print(f"  + {addition.key}  {addition.dtype}{list(addition.shape)}", markup=False)
     else:
-        _stdout().print("nothing was missing: the output is a copy of the target")
-    _stdout().print(f"wrote {' and '.join(result.written)}", markup=False)
-    _stdout().print("re-checking the result:")
+        console.print("nothing was missing: the output is a copy of the target")
+    console.print(f"wrote {' and '.join(result.written)}", markup=False)
+    if result.state_change:
+        console.print(result.state_change, markup=False)
+    console.print("re-checking the result:")
     with _one_line_errors():
-        report = run_check(result.out)
-    render_check(_stdout(), report)
+        report = run_check(result.resolved)  # read as what was written, not as its name suggests
+    render_check(console, report)
     raise typer.Exit(exit_code(report.findings))
 
 
