@@ -47,15 +47,6 @@ def assert_refused(result: subprocess.CompletedProcess, message: str) -> None:
     assert message in result.stderr, result.stderr
 
 
-def leftovers(directory: Path) -> list[str]:
-    """Temporaries, lock files and scratch directories a writer may have left."""
-    return sorted(
-        p.name
-        for p in directory.rglob("*")
-        if ".tmp-ckptdoctor-" in p.name or "lock" in p.name or p.name.startswith("tmp")
-    )
-
-
 # ---- the output reaches an input ---------------------------------------------------------------
 
 
