@@ -276,14 +276,14 @@ def _render_check(reports: list, output_format: CheckFormat, threshold: Severity
 
 
 def _emit(text: str, output: str | None) -> None:
-    """Write to stdout (rich colours on a terminal for text) or atomically to --output."""
+    """Write to stdout, or to --output: a regular file atomically, a FIFO, device or link written through."""
     if output is None:
         sys.stdout.write(text)
         return
-    from ckptdoctor.writer.atomic import write_atomically
+    from ckptdoctor.writer.atomic import write_report
 
     try:
-        write_atomically(output, text.encode("utf-8"))
+        write_report(output, text)
     except OSError as error:
         raise OutputError(f"{output}: cannot write the report ({error.strerror})") from None
 
@@ -335,32 +335,45 @@ def patch(
     force: Annotated[bool, typer.Option("--force", help="Replace a checkpoint already at --out.")] = False,
 ) -> None:
     """Write a new checkpoint: TARGET plus the moving statistics its BatchNorm layers lack, from DONOR."""
+    import dataclasses
+
     from ckptdoctor.diagnose import check as run_check
     from ckptdoctor.patch import patch as run_patch
+    from ckptdoctor.policy import load_policy
     from ckptdoctor.report.text import render_check
 
+    with _one_line_errors():
+        policy = load_policy()  # the re-check follows [tool.ckptdoctor] like `check`; a bad one stops us early
     _supervise(target, donor)
     with _one_line_errors(), _progress_bar(sys.stderr.isatty()) as bar:
 
         def progress(done: int, total: int) -> None:
             watchdog.beat()
             if bar:
-                bar(f"writing {out}", done, total)
+                bar(f"writing {shown(out)}", done, total)
 
         result = run_patch(target, donor, out, force=force, progress=progress)
-    if result.added:
-        layers = len({a.layer for a in result.added})
-        _stdout().print(f"added {len(result.added)} tensors to {layers} BatchNorm layers from {result.donor}:")
-        for addition in result.added:
-            _stdout().print(f"  + {addition.key}  {addition.dtype}{list(addition.shape)}", markup=False)
-    else:
-        _stdout().print("nothing was missing: the output is a copy of the target")
-    _stdout().print(f"wrote {' and '.join(result.written)}", markup=False)
-    _stdout().print("re-checking the result:")
-    with _one_line_errors():
-        report = run_check(result.out)
-    render_check(_stdout(), report)
-    raise typer.Exit(exit_code(report.findings))
+    console = _stdout()  # every path and name below is escaped and printed as plain text, never as markup
+    with _reader_may_stop():
+        if result.added:
+            layers = len({a.layer for a in result.added})
+            console.print(
+                f"added {len(result.added)} tensors to {layers} BatchNorm layers from {shown(result.donor)}:",
+                markup=False,
+            )
+            for addition in result.added:
+                console.print(f"  + {shown(addition.key)}  {addition.dtype}{list(addition.shape)}", markup=False)
+        else:
+            console.print("nothing was missing: the output is a copy of the target")
+        console.print(f"wrote {' and '.join(shown(path) for path in result.written)}", markup=False)
+        if result.state_change:
+            console.print(shown(result.state_change), markup=False)
+        console.print("re-checking the result:")
+        with _one_line_errors():
+            report = run_check(result.resolved)  # read as what was written, not as its name suggests
+        report = dataclasses.replace(report, findings=policy.apply(result.out, report.findings))
+        render_check(console, report)
+    raise typer.Exit(exit_code(report.findings, policy.threshold()))
 
 
 @app.command()

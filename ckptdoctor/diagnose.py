@@ -6,12 +6,15 @@ import os
 from collections.abc import Callable
 
 from ckptdoctor.analysis.checkpoint import Checkpoint, opened
+from ckptdoctor.formats import Resolved
 from ckptdoctor.model import Finding, Report
 
 
-def _report(path: str | os.PathLike[str], checkpoint: Checkpoint, findings: tuple[Finding, ...] = ()) -> Report:
+def _report(
+    path: str | os.PathLike[str] | Resolved, checkpoint: Checkpoint, findings: tuple[Finding, ...] = ()
+) -> Report:
     return Report(
-        path=os.fspath(path),
+        path=path.location if isinstance(path, Resolved) else os.fspath(path),
         format=checkpoint.reader.format,
         resolved=checkpoint.resolved.location,
         note=checkpoint.resolved.note,
@@ -29,7 +32,7 @@ def inspect(path: str | os.PathLike[str]) -> Report:
 
 
 def check(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | Resolved,
     reference: str | os.PathLike[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Report:

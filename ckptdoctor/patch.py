@@ -10,14 +10,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ckptdoctor.analysis.checkpoint import Checkpoint, opened
+from ckptdoctor.formats import Resolved
 from ckptdoctor.formats.keras_h5 import KerasH5Reader
 from ckptdoctor.formats.keras_v3 import KerasV3Reader
 from ckptdoctor.formats.tf_bundle import BundleReader
-from ckptdoctor.model import CheckpointError, TensorInfo
-from ckptdoctor.writer.atomic import TEMP_MARKER
+from ckptdoctor.model import TensorInfo
+from ckptdoctor.writer.atomic import clear_debris
+from ckptdoctor.writer.guard import OutputError, input_files, output_lock, refuse_overwriting_inputs
+from ckptdoctor.writer.signals import cleanup_on_termination
+from ckptdoctor.writer.state import read_state, state_path, update_state_file
 
 
-class PatchError(CheckpointError):
+class PatchError(OutputError):
     """The patch cannot be made as asked; nothing was written."""
 
 
@@ -40,6 +44,8 @@ class PatchResult:
     out: str
     written: tuple[str, ...]  # the files that make up the output
     added: tuple[Addition, ...]
+    resolved: Resolved  # what was written, to read it back as exactly that (whatever its name suggests)
+    state_change: str | None = None  # what changed in the directory's `checkpoint` state file
 
 
 def plan(target: Checkpoint, donor: Checkpoint) -> list[Addition]:
@@ -87,6 +93,15 @@ def existing_outputs(out: str, is_bundle: bool) -> list[Path]:
     return sorted(p for p in [*found, Path(out + ".index")] if p.is_file())
 
 
+def _check_output(out: str, is_bundle: bool, outputs: list[str], inputs: list[str], force: bool) -> list[Path]:
+    """The files already at the output, once it is clear that writing there destroys no input."""
+    previous = existing_outputs(out, is_bundle)
+    refuse_overwriting_inputs(out, [*outputs, *map(str, previous)], inputs)
+    if previous and not force:
+        raise PatchError(f"{out}: a checkpoint exists at the output (use --force to replace it)")
+    return previous
+
+
 def patch(
     target_path: str | os.PathLike[str],
     donor_path: str | os.PathLike[str],
@@ -96,6 +111,8 @@ def patch(
 ) -> PatchResult:
     """Write TARGET plus the statistics its BatchNorm layers lack, taken from DONOR, to OUT.
 
+    Everything that can refuse the patch is checked before the first byte is written. The write holds
+    OUT's lock, and SIGTERM or SIGHUP during it removes the temporaries as Ctrl-C does.
     `progress(done_bytes, total_bytes)` is called after each tensor of a TF bundle is written."""
     from ckptdoctor.writer import keras as keras_writer
     from ckptdoctor.writer import patch_bundle
@@ -103,6 +120,9 @@ def patch(
     out_text = os.fspath(out)
     with opened(target_path) as target, opened(donor_path) as donor:
         is_bundle = isinstance(target.reader, BundleReader)
+        is_keras = isinstance(target.reader, (KerasV3Reader, KerasH5Reader))
+        if not (is_bundle or is_keras):
+            raise PatchError(f"{target.reader.location}: patch does not write {target.reader.format} checkpoints")
         if is_bundle and out_text.endswith(".index"):
             out_text = out_text[: -len(".index")]
         parent = Path(out_text).parent
@@ -110,20 +130,35 @@ def patch(
             raise PatchError(f"{out}: --out must name a checkpoint prefix or file, not a directory")
         if parent.exists() and not parent.is_dir():
             raise PatchError(f"{parent}: not a directory")
-        for reader in (target.reader, donor.reader):
-            if os.path.abspath(reader.location) == os.path.abspath(out_text):
-                raise PatchError(f"{out_text}: the output must not be one of the inputs")
-        previous = existing_outputs(out_text, is_bundle)
-        if previous and not force:
-            raise PatchError(f"{out_text}: a checkpoint exists at the output (use --force to replace it)")
-        additions = plan(target, donor)
-        parent.mkdir(parents=True, exist_ok=True)
-        for debris in parent.glob(glob.escape(Path(out_text).name) + ".*" + TEMP_MARKER + "*"):
-            debris.unlink(missing_ok=True)  # left by a patch that was killed; the marker makes it ours
+        inputs = input_files(target.reader) + input_files(donor.reader)
         if is_bundle:
-            written, additions = patch_bundle.write(target, donor, additions, out_text, previous, progress)
-        elif isinstance(target.reader, (KerasV3Reader, KerasH5Reader)):
-            written, additions = keras_writer.write(target, donor, additions, out_text)
+            outputs = [*patch_bundle.output_files(out_text), str(state_path(out_text))]
+            resolved = Resolved("bundle", out_text)
         else:
-            raise PatchError(f"{target.reader.location}: patch does not write {target.reader.format} checkpoints")
-        return PatchResult(target.reader.location, donor.reader.location, out_text, written, tuple(additions))
+            outputs = [out_text]
+            resolved = Resolved("zip" if target.reader.format == "keras-zip" else "hdf5", out_text)
+        _check_output(out_text, is_bundle, outputs, inputs, force)
+        additions = plan(target, donor)
+        if is_bundle:
+            read_state(parent)  # a state file we could not update stops the patch now, not after the write
+            bundle_plan = patch_bundle.prepare(target, donor, additions)
+        parent.mkdir(parents=True, exist_ok=True)
+        state_change = None
+        with cleanup_on_termination(), output_lock(out_text):
+            previous = _check_output(out_text, is_bundle, outputs, inputs, force)  # as it is now that we hold it
+            clear_debris(out_text)
+            if is_bundle:
+                written = patch_bundle.write(bundle_plan, out_text, previous, progress)
+                additions = bundle_plan.additions
+                state_change = update_state_file(out_text)
+            else:
+                written, additions = keras_writer.write(target, donor, additions, out_text)
+        return PatchResult(
+            target.reader.location,
+            donor.reader.location,
+            out_text,
+            written,
+            tuple(additions),
+            resolved,
+            state_change,
+        )

@@ -11,6 +11,7 @@ from conftest import FIXTURE_BUNDLES, TF1, copy_checkpoint, file_bytes
 from ckptdoctor import check
 from ckptdoctor.formats.tf_bundle import BundleReader
 from ckptdoctor.patch import PatchError, patch
+from ckptdoctor.writer.guard import OutputError
 
 TRAINABLE = FIXTURE_BUNDLES["finetune_trainable"]
 FULL = FIXTURE_BUNDLES["finetune_full"]
@@ -96,7 +97,7 @@ def test_existing_output_is_refused_without_force(tmp_path):
 def test_output_may_not_be_an_input(tmp_path):
     target = copy_checkpoint(TRAINABLE, tmp_path)
     before = file_bytes(target)
-    with pytest.raises(PatchError, match="must not be one of the inputs"):
+    with pytest.raises(OutputError, match="must not be one of the inputs"):
         patch(target, FULL, target, force=True)
     assert file_bytes(target) == before
 

@@ -41,7 +41,7 @@ class Checkpoint:
 
 
 @contextmanager
-def opened(path: str | os.PathLike[str]) -> Iterator[Checkpoint]:
+def opened(path: str | os.PathLike[str] | Resolved) -> Iterator[Checkpoint]:
     """Open and classify a checkpoint; raises CheckpointError when it cannot be read at all."""
     reader, resolved = open_checkpoint(path)
     try:

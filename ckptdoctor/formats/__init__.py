@@ -10,9 +10,10 @@ from ckptdoctor.formats.resolve import Resolved, resolve
 __all__ = ["CheckpointReader", "Resolved", "ScanResult", "open_checkpoint"]
 
 
-def open_checkpoint(path: str | os.PathLike[str]) -> tuple[CheckpointReader, Resolved]:
-    """The reader for whatever checkpoint `path` means, and how it was resolved."""
-    resolved = resolve(path)
+def open_checkpoint(path: str | os.PathLike[str] | Resolved) -> tuple[CheckpointReader, Resolved]:
+    """The reader for whatever checkpoint `path` means, and how it was resolved (or as already resolved:
+    a writer reads back what it wrote as what it is, whatever its name suggests)."""
+    resolved = path if isinstance(path, Resolved) else resolve(path)
     if resolved.kind == "v1":
         from ckptdoctor.formats.tf_v1 import V1Reader
 

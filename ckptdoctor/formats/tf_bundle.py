@@ -263,8 +263,9 @@ class BundleReader:
             done += entry.size
             if progress:
                 progress(done, total)
-            if entry.num_slices:
-                continue  # the full-tensor entry of a partitioned variable holds no bytes
+            if entry.num_slices:  # the full-tensor entry of a partitioned variable holds no bytes
+                problems.extend(self._missing_slices(entry))
+                continue
             problem = self._check_layout(entry)
             if problem:
                 problems.append(problem)
@@ -285,6 +286,14 @@ class BundleReader:
             if bad:
                 nonfinite[entry.name] = bad
         return ScanResult(nonfinite=nonfinite, problems=tuple(problems))
+
+    def _missing_slices(self, entry: BundleEntry) -> list[IntegrityProblem]:
+        """A partitioned variable whose slices are not all in the index cannot be restored (TF: NotFound)."""
+        return [
+            IntegrityProblem("index-corrupt", entry.name, f"slice {extents} of this partitioned variable is missing")
+            for extents in slice_extents(entry)
+            if slice_key(entry.key, extents) not in self.entries
+        ]
 
     def _check_layout(self, entry: BundleEntry) -> IntegrityProblem | None:
         """Damage that prevents reading a tensor's bytes at all."""
@@ -319,6 +328,16 @@ class BundleReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def slice_extents(entry: BundleEntry) -> list[list[tuple[int, int]]]:
+    """Each slice of a partitioned variable's full entry as (start, length) per dimension, -1 for all of it.
+
+    The slice's bytes are stored under `ordered_code.slice_key(entry.key, extents)`."""
+    return [
+        [(e.start, e.length if e.HasField("length") else -1) for e in tensor_slice.extent]
+        for tensor_slice in protos.BundleEntryProto.FromString(entry.proto).slices
+    ]
 
 
 def _crc_problem(entry: BundleEntry, data_file: str) -> IntegrityProblem:

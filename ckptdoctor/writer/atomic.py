@@ -3,17 +3,60 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 TEMP_MARKER = ".tmp-ckptdoctor-"
+# `<final><TEMP_MARKER><pid>-<12 hex>`: the pid says whether the writer that made the file is still alive.
+_TEMP_TAIL = re.compile(re.escape(TEMP_MARKER) + r"(\d+)-[0-9a-f]{12}$")
 
 
 def temp_beside(final: str | os.PathLike[str]) -> str:
-    """A fresh temporary name in the destination's directory, so the rename never crosses filesystems."""
-    return f"{os.fspath(final)}{TEMP_MARKER}{secrets.token_hex(6)}"
+    """A fresh temporary name in the destination's directory, so the rename never crosses filesystems.
+
+    The name carries this process's pid so that a later run can tell a dead writer's debris from a live
+    writer's files."""
+    return f"{os.fspath(final)}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0 or pid == os.getpid():
+        return True  # never ours to judge: our own files are removed by the code that made them
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, owned by someone else
+        return True
+    return True
+
+
+def clear_debris(final: str | os.PathLike[str]) -> list[Path]:
+    """Remove temporary files beside `final` left by writers that are dead; returns what was removed.
+
+    Call only while holding the output's lock (writer.guard.output_lock): then no live ckptdoctor writes
+    this output, and the pid check spares a live writer of a neighbouring output with a similar name."""
+    path = Path(final)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for candidate in path.parent.iterdir():
+        if not candidate.name.startswith(path.name):
+            continue
+        tail = _TEMP_TAIL.search(candidate.name)
+        if tail is None or _pid_alive(int(tail.group(1))):
+            continue
+        try:
+            if stat.S_ISREG(candidate.lstat().st_mode):  # a link or directory with our name is not our debris
+                candidate.unlink()
+                removed.append(candidate)
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def fsync_directory(directory: str | os.PathLike[str]) -> None:
@@ -28,6 +71,11 @@ def fsync_directory(directory: str | os.PathLike[str]) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def create_exclusive(path: str) -> int:
+    """Create a new file for writing; fails rather than follow a link or reuse a file someone planted."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
 
 
 @contextmanager
@@ -46,5 +94,41 @@ def atomic_output(final: str | os.PathLike[str]) -> Iterator[str]:
 
 
 def write_atomically(final: str | os.PathLike[str], data: bytes) -> None:
-    with atomic_output(final) as temp, open(temp, "wb") as out:
+    with atomic_output(final) as temp, os.fdopen(create_exclusive(temp), "wb") as out:
+        out.write(data)
+
+
+def _is_our_stream(path: str, fd: int) -> bool:
+    """Whether `path` (e.g. /dev/stdout) is the very file open as `fd`."""
+    try:
+        here, there = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def write_report(path: str, text: str) -> None:
+    """Write a report the way a user means the path.
+
+    A regular file is replaced atomically. Anything else that exists — a link, a FIFO, a terminal,
+    /dev/stdout — is written through, as a shell redirection would: replacing it with a regular file
+    would break the pipe or the link. A path naming our own stdout or stderr writes to that stream, so
+    that `-o /dev/stdout >> log` appends instead of truncating the log."""
+    import sys
+
+    data = text.encode("utf-8")
+    for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
+        if _is_our_stream(path, fd):
+            stream.flush()
+            stream.buffer.write(data)
+            stream.buffer.flush()
+            return
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is None or stat.S_ISREG(mode):
+        write_atomically(path, data)
+        return
+    with open(path, "wb") as out:
         out.write(data)

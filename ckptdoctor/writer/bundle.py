@@ -9,7 +9,8 @@ from ckptdoctor.formats import protos
 from ckptdoctor.formats.bytesource import write_all
 from ckptdoctor.formats.sstable import TableBuilder
 from ckptdoctor.formats.tf_bundle import BundleEntry, BundleReader, data_file_name
-from ckptdoctor.writer.atomic import fsync_directory, temp_beside
+from ckptdoctor.writer.atomic import create_exclusive, fsync_directory, temp_beside
+from ckptdoctor.writer.signals import signals_deferred
 
 
 def _header(num_shards: int) -> bytes:
@@ -34,8 +35,14 @@ class BundleWriter:
         self._temps = [temp_beside(path) for path in self.data_paths]
         self._index_temp = temp_beside(self.index_path)
         self._fds: list[int] = []
-        for temp in self._temps:
-            self._fds.append(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        self._created: list[str] = []  # temporaries this writer made, the only files abort removes
+        try:
+            for temp in self._temps:
+                self._fds.append(create_exclusive(temp))
+                self._created.append(temp)
+        except BaseException:
+            self.abort()
+            raise
         self._offsets = [0] * num_shards
         self._entries: dict[bytes, bytes] = {}
         self.last_size = 0  # bytes the last copy or add wrote, for progress reporting
@@ -82,7 +89,9 @@ class BundleWriter:
             os.fsync(fd)
             os.close(fd)
         self._fds = []
-        with open(self._index_temp, "wb") as out:
+        index_fd = create_exclusive(self._index_temp)
+        self._created.append(self._index_temp)
+        with os.fdopen(index_fd, "wb") as out:
             table = TableBuilder(out)
             table.add(b"", _header(self.num_shards))
             for key in sorted(self._entries):
@@ -90,16 +99,18 @@ class BundleWriter:
             table.finish()
             out.flush()
             os.fsync(out.fileno())
-        # An older index at this prefix goes first: new data beside an old index would look complete.
-        Path(self.index_path).unlink(missing_ok=True)
-        for temp, path in zip(self._temps, self.data_paths, strict=True):
-            os.replace(temp, path)
-        os.replace(self._index_temp, self.index_path)
+        # All renames or none, as far as SIGTERM, SIGHUP and Ctrl-C go (SIGKILL can still land between
+        # them). An older index at this prefix goes first: new data beside an old index would look complete.
+        with signals_deferred():
+            Path(self.index_path).unlink(missing_ok=True)
+            for temp, path in zip(self._temps, self.data_paths, strict=True):
+                os.replace(temp, path)
+            os.replace(self._index_temp, self.index_path)
         fsync_directory(Path(self.prefix).parent)
 
     def abort(self) -> None:
         for fd in self._fds:
             os.close(fd)
         self._fds = []
-        for temp in (*self._temps, self._index_temp):
+        for temp in self._created:
             Path(temp).unlink(missing_ok=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from ckptdoctor.formats.keras_h5 import KerasH5Reader
 from ckptdoctor.formats.keras_v3 import WEIGHTS_MEMBER, KerasV3Reader
 from ckptdoctor.model import BatchNormLayer, CheckpointError
 from ckptdoctor.names import encode_name
-from ckptdoctor.writer.atomic import atomic_output
+from ckptdoctor.writer.atomic import atomic_output, create_exclusive, temp_beside
 
 BN_ORDER = ("gamma", "beta", "moving_mean", "moving_variance")
 
@@ -92,19 +91,23 @@ def write(target: Checkpoint, donor: Checkpoint, additions, out: str):
     values = {a.donor_key: donor.reader.read(a.donor_key) for a in additions}
     with atomic_output(out) as temp:
         if isinstance(reader, KerasV3Reader) and reader.format == "keras-zip":
-            with tempfile.TemporaryDirectory(dir=Path(out).parent) as scratch:
-                weights = os.path.join(scratch, WEIGHTS_MEMBER)
+            # The scratch copy of the weights is named and removed like every other temporary of this output.
+            weights = temp_beside(out)
+            try:
                 with (
                     zipfile.ZipFile(reader.location) as archive,
                     archive.open(WEIGHTS_MEMBER) as member,
-                    open(weights, "wb") as copy,
+                    os.fdopen(create_exclusive(weights), "wb") as copy,
                 ):
                     shutil.copyfileobj(member, copy, 8 << 20)
                 placed = _patch_v3_file(weights, reader, target, additions, values)
                 placed = [dataclasses.replace(a, key=f"{WEIGHTS_MEMBER}:{a.key}") for a in placed]
                 _replace_member(reader.location, temp, WEIGHTS_MEMBER, weights)
+            finally:
+                Path(weights).unlink(missing_ok=True)
         else:
-            shutil.copyfile(reader.location, temp)
+            with open(reader.location, "rb") as source, os.fdopen(create_exclusive(temp), "wb") as copy:
+                shutil.copyfileobj(source, copy, 8 << 20)
             patcher = _patch_v3_file if isinstance(reader, KerasV3Reader) else _patch_legacy_file
             placed = patcher(temp, reader, target, additions, values)
     return (out,), placed

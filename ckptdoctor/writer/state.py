@@ -2,23 +2,77 @@
 
 from __future__ import annotations
 
+import os
+import stat
+import time
 from pathlib import Path
-
-from google.protobuf import text_format
 
 from ckptdoctor.formats import protos
 from ckptdoctor.formats.resolve import STATE_FILE, read_state_file
-from ckptdoctor.writer.atomic import write_atomically
+from ckptdoctor.model import CheckpointError
+from ckptdoctor.writer.atomic import clear_debris, write_atomically
+from ckptdoctor.writer.guard import OutputError, output_lock
+
+# TF writes a few hundred bytes per listed checkpoint; anything near this is not a state file.
+MAX_STATE_FILE = 1 << 20
 
 
-def write_state_file(prefix: str) -> None:
-    """Name `prefix` as the latest checkpoint of its directory, keeping the checkpoints already listed."""
-    directory = Path(prefix).parent
-    state = read_state_file(directory) or protos.CheckpointState()
-    name = Path(prefix).name
-    paths = [p for p in state.all_model_checkpoint_paths if Path(p).name != name]
-    del state.all_model_checkpoint_paths[:]
-    del state.all_model_checkpoint_timestamps[:]  # they would no longer pair with the paths
-    state.all_model_checkpoint_paths.extend([*paths, name])
-    state.model_checkpoint_path = name
-    write_atomically(directory / STATE_FILE, text_format.MessageToString(state).encode())
+def state_path(prefix: str) -> Path:
+    return Path(prefix).parent / STATE_FILE
+
+
+def read_state(directory: Path) -> protos.CheckpointState | None:
+    """The directory's state file, or None where there is none.
+
+    Raises OutputError for one that is not a regular text file that parses (a directory, a FIFO, binary
+    bytes): a writer calls this before it writes anything, so that such a file stops it early."""
+    path = directory / STATE_FILE
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise OutputError(f"{path}: the checkpoint state file cannot be read ({error.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise OutputError(f"{path}: the checkpoint state file is not a regular file; move it away first")
+    if info.st_size > MAX_STATE_FILE:
+        raise OutputError(f"{path}: {info.st_size} bytes is too large for a checkpoint state file")
+    try:
+        return read_state_file(directory)
+    except OSError as error:
+        raise OutputError(f"{path}: the checkpoint state file cannot be read ({error.strerror})") from None
+    except CheckpointError as error:
+        raise OutputError(f"{error}; move it away first") from None
+
+
+def update_state_file(prefix: str) -> str:
+    """Name `prefix` as the latest checkpoint of its directory, as TF's Saver does; returns what changed.
+
+    The checkpoints already listed stay listed, each with its timestamp; the new one gets the time now."""
+    directory, name = Path(prefix).parent, Path(prefix).name
+    path = directory / STATE_FILE
+    with output_lock(str(path), wait=True):  # another run may be updating it for another prefix
+        clear_debris(path)
+        existing = read_state(directory)
+        state = existing or protos.CheckpointState()
+        paths, stamps = list(state.all_model_checkpoint_paths), list(state.all_model_checkpoint_timestamps)
+        paired = len(stamps) == len(paths)
+        kept = [(p, stamps[i] if paired else None) for i, p in enumerate(paths) if Path(p).name != name]
+        del state.all_model_checkpoint_paths[:]
+        del state.all_model_checkpoint_timestamps[:]
+        state.all_model_checkpoint_paths.extend([*(p for p, _ in kept), name])
+        if paired:
+            state.all_model_checkpoint_timestamps.extend([*(t for _, t in kept), time.time()])
+        before = state.model_checkpoint_path
+        state.model_checkpoint_path = name
+        from google.protobuf import text_format
+
+        write_atomically(path, text_format.MessageToString(state).encode())
+    if existing is None:
+        return f"{path}: created, latest is {name}"
+    change = (
+        f"latest was {Path(before).name}, now {name}" if before and Path(before).name != name else f"latest is {name}"
+    )
+    others = f"; {len(kept)} other checkpoints still listed" if kept else ""
+    dropped = "; its timestamps did not pair with the paths and were dropped" if not paired else ""
+    return f"{path}: {change}{others}{dropped}"
