@@ -113,6 +113,8 @@ def patch(
         for reader in (target.reader, donor.reader):
             if os.path.abspath(reader.location) == os.path.abspath(out_text):
                 raise PatchError(f"{out_text}: the output must not be one of the inputs")
+            for name, where in getattr(reader, "external", {}).items():  # never copy what lies outside the file
+                raise PatchError(f"{reader.location}: {name} is {where}; patch refuses data outside the file")
         previous = existing_outputs(out_text, is_bundle)
         if previous and not force:
             raise PatchError(f"{out_text}: a checkpoint exists at the output (use --force to replace it)")
