@@ -241,14 +241,22 @@ def test_fifo_is_refused_at_once(tmp_path, where):
     assert "FIFO" in err and seconds < 10
 
 
-def test_unreadable_shard_is_not_missing(tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root reads files whatever their permissions")
+@pytest.mark.parametrize("how", ["no-permission", "directory"])
+def test_shard_that_cannot_be_opened_is_not_missing(tmp_path, how):
+    """Only a shard that is absent is a missing-shard finding; one that is there but unreadable is exit 2."""
     prefix = copy_checkpoint(FIXTURE_BUNDLES["finetune_full"], tmp_path)
-    os.chmod(f"{prefix}.data-00000-of-00001", 0)
+    shard = Path(f"{prefix}.data-00000-of-00001")
+    if how == "no-permission":
+        if os.geteuid() == 0:
+            pytest.skip("root reads files whatever their permissions")
+        shard.chmod(0)
+    else:
+        shard.unlink()
+        shard.mkdir()
     code, out, err, peak, seconds = measured("check", prefix)
     within_bounds(code, out, err, peak, seconds, 2)
-    assert "Permission denied" in err and "missing" not in out
+    assert ("Permission denied" if how == "no-permission" else "is a directory") in err
+    assert "missing" not in out + err
 
 
 # ---- many shards, few descriptors ---------------------------------------------------------------
