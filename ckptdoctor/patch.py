@@ -131,6 +131,9 @@ def patch(
         if parent.exists() and not parent.is_dir():
             raise PatchError(f"{parent}: not a directory")
         inputs = input_files(target.reader) + input_files(donor.reader)
+        for reader in (target.reader, donor.reader):
+            for name, where in getattr(reader, "external", {}).items():  # never copy what lies outside the file
+                raise PatchError(f"{reader.location}: {name} is {where}; patch refuses data outside the file")
         if is_bundle:
             outputs = [*patch_bundle.output_files(out_text), str(state_path(out_text))]
             resolved = Resolved("bundle", out_text)

@@ -8,7 +8,7 @@ import random
 import tempfile
 from pathlib import Path
 
-from fuzzing import IN_PROCESS, SEEDS, cli_outcomes, mutate, outcome, seed_bytes, write_case
+from fuzzing import IN_PROCESS, SEEDS, cli_outcomes, mutate, outcome, seed_bytes, structured_case, write_case
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -46,4 +46,21 @@ def test_mutated_hdf5_and_zip_files_never_crash_or_hang(tmp_path):
         directory.mkdir()
         paths.append(write_case(directory, seed, mutate(seed_bytes(seed), edits)))
     outcomes = cli_outcomes(paths, stall_seconds=5)
+    assert {path: result for path, result in outcomes.items() if result != "ok"} == {}
+
+
+def test_hostile_structure_gives_a_report_or_one_line(tmp_path):
+    """Declared shapes, slice specs, HDF5 storage layouts and zip member sizes set to hostile values on
+    purpose: bundles are checked in process (an alarm catches hangs), HDF5 and zip files by the CLI."""
+    rng = random.Random(11)
+    in_process, by_cli = [], []
+    for number in range(48):
+        kind = ("shape", "slices", "hdf5-layout", "zip-sizes")[number % 4]
+        directory = tmp_path / str(number)
+        directory.mkdir()
+        path = structured_case(directory, kind, rng)
+        (in_process if kind in ("shape", "slices") else by_cli).append(path)
+    for path in in_process:
+        assert outcome(path) in ("report", "error")
+    outcomes = cli_outcomes(by_cli, stall_seconds=5)
     assert {path: result for path, result in outcomes.items() if result != "ok"} == {}

@@ -12,6 +12,9 @@ if TYPE_CHECKING:
     import numpy as np
 
 SCAN_CHUNK = 8 << 20  # bytes read at a time when streaming a tensor
+# `read()` builds at most this many bytes of values that a file stores in fewer bytes (a V1 splat, compressed
+# HDF5 chunks): a few stored bytes must never cost gigabytes. Values stored byte for byte are not capped.
+MAX_EXPANDED_BYTES = 256 << 20
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
 

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import stat
 from typing import Protocol
 
 from ckptdoctor.model import CheckpointError
+
+
+class MissingFile(CheckpointError):
+    """The path names nothing; unlike a file that exists but cannot be opened, this is a finding for shards."""
 
 
 class ByteSource(Protocol):
@@ -41,19 +46,52 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def open_regular(path: str | os.PathLike[str]) -> int:
+    """A read-only descriptor for a regular file; anything else (FIFO, device, socket, directory) is refused.
+
+    Opened non-blocking, since opening a FIFO for reading otherwise waits for a writer forever; the flag is
+    cleared again once the descriptor is known to be a regular file."""
+    nonblocking = getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, os.O_RDONLY | nonblocking | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise MissingFile(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: is a directory, not a file") from None
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot open ({error.strerror})") from None
+    kind = os.fstat(fd).st_mode
+    if not stat.S_ISREG(kind):
+        os.close(fd)
+        raise CheckpointError(f"{path}: is {_file_kind(kind)}, not a regular file")
+    if nonblocking:
+        os.set_blocking(fd, True)
+    return fd
+
+
+def require_regular(path: str | os.PathLike[str]) -> None:
+    """Refuse a path that is not a regular file before a library (h5py, zipfile) opens it by name."""
+    os.close(open_regular(path))
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a special file"
+
+
 class LocalFile:
     """A local file read with pread, so concurrent readers never share a file position."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.name = str(path)
-        try:
-            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: file not found") from None
-        except IsADirectoryError:
-            raise CheckpointError(f"{path}: is a directory, not a file") from None
-        except OSError as error:
-            raise CheckpointError(f"{path}: cannot open ({error.strerror})") from None
+        self._fd = open_regular(path)
         self._size = os.fstat(self._fd).st_size
 
     def size(self) -> int:

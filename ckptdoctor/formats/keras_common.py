@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ckptdoctor.formats.base import SCAN_CHUNK, Progress, ScanResult
+from ckptdoctor.formats.base import MAX_EXPANDED_BYTES, SCAN_CHUNK, Progress, ScanResult
+from ckptdoctor.formats.bytesource import require_regular
 from ckptdoctor.model import CheckpointError, IntegrityProblem, LayerConfig, TensorInfo
 from ckptdoctor.names import decode_name
 
@@ -16,6 +19,8 @@ if TYPE_CHECKING:
     import numpy as np
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# Soft links are followed by hand, a bounded number of hops: HDF5 itself would follow external links too.
+MAX_SOFT_LINK_HOPS = 16
 
 
 def hdf5_truncation(path: str) -> str | None:
@@ -106,7 +111,7 @@ def layer_configs(config: dict[str, Any] | None, prefix: str = "") -> dict[str, 
 def parse_json(text: str | bytes, where: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested past Python's limit
         raise CheckpointError(f"{where}: model configuration is not valid JSON") from None
     return value if isinstance(value, dict) else {}
 
@@ -138,70 +143,203 @@ def dataset_dtype_name(dataset: h5py.Dataset) -> str:
 
 
 def read_dataset(dataset: h5py.Dataset, dtype_name: str | None = None) -> np.ndarray:
+    """A dataset's values, refused (CheckpointError) where they are not plainly stored in this file."""
     import numpy as np
 
+    refusal = outside_storage(dataset) or unstored_bytes(dataset)
+    if refusal is None and _is_filtered(dataset) and dataset.nbytes > MAX_EXPANDED_BYTES:
+        refusal = f"compressed to expand to {dataset.nbytes} bytes, over the {MAX_EXPANDED_BYTES >> 20} MiB cap"
+    if refusal:
+        raise CheckpointError(f"{clean_text(dataset.name.lstrip('/'))} is {refusal}")
     values = np.asarray(dataset[()])
     if (dtype_name or dataset_dtype_name(dataset)) == "bfloat16" and values.dtype == np.uint16:
         values = (values.astype(np.uint32) << 16).view(np.float32)
     return values
 
 
+def outside_storage(dataset: h5py.Dataset) -> str | None:
+    """Where a dataset's values live when not in this file (external raw storage, virtual dataset)."""
+    if dataset.is_virtual:
+        sources = sorted({decode_text(source.file_name) for source in dataset.virtual_sources()})
+        return f"a virtual dataset mapped from {', '.join(sources) or 'other files'}"
+    external = dataset.external
+    if external:
+        return f"stored outside the file, in {decode_text(external[0][0])}"
+    return None
+
+
+def unstored_bytes(dataset: h5py.Dataset) -> str | None:
+    """Why a dataset declares more values than the file stores (chunks never written), or None.
+
+    HDF5 hands out fill values for unwritten storage, so reading such a dataset costs its declared size
+    in time and memory while the file holds nothing: a few KB can claim gigabytes."""
+    import h5py
+
+    declared = dataset.nbytes
+    if declared == 0:
+        return None
+    layout = dataset.id.get_create_plist().get_layout()
+    if layout == h5py.h5d.CONTIGUOUS:
+        stored = dataset.id.get_storage_size()
+        if stored < declared:
+            return f"declared as {declared} bytes {_shape_text(dataset)} but the file stores {stored}"
+    elif layout == h5py.h5d.CHUNKED:
+        expected = math.prod(-(-size // chunk) for size, chunk in zip(dataset.shape, dataset.chunks, strict=True))
+        written = dataset.id.get_num_chunks()
+        if written < expected:
+            return (
+                f"declared as {declared} bytes {_shape_text(dataset)} but only {written} of its {expected} "
+                "chunks were ever written"
+            )
+        chunk_bytes = math.prod(dataset.chunks) * dataset.dtype.itemsize
+        if _is_filtered(dataset) and chunk_bytes > MAX_EXPANDED_BYTES:
+            return f"stored in compressed chunks of {chunk_bytes} bytes, over the {MAX_EXPANDED_BYTES >> 20} MiB cap"
+    return None
+
+
+def _shape_text(dataset: h5py.Dataset) -> str:
+    return f"({dataset.dtype}{list(dataset.shape)})"
+
+
+def _is_filtered(dataset: h5py.Dataset) -> bool:
+    return dataset.chunks is not None and dataset.id.get_create_plist().get_nfilters() > 0
+
+
 def scan_datasets(
-    datasets: dict[str, h5py.Dataset], dtype_names: dict[str, str], progress: Progress | None = None
+    datasets: dict[str, h5py.Dataset],
+    dtype_names: dict[str, str],
+    outside: dict[str, str],
+    progress: Progress | None = None,
 ) -> ScanResult:
-    """Read every dataset once: NaN/Inf counts for float ones, and the ones HDF5 cannot read at all."""
+    """Read every dataset once, a slab at a time: NaN/Inf counts for float ones, and the ones HDF5 cannot
+    read at all. Data outside the file (`outside`: name -> where it points) is reported, never read."""
+    import numpy as np
+
     nonfinite: dict[str, int] = {}
-    problems: list[IntegrityProblem] = []
-    total, done = sum(d.nbytes for d in datasets.values()), 0
-    for name, dataset in datasets.items():
-        done += dataset.nbytes
-        if progress:
-            progress(done, total)
+    problems = [IntegrityProblem("external-data", name, where) for name, where in outside.items()]
+    readable = {name: dataset for name, dataset in datasets.items() if name not in outside}
+    total, done = sum(d.nbytes for d in readable.values()), 0
+    for name, dataset in readable.items():
         try:
-            bad = _count_nonfinite(dataset, dtype_names[name])
+            unstored = unstored_bytes(dataset)
+            if unstored:
+                problems.append(IntegrityProblem("size-mismatch", name, unstored))
+                done += dataset.nbytes
+                continue
+            is_float = dtype_names[name] in ("float16", "float32", "float64", "bfloat16")
+            bad = 0
+            for values in _slabs(dataset, dtype_names[name]):
+                if is_float:
+                    bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+                done += values.size * dataset.dtype.itemsize
+                if progress:
+                    progress(min(done, total), total)  # per slab: the stall watchdog sees a large dataset move
         except Exception as error:  # HDF5 raises OSError, ValueError, RuntimeError… on damaged chunks
-            problems.append(IntegrityProblem("dataset-unreadable", name, str(error).splitlines()[0][:200]))
+            problems.append(IntegrityProblem("dataset-unreadable", name, _first_line(error)))
             continue
         if bad:
             nonfinite[name] = bad
     return ScanResult(nonfinite=nonfinite, problems=tuple(problems))
 
 
-def _count_nonfinite(dataset: h5py.Dataset, dtype_name: str) -> int:
-    """NaN/Inf elements of a dataset (0 unless float); every byte is read, large datasets a slab at a time."""
+def _slabs(dataset: h5py.Dataset, dtype_name: str) -> Iterator[np.ndarray]:
+    """The dataset's values in pieces of about SCAN_CHUNK bytes, over every dimension.
+
+    Large compressed chunks are read one chunk at a time, so that no chunk is decompressed twice."""
     import numpy as np
 
-    is_float = dtype_name in ("float16", "float32", "float64", "bfloat16")
     if dataset.ndim == 0 or dataset.nbytes <= SCAN_CHUNK:
-        slabs = [read_dataset(dataset, dtype_name)]
+        yield read_dataset(dataset, dtype_name)
+        return
+    if dataset.chunks is not None and math.prod(dataset.chunks) * dataset.dtype.itemsize >= SCAN_CHUNK:
+        regions: Iterator[tuple[slice, ...]] = dataset.iter_chunks()
     else:
-        rows = max(1, SCAN_CHUNK // max(1, dataset.nbytes // dataset.shape[0]))
-        slabs = (np.asarray(dataset[start : start + rows]) for start in range(0, dataset.shape[0], rows))
-    bad = 0
-    for values in slabs:
-        if is_float:
-            bad += int(values.size - np.count_nonzero(np.isfinite(values)))
-    return bad
+        regions = _regions(tuple(dataset.shape), dataset.dtype.itemsize)
+    for region in regions:
+        yield np.asarray(dataset[region])
 
 
-def unlisted_datasets(file: h5py.File, listed: dict[str, h5py.Dataset]) -> list[h5py.Dataset]:
-    """Datasets outside the layout a reader understood, so that a listing still shows every one."""
+def _regions(shape: tuple[int, ...], itemsize: int, prefix: tuple[slice, ...] = ()) -> Iterator[tuple[slice, ...]]:
+    """Index tuples covering `shape` in order, each at most SCAN_CHUNK bytes (or one element wide)."""
+    row = math.prod(shape[1:]) * itemsize
+    if row <= SCAN_CHUNK or len(shape) == 1:
+        step = max(1, SCAN_CHUNK // max(1, row))
+        for start in range(0, shape[0], step):
+            yield (*prefix, slice(start, min(start + step, shape[0])))
+        return
+    for index in range(shape[0]):  # a single row is too big: split it along the next dimension
+        yield from _regions(shape[1:], itemsize, (*prefix, slice(index, index + 1)))
+
+
+@dataclass(frozen=True)
+class OutsideLink:
+    """An HDF5 external link: a name in this file for an object in another file."""
+
+    path: str  # the link's own path in this file
+    target: str  # "file:/object" it points at
+
+
+def member(group: h5py.Group, path: str, hops: int = 0) -> Any:
+    """`group[path]` without ever leaving the file: the object, None where nothing is there, or an
+    OutsideLink where the path meets an external link (h5py's own lookups and `in` would follow it)."""
+    import h5py
+
+    current: Any = group.file if path.startswith("/") else group
+    walked = current.name.rstrip("/")
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if not isinstance(current, h5py.Group):
+            return None
+        name = part.encode("utf-8", "surrogateescape")
+        links = current.id.links
+        if not links.exists(name):
+            return None
+        kind = links.get_info(name).type
+        walked = f"{walked}/{part}"
+        if kind == h5py.h5l.TYPE_HARD:
+            current = current[name]
+        elif kind == h5py.h5l.TYPE_SOFT and hops < MAX_SOFT_LINK_HOPS:
+            current = member(current, links.get_val(name).decode("utf-8", "surrogateescape"), hops + 1)
+            if current is None or isinstance(current, OutsideLink):
+                return current
+        elif kind == h5py.h5l.TYPE_EXTERNAL:
+            file_name, object_name = links.get_val(name)
+            return OutsideLink(clean_text(walked.lstrip("/")), f"{decode_text(file_name)}:{decode_text(object_name)}")
+        else:  # a user-defined link class, or a soft link chain too long to be anything but a loop
+            return None
+    return current
+
+
+def unlisted_datasets(file: h5py.File, listed: dict[str, h5py.Dataset]) -> list[h5py.Dataset | OutsideLink]:
+    """Datasets and external links outside the layout a reader understood, so a listing shows every one.
+
+    Both walks follow hard links only: nothing outside the file is opened."""
     import h5py
 
     names: list[str] = []
+    outside: list[OutsideLink] = []
 
-    def visit(name: bytes, info) -> None:
+    def visit_object(name: bytes, info) -> None:
         if info.type == h5py.h5o.TYPE_DATASET:  # low-level walk: no object is built for the listed ones
             names.append(name.decode("utf-8", "surrogateescape"))
 
-    h5py.h5o.visit(file.id, visit, info=True)
-    return [file[name] for name in names if clean_text(name) not in listed]
+    def visit_link(name: bytes, info) -> None:
+        if info.type == h5py.h5l.TYPE_EXTERNAL:
+            link = member(file, name.decode("utf-8", "surrogateescape"))
+            if isinstance(link, OutsideLink) and link.path not in listed:
+                outside.append(link)
+
+    h5py.h5o.visit(file.id, visit_object, info=True)
+    file.id.links.visit(visit_link, info=True)
+    return [file[name.encode("utf-8", "surrogateescape")] for name in names if clean_text(name) not in listed] + outside
 
 
 def open_hdf5(source, path: str):
     """h5py.File for reading, with a truncated file or a damaged structure as a one-line CheckpointError."""
     h5py = import_h5py()
     if isinstance(source, str):
+        require_regular(source)  # libhdf5 would wait forever on a FIFO
         truncated = hdf5_truncation(source)
         if truncated:
             raise CheckpointError(f"{path}: HDF5 {truncated}")
@@ -230,20 +368,38 @@ class Hdf5Reader:
         self._datasets: dict[str, h5py.Dataset] = {}
         self._dtypes: dict[str, str] = {}
         self._infos: list[TensorInfo] = []
+        self.external: dict[str, str] = {}  # name -> where its values live outside this file; never read
 
-    def _add(self, dataset: h5py.Dataset, **fields: Any) -> None:
+    def _child(self, group: h5py.Group, path: str) -> Any:
+        """`group[path]` inside this file, or None; an external link met on the way is listed and noted."""
+        found = member(group, path)
+        if isinstance(found, OutsideLink):
+            self._add(found)
+            return None
+        return found
+
+    def _add(self, dataset: h5py.Dataset | OutsideLink | None, **fields: Any) -> None:
         import h5py
 
+        if isinstance(dataset, OutsideLink):
+            if dataset.path not in self._datasets and dataset.path not in self.external:
+                self.external[dataset.path] = f"an external link to {dataset.target}"
+                self._infos.append(TensorInfo(dataset.path, "external", (), 0, **fields))
+            return
         if isinstance(dataset, h5py.Dataset) and clean_text(dataset.name.lstrip("/")) not in self._datasets:
             info = dataset_info(dataset, **fields)
             self._datasets[info.name] = dataset
             self._dtypes[info.name] = info.dtype
             self._infos.append(info)
+            outside = outside_storage(dataset)
+            if outside:
+                self.external[info.name] = outside
 
     def _add_unlisted(self) -> None:
         """Datasets outside the layout (metrics/…, strays), so that a listing shows every one h5py sees."""
-        for dataset in unlisted_datasets(self.file, self._datasets):
-            self._add(dataset, path=dataset.name.lstrip("/").replace("/vars/", "/"))
+        for found in unlisted_datasets(self.file, self._datasets):
+            name = found.path if isinstance(found, OutsideLink) else found.name.lstrip("/")
+            self._add(found, path=name.replace("/vars/", "/"))
 
     def _list_safely(self, walk) -> None:
         """Run the layout walk; damaged metadata becomes one CheckpointError and the file is closed."""
@@ -261,14 +417,18 @@ class Hdf5Reader:
         return tuple(self._infos)
 
     def read(self, name: str) -> np.ndarray:
+        if name in self.external:
+            raise CheckpointError(f"{self.location}: {name} is {self.external[name]}; ckptdoctor never follows it")
         dataset = self._datasets[name]
         try:
             return read_dataset(dataset, self._dtypes[name])
+        except CheckpointError as error:
+            raise CheckpointError(f"{self.location}: {error}") from None
         except Exception as error:
             raise damaged_structure(self.location, error) from None
 
     def scan(self, progress: Progress | None = None) -> ScanResult:
-        return scan_datasets(self._datasets, self._dtypes, progress)
+        return scan_datasets(self._datasets, self._dtypes, self.external, progress)
 
     def close(self) -> None:
         self.file.close()

@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING
 
 from ckptdoctor.formats.keras_common import (
     Hdf5Reader,
+    OutsideLink,
     layer_configs,
+    member,
     parse_json,
     string_list_attr,
     strip_device_suffix,
@@ -19,7 +21,10 @@ if TYPE_CHECKING:
 
 
 def is_legacy_layout(file: h5py.File) -> bool:
-    root = file.get("model_weights", file)
+    root = member(file, "model_weights")
+    if isinstance(root, OutsideLink):
+        return True  # the reader lists the link and never follows it
+    root = file if root is None else root
     return any(name in root.attrs for name in ("layer_names", "layer_names0"))
 
 
@@ -47,25 +52,25 @@ class KerasH5Reader(Hdf5Reader):
         self._list_safely(self._walk)
 
     def _walk(self) -> None:
-        self.weights_root = self.file.get("model_weights", self.file)
+        self.weights_root = self._child(self.file, "model_weights")
+        if self.weights_root is None:
+            self.weights_root = self.file
         config = self.file.attrs.get("model_config")
         self.configs = layer_configs(parse_json(config, self.location)) if config is not None else {}
         for layer in string_list_attr(self.weights_root, "layer_names"):
-            if layer not in self.weights_root:
+            group = self._child(self.weights_root, layer)
+            if group is None:
                 continue
-            group = self.weights_root[layer]
             for weight in string_list_attr(group, "weight_names"):
-                if weight not in group:
-                    continue
+                path = f"{layer}/{_local_name(layer, weight)}"
+                self._add(self._child(group, weight), path=path, full_name=strip_device_suffix(weight))
+        group = self._child(self.file, "optimizer_weights")
+        if group is not None:
+            for weight in string_list_attr(group, "weight_names"):
+                full_name = strip_device_suffix(weight)
                 self._add(
-                    group[weight], path=f"{layer}/{_local_name(layer, weight)}", full_name=strip_device_suffix(weight)
+                    self._child(group, weight), path=f"optimizer/{full_name}", full_name=full_name, optimizer_state=True
                 )
-        if "optimizer_weights" in self.file:
-            group = self.file["optimizer_weights"]
-            for weight in string_list_attr(group, "weight_names"):
-                if weight in group:
-                    full_name = strip_device_suffix(weight)
-                    self._add(group[weight], path=f"optimizer/{full_name}", full_name=full_name, optimizer_state=True)
 
     def layers(self) -> tuple[LayerConfig, ...]:
         return tuple(self.configs.values())

@@ -10,7 +10,16 @@ import zipfile
 from typing import TYPE_CHECKING
 
 from ckptdoctor.formats.base import Progress, ScanResult
-from ckptdoctor.formats.keras_common import Hdf5Reader, decode_text, layer_configs, open_hdf5, parse_json
+from ckptdoctor.formats.bytesource import require_regular
+from ckptdoctor.formats.keras_common import (
+    Hdf5Reader,
+    decode_text,
+    layer_configs,
+    member,
+    open_hdf5,
+    parse_json,
+    read_dataset,
+)
 from ckptdoctor.model import CheckpointError, IntegrityProblem, LayerConfig
 
 if TYPE_CHECKING:
@@ -18,6 +27,10 @@ if TYPE_CHECKING:
 
 WEIGHTS_MEMBER = "model.weights.h5"
 CONFIG_MEMBER = "config.json"
+# A compressed member is inflated only up to these sizes: a 1 MB zip member can claim gigabytes. Keras
+# itself stores every member uncompressed, and its config.json is kilobytes.
+MAX_CONFIG_SIZE = 64 << 20
+MAX_INFLATED_MEMBER = 256 << 20
 
 # Variable names by position for layers whose order is fixed (the rest are shown by index).
 _KERNEL_BIAS = ("kernel", "bias")
@@ -77,6 +90,7 @@ class _StoredMember(io.RawIOBase):
 def _member_file(path: str, info: zipfile.ZipInfo, archive: zipfile.ZipFile):
     """A file object over one member: in place when stored uncompressed (as Keras writes), else unzipped."""
     if info.compress_type != zipfile.ZIP_STORED:
+        _refuse_inflating(path, info, MAX_INFLATED_MEMBER)
         return archive.open(info)
     with open(path, "rb") as file:
         file.seek(info.header_offset)
@@ -87,15 +101,58 @@ def _member_file(path: str, info: zipfile.ZipInfo, archive: zipfile.ZipFile):
     return _StoredMember(path, info.header_offset + 30 + name_length + extra_length, info.file_size)
 
 
+def _refuse_inflating(path: str, info: zipfile.ZipInfo, cap: int) -> None:
+    """zipfile stops a member at its declared size, so a declared size within the cap bounds the inflating."""
+    if info.file_size > cap:
+        raise CheckpointError(
+            f"{path}: {info.filename} inflates to {info.file_size} bytes, over the {cap >> 20} MiB that "
+            "ckptdoctor unpacks"
+        )
+
+
+def read_member(path: str, archive: zipfile.ZipFile, name: str, cap: int) -> bytes:
+    """A member's bytes, at most `cap`: read cap + 1 bytes, never trusting the size the archive declares."""
+    info = archive.getinfo(name)
+    _refuse_inflating(path, info, cap)
+    with archive.open(info) as member_file:
+        data = member_file.read(cap + 1)
+    if len(data) > cap:
+        raise CheckpointError(f"{path}: {name} is over the {cap >> 20} MiB that ckptdoctor unpacks")
+    return data
+
+
+def damaged_member(path: str, archive: zipfile.ZipFile) -> tuple[str, str] | None:
+    """(member, why) for the first member whose bytes fail their CRC-32, as Keras's own unzip would find;
+    checked a megabyte at a time, with compressed members capped and overlapping members refused."""
+    import os
+
+    infos = archive.infolist()
+    if sum(info.compress_size for info in infos) > os.path.getsize(path):
+        return path, "members claim more bytes than the archive holds (overlapping members)"
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_INFLATED_MEMBER:
+            return info.filename, f"inflates to {info.file_size} bytes, over the {MAX_INFLATED_MEMBER >> 20} MiB cap"
+        try:
+            with archive.open(info) as member_file:
+                while member_file.read(1 << 20):
+                    pass
+        except zipfile.BadZipFile:
+            return info.filename, "bytes do not match the CRC-32 the archive records"
+    return None
+
+
 def is_v3_layout(file: h5py.File) -> bool:
-    return "layers" in file or "vars" in file
+    return member(file, "layers") is not None or member(file, "vars") is not None
 
 
 def _looks_like_gamma(dataset: h5py.Dataset) -> bool:
     """gamma starts at 1 and beta at 0, and training rarely moves either far: the nearer start wins."""
     import numpy as np
 
-    values = np.asarray(dataset[()], dtype=np.float64)
+    try:
+        values = np.asarray(read_dataset(dataset), dtype=np.float64)
+    except CheckpointError:  # not stored in this file, or not at all: the scan reports it
+        return False
     return values.size > 0 and float(np.median(np.abs(values - 1))) < float(np.median(np.abs(values)))
 
 
@@ -113,7 +170,10 @@ def _batchnorm_names(vars_group: h5py.Group, config: LayerConfig | None) -> list
     elif count == 2:
         expected = ["gamma", "beta"]
     elif count in (1, 3):
-        first = "gamma" if "0" in vars_group and _looks_like_gamma(vars_group["0"]) else "beta"
+        import h5py
+
+        first_var = member(vars_group, "0")
+        first = "gamma" if isinstance(first_var, h5py.Dataset) and _looks_like_gamma(first_var) else "beta"
         expected = [first, "moving_mean", "moving_variance"]
     else:
         expected = []
@@ -141,35 +201,44 @@ class KerasV3Reader(Hdf5Reader):
 
     def _open_archive(self, path: str) -> h5py.File:
         try:
+            require_regular(path)
             self._zip = zipfile.ZipFile(path)
             names = set(self._zip.namelist())
             if WEIGHTS_MEMBER not in names:
                 raise CheckpointError(f"{path}: .keras archive has no {WEIGHTS_MEMBER}")
             if CONFIG_MEMBER in names:
-                self.configs = layer_configs(parse_json(self._zip.read(CONFIG_MEMBER), path))
+                config = read_member(path, self._zip, CONFIG_MEMBER, MAX_CONFIG_SIZE)
+                self.configs = layer_configs(parse_json(config, path))
             return open_hdf5(_member_file(path, self._zip.getinfo(WEIGHTS_MEMBER), self._zip), path)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, CheckpointError) as error:
             if self._zip is not None:
                 self._zip.close()
             if isinstance(error, zipfile.BadZipFile) and self._zip is None:
                 raise CheckpointError(
                     f"{path}: damaged .keras archive: its zip directory is missing (truncated download?)"
                 ) from None
+            if isinstance(error, CheckpointError):
+                raise
             raise CheckpointError(f"{path}: damaged .keras archive ({error})") from None
 
     def _walk(self) -> None:
-        if "layers" in self.file:
-            self._walk_layers(self.file["layers"], prefix="")
-        if "vars" in self.file:
-            self._add_vars(self.file["vars"], path_prefix=decode_text(self.file["vars"].attrs.get("name", "model")))
-        if "optimizer" in self.file and "vars" in self.file["optimizer"]:
+        layers = self._child(self.file, "layers")
+        if layers is not None:
+            self._walk_layers(layers, prefix="")
+        model_vars = self._child(self.file, "vars")
+        if model_vars is not None:
+            self._add_vars(model_vars, path_prefix=decode_text(model_vars.attrs.get("name", "model")))
+        optimizer_vars = self._child(self.file, "optimizer/vars")
+        if optimizer_vars is not None:
             names = ["iterations", "learning_rate"]  # then one slot per trainable weight and slot kind
-            self._add_vars(self.file["optimizer/vars"], path_prefix="optimizer", names=names, optimizer_state=True)
+            self._add_vars(optimizer_vars, path_prefix="optimizer", names=names, optimizer_state=True)
 
     def _walk_layers(self, layers: h5py.Group, prefix: str) -> None:
         for container in layers:
-            group = layers[container]
-            vars_group = group.get("vars")
+            group = self._child(layers, container)
+            if group is None:
+                continue
+            vars_group = self._child(group, "vars")
             name = decode_text(vars_group.attrs.get("name", container)) if vars_group is not None else container
             path = f"{prefix}{name}"
             config = self.configs.get(path) or LayerConfig(path, class_from_container(container))
@@ -183,13 +252,14 @@ class KerasV3Reader(Hdf5Reader):
                     names = list(_KNOWN_ORDER.get(config.class_name, ()))[:count]
                     names += [str(i) for i in range(len(names), count)]
                 self._add_vars(vars_group, path_prefix=path, names=names)
-            if "layers" in group:
-                self._walk_layers(group["layers"], prefix=f"{path}/")
+            nested = self._child(group, "layers")
+            if nested is not None:
+                self._walk_layers(nested, prefix=f"{path}/")
 
     def _add_vars(self, group: h5py.Group, path_prefix: str, names=None, optimizer_state: bool = False) -> None:
         for index in sorted(int(k) for k in group if k.isdigit()):  # h5py lists "10" before "2"
             leaf = names[index] if names and index < len(names) else str(index)
-            self._add(group[str(index)], path=f"{path_prefix}/{leaf}", optimizer_state=optimizer_state)
+            self._add(self._child(group, str(index)), path=f"{path_prefix}/{leaf}", optimizer_state=optimizer_state)
 
     def layers(self) -> tuple[LayerConfig, ...]:
         return tuple(self._layers.values())
@@ -199,14 +269,12 @@ class KerasV3Reader(Hdf5Reader):
         if self._zip is None:
             return result
         try:
-            bad_member = self._zip.testzip()  # every member's CRC-32, as Keras's own unzip would check
-        except (zipfile.BadZipFile, OSError, EOFError) as error:
-            bad_member, detail = self.location, str(error)
-        else:
-            detail = "bytes do not match the CRC-32 the archive records"
-        if bad_member is None:
+            damage = damaged_member(self.location, self._zip)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+            damage = self.location, str(error)
+        if damage is None:
             return result
-        problem = IntegrityProblem("archive-corrupt", bad_member, detail)
+        problem = IntegrityProblem("archive-corrupt", *damage)
         return dataclasses.replace(result, problems=(*result.problems, problem))
 
     def close(self) -> None:

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ckptdoctor.formats import protos
+from ckptdoctor.formats.bytesource import MissingFile, open_regular
 from ckptdoctor.model import CheckpointError
 
 STATE_FILE = "checkpoint"
+MAX_STATE_FILE_SIZE = 16 << 20  # TF's state file lists a few paths; more than this is not one
 _MEMBER_SUFFIX = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
 
 
@@ -24,13 +26,23 @@ class Resolved:
 
 def read_state_file(directory: Path) -> protos.CheckpointState | None:
     path = directory / STATE_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
+    try:
+        fd = open_regular(path)  # a FIFO named `checkpoint` is refused here, not waited on
+    except MissingFile:
+        return None  # a dangling symlink: as if there were no state file
+    try:
+        text = os.pread(fd, MAX_STATE_FILE_SIZE + 1, 0)
+    finally:
+        os.close(fd)
+    if len(text) > MAX_STATE_FILE_SIZE:
+        raise CheckpointError(f"{path}: over {MAX_STATE_FILE_SIZE} bytes, not a checkpoint state file")
     from google.protobuf import text_format  # only directories need it: keep it off the listing path
 
     state = protos.CheckpointState()
     try:
-        text_format.Parse(path.read_text(encoding="utf-8"), state)
+        text_format.Parse(text.decode("utf-8"), state)
     except (text_format.ParseError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{path}: not a valid checkpoint state file ({error})") from None
     return state
@@ -45,7 +57,13 @@ def _state_path(directory: Path, stored: str) -> str:
 
 
 def _exists(prefix: str) -> bool:
-    return os.path.isfile(prefix + ".index") or _is_v1_file(prefix)
+    return _has_index(prefix) or _is_v1_file(prefix)
+
+
+def _has_index(prefix: str) -> bool:
+    """Whether anything is at `<prefix>.index`; that it is a regular file is checked when it is opened, so
+    a FIFO or directory there gets its own message instead of "missing"."""
+    return os.path.exists(prefix + ".index")
 
 
 def _is_v1_file(path: str) -> bool:
@@ -81,7 +99,7 @@ def _in_directory(directory: Path) -> Resolved:
 
 
 def _resolve_prefix(prefix: str, note: str | None = None) -> Resolved:
-    if os.path.isfile(prefix + ".index"):
+    if _has_index(prefix):
         parent = Path(prefix).parent
         if Path(prefix).name == "variables" and parent.name == "variables":
             return Resolved("bundle", prefix, "tf-savedmodel", note)
@@ -96,18 +114,18 @@ def resolve(path: str | os.PathLike[str]) -> Resolved:
     text = os.fspath(path)
     if os.path.isdir(text):
         return _in_directory(Path(text))
-    if os.path.isfile(text + ".index"):
+    if _has_index(text):
         return _resolve_prefix(text)
     member = _MEMBER_SUFFIX.search(text)
     if member:
         prefix = text[: member.start()]
-        if os.path.isfile(prefix + ".index") or _is_v1_file(prefix):
+        if _has_index(prefix) or _is_v1_file(prefix):
             return _resolve_prefix(prefix, f"reading checkpoint {Path(prefix).name} (given {Path(text).name})")
         if not os.path.exists(text):
             raise CheckpointError(f"{text}: file not found")
         raise CheckpointError(f"{text}: its checkpoint index {Path(prefix).name}.index is missing")
-    if os.path.isfile(text):
-        return _sniff_file(text)
+    if os.path.exists(text):
+        return _sniff_file(text)  # refuses what is not a regular file, with one line saying what it is
     raise CheckpointError(f"{text}: no such file or checkpoint prefix")
 
 
@@ -116,13 +134,32 @@ ZIP_SIGNATURE = b"PK\x03\x04"
 LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
 
-def _sniff_file(path: str) -> Resolved:
-    """Decide a single file's format from its bytes, never from its name."""
+def not_a_checkpoint(head: bytes) -> str | None:
+    """What a file's first bytes say it is when that is a stand-in for a checkpoint, never a checkpoint."""
+    if head.startswith(LFS_POINTER):
+        return "is a Git LFS pointer, not the checkpoint itself (run `git lfs pull` to fetch the file)"
+    if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        return "is an HTML page, not a checkpoint (a failed or redirected download?)"
+    return None
+
+
+def read_head(path: str, length: int = 2048) -> bytes:
+    """The first bytes of a regular file (a FIFO or device is refused, never waited on)."""
     try:
-        with open(path, "rb") as file:
-            head = file.read(2048)
+        fd = open_regular(path)
+    except MissingFile:
+        raise CheckpointError(f"{path}: no such file or checkpoint prefix") from None
+    try:
+        return os.pread(fd, length, 0)
     except OSError as error:
         raise CheckpointError(f"{path}: cannot be read ({error.strerror})") from None
+    finally:
+        os.close(fd)
+
+
+def _sniff_file(path: str) -> Resolved:
+    """Decide a single file's format from its bytes, never from its name."""
+    head = read_head(path)
     if not head:
         raise CheckpointError(f"{path}: file is empty")
     # HDF5 allows a user block before the superblock, at 512, 1024, 2048 … bytes.
@@ -130,13 +167,9 @@ def _sniff_file(path: str) -> Resolved:
         return Resolved("hdf5", path)
     if head.startswith(ZIP_SIGNATURE):
         return Resolved("zip", path)
-    if head.startswith(LFS_POINTER):
-        raise CheckpointError(
-            f"{path}: is a Git LFS pointer, not the checkpoint itself (run `git lfs pull` to fetch the file)"
-        )
-    lowered = head.lstrip().lower()
-    if lowered.startswith((b"<!doctype html", b"<html")):
-        raise CheckpointError(f"{path}: is an HTML page, not a checkpoint (a failed or redirected download?)")
+    stand_in = not_a_checkpoint(head)
+    if stand_in:
+        raise CheckpointError(f"{path}: {stand_in}")
     if _is_v1_file(path):
         return Resolved("v1", path)
     raise CheckpointError(f"{path}: not a recognised checkpoint format")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -12,9 +14,10 @@ from typing import TYPE_CHECKING
 from ckptdoctor import dtypes
 from ckptdoctor.formats import object_graph, protos
 from ckptdoctor.formats.base import SCAN_CHUNK, Progress, ScanResult
-from ckptdoctor.formats.bytesource import ByteSource, copy_range, open_source
+from ckptdoctor.formats.bytesource import ByteSource, MissingFile, copy_range, open_source
 from ckptdoctor.formats.crc import crc32c, mask, unmask
 from ckptdoctor.formats.ordered_code import slice_key
+from ckptdoctor.formats.resolve import not_a_checkpoint
 from ckptdoctor.formats.sstable import TableError, TableReader, decode_varint, encode_varint
 from ckptdoctor.model import CheckpointError, IntegrityProblem, LayerConfig, TensorInfo
 from ckptdoctor.names import decode_name, encode_name
@@ -27,6 +30,9 @@ OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 MAX_SHARDS = 1 << 16
 MAX_RANK = 64
 MAX_INDEX_SIZE = 4 << 30
+# Data shards held open at once; more are reopened on demand, so a checkpoint of thousands of shards
+# stays within the process's file descriptor limit.
+MAX_OPEN_SHARDS = 64
 
 
 def data_file_name(prefix: str, shard_id: int, num_shards: int) -> str:
@@ -96,6 +102,9 @@ class BundleReader:
             if index.size() > MAX_INDEX_SIZE:
                 cap = f"over the index size cap ({MAX_INDEX_SIZE})"
                 raise CheckpointError(f"{prefix}.index: {index.size()} bytes is {cap}")
+            stand_in = not_a_checkpoint(index.read(0, 512))
+            if stand_in:
+                raise CheckpointError(f"{index.name}: {stand_in}")
             records, damage = TableReader(index).read_all()
         except TableError as error:
             raise CheckpointError(str(error)) from None
@@ -119,7 +128,9 @@ class BundleReader:
                 name = decode_name(key)
                 self.open_problems.append(IntegrityProblem("index-corrupt", name, f"entry cannot be decoded ({error})"))
         self.format = format or ("tf2-object-based" if OBJECT_GRAPH_KEY.encode() in self.entries else "tf1-name-based")
-        self._shards: dict[int, ByteSource | None] = {}
+        self._open_shards: OrderedDict[int, ByteSource] = OrderedDict()  # least recently used first
+        self._missing_shards: set[int] = set()
+        self._sniffed_shards: set[int] = set()
         self.object_graph = self._read_object_graph()
 
     def _read_object_graph(self) -> object_graph.ObjectGraph | None:
@@ -130,6 +141,10 @@ class BundleReader:
         try:
             (serialized,) = decode_strings(self.read_bytes(entry), 1)
             return object_graph.parse(serialized)
+        except object_graph.ObjectGraphTooDeep as error:
+            detail = f"{error}; paths are taken from the checkpoint keys"
+            self.open_problems.append(IntegrityProblem("index-corrupt", OBJECT_GRAPH_KEY, detail))
+            return None
         except Exception:  # any damage to these bytes is reported by the scan (crc, bounds)
             return None
 
@@ -189,13 +204,45 @@ class BundleReader:
         return data_file_name(self.location, shard_id, self.num_shards)
 
     def shard(self, shard_id: int) -> ByteSource | None:
-        """The open data file, or None where it is missing."""
-        if shard_id not in self._shards:
-            try:
-                self._shards[shard_id] = open_source(self.data_path(shard_id))
-            except CheckpointError:
-                self._shards[shard_id] = None
-        return self._shards[shard_id]
+        """The open data file, or None where it is missing (one that exists but cannot be opened raises).
+
+        At most MAX_OPEN_SHARDS stay open: use the source at once, and ask again after opening others."""
+        source = self._open_shards.get(shard_id)
+        if source is not None:
+            self._open_shards.move_to_end(shard_id)
+            return source
+        if shard_id in self._missing_shards:
+            return None
+        try:
+            source = open_source(self.data_path(shard_id))
+        except MissingFile:
+            self._missing_shards.add(shard_id)
+            return None
+        if shard_id not in self._sniffed_shards:
+            self._refuse_stand_in(shard_id, source)
+        self._open_shards[shard_id] = source
+        if len(self._open_shards) > MAX_OPEN_SHARDS:
+            self._open_shards.popitem(last=False)[1].close()
+        return source
+
+    def _refuse_stand_in(self, shard_id: int, source: ByteSource) -> None:
+        """A Git LFS pointer or HTML page saved in place of a shard: one line instead of a finding per tensor.
+
+        Only a file shorter than the bytes the index places in it counts: a real shard may begin with any
+        bytes, even these."""
+        self._sniffed_shards.add(shard_id)
+        stand_in = not_a_checkpoint(source.read(0, 512))
+        if stand_in and source.size() < self._shard_extents.get(shard_id, 0):
+            source.close()
+            raise CheckpointError(f"{source.name}: {stand_in}")
+
+    @cached_property
+    def _shard_extents(self) -> dict[int, int]:
+        """How many bytes the index places in each shard: where its last tensor ends."""
+        extents: dict[int, int] = {}
+        for entry in self.entries.values():
+            extents[entry.shard_id] = max(extents.get(entry.shard_id, 0), entry.offset + entry.size)
+        return extents
 
     def _located(self, entry: BundleEntry) -> ByteSource:
         if not 0 <= entry.shard_id < self.num_shards:
@@ -211,9 +258,10 @@ class BundleReader:
 
     def iter_bytes(self, entry: BundleEntry, chunk: int = SCAN_CHUNK) -> Iterator[bytes]:
         """The tensor's stored bytes, streamed in chunks of at most `chunk` bytes."""
-        source = self._located(entry)
+        self._located(entry)
         for start in range(entry.offset, entry.offset + entry.size, chunk):
-            yield source.read(start, min(chunk, entry.offset + entry.size - start))
+            # Asked for again each chunk: between chunks the caller may open other shards, closing this one.
+            yield self._located(entry).read(start, min(chunk, entry.offset + entry.size - start))
 
     def copy_bytes(self, entry: BundleEntry, out_fd: int) -> None:
         """Append the tensor's stored bytes to `out_fd` without decoding them."""
@@ -237,21 +285,54 @@ class BundleReader:
         return decode_numeric(raw, entry.dtype, entry.shape)
 
     def _read_partitioned(self, entry: BundleEntry) -> np.ndarray:
-        """Assemble a partitioned variable from its slices, each stored under an OrderedCode key."""
+        """Assemble a partitioned variable from its slices, each stored under an OrderedCode key.
+
+        The full shape is only a claim: memory is allocated for it only once the slices are known to store,
+        in distinct bytes of the shards, exactly as many elements as it declares."""
         import numpy as np
 
         if entry.dtype.numpy is None:
             raise CheckpointError(f"{self.location}: cannot assemble partitioned {entry.dtype.name} {entry.name}")
+        parts = self._slices_of(entry)
         full = np.zeros(entry.shape, dtype=np.float32 if entry.dtype.name == "bfloat16" else entry.dtype.numpy)
+        for region, part in parts:
+            full[region] = decode_numeric(self.read_bytes(part), part.dtype, part.shape)
+        return full
+
+    def _slices_of(self, entry: BundleEntry) -> list[tuple[tuple[slice, ...], BundleEntry]]:
+        """Each slice's region of the full tensor and its index entry, checked against what the shards hold."""
+        where = f"{self.location}: partitioned {entry.name}"
+        parts, stored = [], 0
         for tensor_slice in protos.BundleEntryProto.FromString(entry.proto).slices:
             extents = [(e.start, e.length if e.HasField("length") else -1) for e in tensor_slice.extent]
             try:
                 part = self.entries[slice_key(entry.key, extents)]
             except KeyError:
-                raise CheckpointError(f"{self.location}: a slice of {entry.name} is missing from the index") from None
-            region = tuple(slice(start, None if length < 0 else start + length) for start, length in extents)
-            full[region] = decode_numeric(self.read_bytes(part), part.dtype, part.shape)
-        return full
+                raise CheckpointError(f"{where}: a slice is missing from the index") from None
+            if len(extents) != len(entry.shape):
+                raise CheckpointError(f"{where}: a slice's rank does not fit the variable")
+            starts = [start for start, _ in extents]
+            lengths = [
+                dim - start if length < 0 else length for (start, length), dim in zip(extents, entry.shape, strict=True)
+            ]
+            if any(
+                start < 0 or length < 0 or start + length > dim
+                for start, length, dim in zip(starts, lengths, entry.shape, strict=True)
+            ):
+                raise CheckpointError(f"{where}: a slice lies outside the variable's shape")
+            if part.shape != tuple(lengths) or part.dtype != entry.dtype or part.size != part.expected_size:
+                raise CheckpointError(f"{where}: a slice's stored shape, dtype or size does not fit the variable")
+            self._located(part)  # its bytes are really in the shard
+            stored += part.size
+            region = tuple(slice(start, start + length) for start, length in zip(starts, lengths, strict=True))
+            parts.append((region, part))
+        spans = sorted((part.shard_id, part.offset, part.offset + part.size) for _, part in parts)
+        if any(a[0] == b[0] and b[1] < a[2] for a, b in itertools.pairwise(spans)):
+            raise CheckpointError(f"{where}: two slices share the same stored bytes")
+        declared = math.prod(entry.shape) * (entry.dtype.itemsize or 0)
+        if stored != declared:
+            raise CheckpointError(f"{where}: declares {declared} bytes but its slices store {stored}")
+        return parts
 
     # ---- scanning -------------------------------------------------------------------------------
 
@@ -318,10 +399,9 @@ class BundleReader:
         return None
 
     def close(self) -> None:
-        for source in self._shards.values():
-            if source is not None:
-                source.close()
-        self._shards.clear()
+        for source in self._open_shards.values():
+            source.close()
+        self._open_shards.clear()
 
     def __enter__(self) -> BundleReader:
         return self

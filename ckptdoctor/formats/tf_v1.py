@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ckptdoctor import dtypes
 from ckptdoctor.formats import protos
-from ckptdoctor.formats.base import Progress, ScanResult
+from ckptdoctor.formats.base import MAX_EXPANDED_BYTES, Progress, ScanResult
 from ckptdoctor.formats.bytesource import open_source
 from ckptdoctor.formats.sstable import TableError, TableReader
 from ckptdoctor.model import CheckpointError, LayerConfig, TensorInfo
@@ -70,7 +70,8 @@ class V1Reader:
     def layers(self) -> tuple[LayerConfig, ...]:
         return ()  # TF bundles carry no model configuration
 
-    def read(self, name: str) -> np.ndarray:
+    def _stored(self, name: str) -> np.ndarray:
+        """The values as stored: the whole tensor, or the single value of a splat (one value for all)."""
         import numpy as np
 
         info = self._infos[name]
@@ -80,16 +81,28 @@ class V1Reader:
         tensor = slices[0].data
         dtype = dtypes.BY_NAME[info.dtype]
         if tensor.tensor_content:
-            return np.frombuffer(tensor.tensor_content, dtype=dtype.numpy).reshape(info.shape)
+            return np.frombuffer(tensor.tensor_content, dtype=dtype.numpy)
         values = list(getattr(tensor, _VALUE_FIELDS[info.dtype]))
         if info.dtype == "float16":
-            return np.array(values, dtype=np.uint16).view(np.float16).reshape(info.shape)
+            return np.array(values, dtype=np.uint16).view(np.float16)
         if info.dtype == "string":
-            return np.array(values, dtype=object).reshape(info.shape)
-        array = np.array(values, dtype=dtype.numpy)
-        if array.size == 1 and math.prod(info.shape) > 1:  # a splat: one value stands for all
-            array = np.full(info.shape, array[0], dtype=dtype.numpy)
-        return array.reshape(info.shape)
+            return np.array(values, dtype=object)
+        return np.array(values, dtype=dtype.numpy)
+
+    def read(self, name: str) -> np.ndarray:
+        import numpy as np
+
+        info = self._infos[name]
+        stored = self._stored(name)
+        count = math.prod(info.shape)
+        if stored.size == 1 and count > 1:  # a splat: one value stands for all
+            if count * stored.itemsize > MAX_EXPANDED_BYTES:
+                raise CheckpointError(
+                    f"{self.location}: {name} is one value repeated {count} times, over the "
+                    f"{MAX_EXPANDED_BYTES >> 20} MiB that ckptdoctor expands in memory"
+                )
+            stored = np.full(count, stored[0], dtype=stored.dtype)
+        return stored.reshape(info.shape)
 
     def scan(self, progress: Progress | None = None) -> ScanResult:
         import numpy as np
@@ -97,8 +110,11 @@ class V1Reader:
         nonfinite = {}
         for info in self._infos.values():
             if dtypes.BY_NAME[info.dtype].is_float:
-                values = self.read(info.name)
-                bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+                stored = self._stored(info.name)  # a splat is counted from its one value, never expanded
+                bad = int(stored.size - np.count_nonzero(np.isfinite(stored)))
+                count = math.prod(info.shape)
+                if stored.size == 1 and count > 1:
+                    bad *= count
                 if bad:
                     nonfinite[info.name] = bad
         return ScanResult(nonfinite=nonfinite)

@@ -51,7 +51,9 @@ RULES = (
         "size-mismatch",
         "Stored size does not match dtype and shape",
         "A tensor's byte size in the index is not its element count times the element size. TensorFlow "
-        "refuses to read it (`DataLoss`). The index was written by a broken tool or damaged.",
+        "refuses to read it (`DataLoss`). The index was written by a broken tool or damaged. In an HDF5 file, "
+        "a dataset declares more bytes than the file stores (chunks never written): h5py would hand out fill "
+        "values, so ckptdoctor reports it instead of reading gigabytes of nothing.",
         _REWRITE,
     ),
     _integrity_rule(
@@ -94,5 +96,15 @@ RULES = (
         "A `.keras` file is a zip archive; a member's bytes no longer match the CRC-32 the archive records, "
         "so `keras.saving.load_model` fails with `BadZipFile: Bad CRC-32`.",
         _REWRITE,
+    ),
+    _integrity_rule(
+        "INT010",
+        "external-data",
+        "Values stored outside the checkpoint file",
+        "An HDF5 dataset uses external raw storage, is a virtual dataset, or is an external link: its values "
+        "live in another file, which h5py and Keras would silently read (any file the path names, a secret "
+        "included). A checkpoint is one file, so ckptdoctor lists such a dataset but never follows it, and "
+        "`patch` refuses the file.",
+        "save the weights again from the model so that every value is stored in the file itself",
     ),
 )
