@@ -135,6 +135,25 @@ def check(
             "--config", help="Policy file (TOML); default: [tool.ckptdoctor] in ./pyproject.toml.", show_default=False
         ),
     ] = None,
+    decay: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            "--decay",
+            min=0.0,
+            max=1.0,
+            help="BatchNorm decay (momentum) for every layer, over what the files say.",
+            show_default=False,
+        ),
+    ] = None,
+    steps: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            "--steps",
+            min=0,
+            help="Training steps since the statistics started, over what the files say.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Diagnose checkpoints; exit 0 healthy, 1 findings at or above --fail-on, 2 unreadable."""
     import dataclasses
@@ -157,7 +176,14 @@ def check(
                     if bar:
                         bar(done, total)
 
-                report = run_check(path, reference=reference, progress=progress)
+                report = run_check(
+                    path,
+                    reference=reference,
+                    progress=progress,
+                    decay=decay,
+                    steps=steps,
+                    stale_threshold=policy.stale_threshold,
+                )
         except CheckpointError as error:
             _error(str(error))
             unreadable = True

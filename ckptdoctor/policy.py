@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ckptdoctor.analysis.staleness import DEFAULT_STALE_THRESHOLD
 from ckptdoctor.model import CheckpointError, Finding, Severity
 
 EXIT_OK = 0  # nothing at or above the --fail-on severity
@@ -38,6 +39,7 @@ class Policy:
     severity: dict[str, Severity] = field(default_factory=dict)
     overrides: tuple[Override, ...] = ()
     source: str | None = None
+    stale_threshold: float = DEFAULT_STALE_THRESHOLD  # bn-stats-stale: share of the starting statistics left
 
     def apply(self, path: str, findings: Iterable[Finding]) -> tuple[Finding, ...]:
         """The findings that remain for `path`, with severities changed as configured."""
@@ -88,6 +90,12 @@ def _severities(table: Any, where: str, known: set[str]) -> dict[str, Severity]:
     return {str(rule): _severity(level, where) for rule, level in table.items()}
 
 
+def _share(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise CheckpointError(f"{where}: stale-threshold must be a number above 0 and at most 1, not {value!r}")
+    return float(value)
+
+
 def load_policy(config: str | None = None, cwd: Path | None = None) -> Policy:
     """The policy from --config, else from ./pyproject.toml's [tool.ckptdoctor], else the defaults."""
     from ckptdoctor.rules import BY_NAME
@@ -122,4 +130,5 @@ def load_policy(config: str | None = None, cwd: Path | None = None) -> Policy:
         severity=_severities(table.get("severity"), where, known),
         overrides=overrides,
         source=where,
+        stale_threshold=_share(table.get("stale-threshold", DEFAULT_STALE_THRESHOLD), where),
     )
