@@ -30,9 +30,11 @@ def _report(
 
 
 def inspect(path: str | os.PathLike[str]) -> Report:
-    """List every variable with its role, and the BatchNorm layers; reads no tensor values but step counters."""
+    """List every variable with its role, and the BatchNorm layers; reads no tensor values.
+
+    The decays found are reported, and the steps where the prefix gives them (a step counter is a value)."""
     with opened(path) as checkpoint:
-        return _report(path, checkpoint, updates=find_updates(checkpoint))
+        return _report(path, checkpoint, updates=find_updates(checkpoint, read_counters=False))
 
 
 def check(

@@ -188,3 +188,9 @@ def test_keras_momentum_and_iterations(tf, tmp_path):
             "97% of these statistics are still the values training started from: 3 steps at decay 0.99"
         )
         assert findings["bn_frozen"].severity is Severity.INFO and "frozen" in findings["bn_frozen"].message
+
+
+def test_inspect_tells_the_decay_and_the_prefix_step_without_reading_values():
+    updates = ckptdoctor.inspect(prefix(3)).updates
+    assert (updates.steps, updates.steps_source) == (3, "the prefix")
+    assert {layer.layer: round(layer.decay, 6) for layer in updates.layers} == dict.fromkeys(LAYERS, 0.9)

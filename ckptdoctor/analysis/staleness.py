@@ -39,13 +39,18 @@ def find_updates(
     reference: Checkpoint | None = None,
     decay: float | None = None,
     steps: int | None = None,
+    read_counters: bool = True,
 ) -> StatisticsUpdates | None:
-    """The decay and steps the files record (or the overrides give); None when neither is known."""
+    """The decay and steps the files record (or the overrides give); None when neither is known.
+
+    Without `read_counters` no tensor value is read (a listing imports no numpy): steps come from the prefix."""
     layers, note = _layer_decays(target, decay)
     if steps is not None:
         found: tuple[int, str] | None = (steps, "--steps")
-    else:
+    elif read_counters:
         found = _steps_since(target, reference)
+    else:
+        found = _step_in_prefix(target)
     if not layers and found is None and note is None:
         return None
     return StatisticsUpdates(
@@ -71,6 +76,10 @@ def steps_of(checkpoint: Checkpoint) -> tuple[int, str] | None:
         value = _integer(checkpoint, variable.name, variable.dtype)
         if value is not None:
             return value, variable.path
+    return _step_in_prefix(checkpoint)
+
+
+def _step_in_prefix(checkpoint: Checkpoint) -> tuple[int, str] | None:
     if checkpoint.reader.format in _STEP_IN_PREFIX_FORMATS:
         match = _STEP_IN_PREFIX.search(os.path.basename(checkpoint.resolved.location))
         if match:
