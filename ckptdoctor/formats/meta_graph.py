@@ -23,7 +23,7 @@ import struct
 from dataclasses import dataclass, field
 
 MAX_META_BYTES = 64 << 20  # a large training graph (InceptionV3 with its optimizer) is a few MB
-MAX_NODES = 1_000_000
+MAX_NODES = 500_000  # bounds the Python work of mapping updates (about 3 s and 300 MiB at the limit)
 MAX_CHAIN = 16  # Identity/Cast/Sub/Mul hops followed from an update to its variable or its constant
 MAX_SCALAR_BYTES = 8  # a constant folded here is one element of at most float64/int64
 
