@@ -167,6 +167,25 @@ def check(
             "--config", help="Policy file (TOML); default: [tool.ckptdoctor] in ./pyproject.toml.", show_default=False
         ),
     ] = None,
+    decay: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            "--decay",
+            min=0.0,
+            max=1.0,
+            help="BatchNorm decay (momentum) for every layer, over what the files say.",
+            show_default=False,
+        ),
+    ] = None,
+    steps: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            "--steps",
+            min=0,
+            help="Training steps since the statistics started, over what the files say.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Diagnose checkpoints; exit 0 healthy, 1 findings at or above --fail-on, 2 unreadable."""
     from ckptdoctor.gate import gate
@@ -189,6 +208,8 @@ def check(
             reference=reference,
             policy=policy,
             fail_on=Severity(fail_on.value) if fail_on else None,
+            decay=decay,
+            steps=steps,
             progress=progress,
         )
     for unreadable in verdict.unreadable:

@@ -6,12 +6,16 @@ import os
 from collections.abc import Callable
 
 from ckptdoctor.analysis.checkpoint import Checkpoint, opened
+from ckptdoctor.analysis.staleness import DEFAULT_STALE_THRESHOLD, find_updates
 from ckptdoctor.formats import Resolved
-from ckptdoctor.model import Finding, Report
+from ckptdoctor.model import Finding, Report, StatisticsUpdates
 
 
 def _report(
-    path: str | os.PathLike[str] | Resolved, checkpoint: Checkpoint, findings: tuple[Finding, ...] = ()
+    path: str | os.PathLike[str] | Resolved,
+    checkpoint: Checkpoint,
+    findings: tuple[Finding, ...] = (),
+    updates: StatisticsUpdates | None = None,
 ) -> Report:
     return Report(
         path=path.location if isinstance(path, Resolved) else os.fspath(path),
@@ -22,28 +26,40 @@ def _report(
         variables=checkpoint.variables,
         batchnorm=checkpoint.batchnorm,
         findings=findings,
+        updates=updates,
     )
 
 
 def inspect(path: str | os.PathLike[str]) -> Report:
-    """List every variable with its role, and the BatchNorm layers; reads no tensor values."""
+    """List every variable with its role, and the BatchNorm layers; reads no tensor values.
+
+    The decays found are reported, and the steps where the prefix gives them (a step counter is a value)."""
     with opened(path) as checkpoint:
-        return _report(path, checkpoint)
+        return _report(path, checkpoint, updates=find_updates(checkpoint, read_counters=False))
 
 
 def check(
     path: str | os.PathLike[str] | Resolved,
     reference: str | os.PathLike[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    decay: float | None = None,
+    steps: int | None = None,
+    stale_threshold: float = DEFAULT_STALE_THRESHOLD,
 ) -> Report:
     """Diagnose a checkpoint: every rule over one full scan of its bytes, optionally against a reference.
 
-    `progress(done, total)` is called with byte counts as the scan advances."""
+    `progress(done, total)` is called with byte counts as the scan advances. `decay` and `steps` override
+    what the files record for bn-stats-stale; it fires where a share of at least `stale_threshold` of the
+    starting statistics is left."""
     from ckptdoctor.rules import CheckContext, run_rules  # inspect never needs the rule catalogue
 
-    with opened(path) as checkpoint:
+    def diagnosed(checkpoint: Checkpoint, reference_checkpoint: Checkpoint | None) -> Report:
         scan = checkpoint.reader.scan(progress)
+        ctx = CheckContext(checkpoint, scan, reference_checkpoint, decay, steps, stale_threshold)
+        return _report(path, checkpoint, run_rules(ctx), ctx.updates)
+
+    with opened(path) as checkpoint:
         if reference is None:
-            return _report(path, checkpoint, run_rules(CheckContext(checkpoint, scan)))
+            return diagnosed(checkpoint, None)
         with opened(reference) as reference_checkpoint:
-            return _report(path, checkpoint, run_rules(CheckContext(checkpoint, scan, reference_checkpoint)))
+            return diagnosed(checkpoint, reference_checkpoint)

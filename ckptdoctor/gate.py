@@ -38,11 +38,14 @@ def gate(
     reference: str | os.PathLike[str] | None = None,
     policy: Policy | None = None,
     fail_on: Severity | None = None,
+    decay: float | None = None,
+    steps: int | None = None,
     progress: PathProgress | None = None,
 ) -> Verdict:
     """Check every path (an unreadable one does not stop the others), apply the policy, decide the exit code.
 
-    `fail_on` overrides the policy's threshold; `progress(path, done, total)` follows each scan."""
+    `fail_on` overrides the policy's threshold; `decay` and `steps` override what the files record for
+    bn-stats-stale; `progress(path, done, total)` follows each scan."""
     from ckptdoctor.diagnose import check
 
     policy = policy or Policy()
@@ -52,7 +55,14 @@ def gate(
         shown = os.fspath(path)
         scan_progress = None if progress is None else _bind(progress, shown)
         try:
-            report = check(path, reference=reference, progress=scan_progress)
+            report = check(
+                path,
+                reference=reference,
+                progress=scan_progress,
+                decay=decay,
+                steps=steps,
+                stale_threshold=policy.stale_threshold,
+            )
         except CheckpointError as error:
             unreadable.append(Unreadable(shown, str(error)))
             continue

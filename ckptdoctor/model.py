@@ -62,6 +62,8 @@ class LayerConfig:
     class_name: str
     scale: bool = True  # BatchNormalization: has gamma
     center: bool = True  # BatchNormalization: has beta
+    momentum: float | None = None  # BatchNormalization: the decay of its moving statistics, where recorded
+    trainable: bool = True  # False: frozen by design (Keras `trainable: false`)
 
     @property
     def is_batchnorm(self) -> bool:
@@ -127,6 +129,28 @@ class IntegrityProblem:
 
 
 @dataclass(frozen=True)
+class LayerDecay:
+    """The decay d a BatchNorm layer's moving statistics are updated with: v <- d*v + (1-d)*batch_value."""
+
+    layer: str
+    decay: float
+    source: str  # where d was read: "meta-graph", "keras-config", "--decay"
+    frozen: bool = False  # the layer is not trainable, so its statistics stay as loaded by design
+
+
+@dataclass(frozen=True)
+class StatisticsUpdates:
+    """How far BatchNorm moving statistics can have moved: update steps and each layer's decay, where found.
+
+    After N updates at decay d, a statistic still holds d**N of the value training started from."""
+
+    steps: int | None
+    steps_source: str | None  # e.g. "global_step", "optimizer/iterations", "the prefix", "--steps"
+    layers: tuple[LayerDecay, ...] = ()
+    note: str | None = None  # why a decay source that exists gave nothing, e.g. an unreadable .meta
+
+
+@dataclass(frozen=True)
 class Report:
     """The result of inspect and check: one schema for both, serialised as the JSON report."""
 
@@ -138,3 +162,4 @@ class Report:
     variables: tuple[Variable, ...]
     batchnorm: tuple[BatchNormLayer, ...]
     findings: tuple[Finding, ...] = field(default=())
+    updates: StatisticsUpdates | None = None  # decay and steps found (None: neither)

@@ -11,6 +11,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
+from ckptdoctor.analysis.staleness import DEFAULT_STALE_THRESHOLD
 from ckptdoctor.errors import ConfigError
 from ckptdoctor.model import Finding, Severity
 
@@ -52,6 +53,7 @@ class Policy:
     severity: dict[str, Severity] = field(default_factory=dict)
     overrides: tuple[Override, ...] = ()
     source: str | None = None
+    stale_threshold: float = DEFAULT_STALE_THRESHOLD  # bn-stats-stale: share of the starting statistics left
 
     def threshold(self, fail_on: Severity | None = None) -> Severity:
         """The severity that fails: the caller's (--fail-on) wins over the policy's, which wins over error."""
@@ -106,6 +108,12 @@ def _severities(table: Any, where: str, known: set[str]) -> dict[str, Severity]:
     return {str(rule): _severity(level, where) for rule, level in table.items()}
 
 
+def _share(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ConfigError(f"{where}: stale-threshold must be a number above 0 and at most 1, not {value!r}")
+    return float(value)
+
+
 def load_policy(config: str | None = None, cwd: Path | None = None) -> Policy:
     """The policy from --config, else from ./pyproject.toml's [tool.ckptdoctor], else the defaults."""
     from ckptdoctor.rules import BY_NAME
@@ -140,4 +148,5 @@ def load_policy(config: str | None = None, cwd: Path | None = None) -> Policy:
         severity=_severities(table.get("severity"), where, known),
         overrides=overrides,
         source=where,
+        stale_threshold=_share(table.get("stale-threshold", DEFAULT_STALE_THRESHOLD), where),
     )

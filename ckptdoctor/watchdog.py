@@ -100,7 +100,7 @@ def _supervise(pid: int, read_end: int, seconds: float, exit_error: int) -> int:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, forward)
     current, buffer = _subject, b""
     while True:
@@ -123,4 +123,8 @@ def _supervise(pid: int, read_end: int, seconds: float, exit_error: int) -> int:
             current = buffer[start + 1 : buffer.index(b"\n", start)].decode("utf-8", "replace")
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
-    return code if code >= 0 else exit_error
+    if code < 0:  # the work died by a signal: die by the same one, so our caller sees what happened
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+        return exit_error  # a signal that does not end a process
+    return code

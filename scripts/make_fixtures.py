@@ -1,6 +1,8 @@
 """Generate the committed fixtures in fixtures/ with real TensorFlow (tf.compat.v1): run once, commit.
 
-    pip install -e '.[tf]' && python scripts/make_fixtures.py
+    pip install -e '.[tf,dev]' && python scripts/make_fixtures.py [tf1] [stale]   # default: both groups
+
+Each group is regenerated alone: `stale` never touches fixtures/tf1.
 
 The TF1 story: a small conv net with slim-style BatchNorm scopes (one without gamma, as slim's default
 scale=False) and tf.layers-style `batch_normalization[_1]` scopes, trained with Momentum, saved as:
@@ -14,6 +16,14 @@ scale=False) and tf.layers-style `batch_normalization[_1]` scopes, trained with 
   tf1/eval/eval.meta                   the evaluation graph (is_training=False), model variables only
   tf1/partitioned/model.ckpt           a variable partitioned in two slices
   tf1/sharded/model.ckpt               two data shards (SaveV2 + MergeV2Checkpoints)
+
+The stale-statistics story (bn-stats-stale): two tf.layers BatchNorm layers at decay 0.9 (one fused, whose
+update multiplies by `Sub(1.0, Const 0.9)`, one not, whose factor is the constant `AssignMovingAvg/decay`),
+created under `net/` while their ops live under `net/tower_0/`, fed one constant batch so that the batch
+statistics are a constant c. Each training step runs the UPDATE_OPS and increments global_step; after N steps
+a statistic holds c + (init - c) * 0.9**N. Saved with tf.train.Saver and its .meta:
+
+  stale/steps_N/model.ckpt-N           N = 3, 10, 100 and 1000
 """
 
 from __future__ import annotations
@@ -29,7 +39,12 @@ import numpy as np
 import tensorflow as tf
 
 tf1 = tf.compat.v1
-ROOT = Path(__file__).resolve().parent.parent / "fixtures" / "tf1"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+ROOT = FIXTURES / "tf1"
+STALE = FIXTURES / "stale"
+STALE_STEPS = (3, 10, 100, 1000)
+# One constant batch (4 images of 2x2, 3 channels): per-channel statistics are distinct and not 0 or 1.
+STALE_INPUT = (np.arange(48, dtype=np.float32).reshape(4, 2, 2, 3) % 7) / 2.0
 DECAY = 0.9
 IMAGE = (8, 8, 3)
 CLASSES = 4
@@ -195,8 +210,40 @@ def sharded(prefix: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def main() -> None:
-    tf1.disable_eager_execution()
+def stale_run(steps: int, prefix: Path) -> None:
+    """N steps of BatchNorm updates at decay DECAY over one constant batch, saved with its meta graph."""
+    from tf_keras.src.legacy_tf_layers.normalization import batch_normalization  # tf.layers' BatchNorm
+
+    graph = tf.Graph()
+    with graph.as_default():
+        images = tf.constant(STALE_INPUT, name="images")
+        with tf1.variable_scope("net"), tf.name_scope("tower_0"):  # ops under net/tower_0/, variables under net/
+            for name, fused in (("fused_bn", True), ("plain_bn", False)):
+                batch_normalization(
+                    images, momentum=DECAY, training=True, fused=fused, center=False, scale=False, name=name
+                )
+        global_step = tf1.train.get_or_create_global_step()
+        train_op = tf.group(*tf1.get_collection(tf1.GraphKeys.UPDATE_OPS), tf1.assign_add(global_step, 1))
+        saver = tf1.train.Saver(save_relative_paths=True)
+        with tf1.Session(graph=graph) as session:
+            session.run(tf1.global_variables_initializer())
+            for _ in range(steps):
+                session.run(train_op)
+            prefix.parent.mkdir(parents=True, exist_ok=True)
+            saver.save(session, str(prefix), global_step=steps, write_meta_graph=False)
+            tf1.train.export_meta_graph(
+                f"{prefix}-{steps}.meta", saver_def=saver.as_saver_def(), clear_devices=True, strip_default_attrs=True
+            )
+
+
+def make_stale() -> None:
+    if STALE.exists():
+        shutil.rmtree(STALE)
+    for steps in STALE_STEPS:
+        stale_run(steps, STALE / f"steps_{steps}" / "model.ckpt")
+
+
+def make_tf1() -> None:
     if ROOT.exists():
         shutil.rmtree(ROOT)
     pretrained = ROOT / "pretrained" / "model.ckpt"
@@ -217,8 +264,22 @@ def main() -> None:
     export_eval_graph(ROOT / "eval" / "eval.meta")
     partitioned(ROOT / "partitioned" / "model.ckpt")
     sharded(ROOT / "sharded" / "model.ckpt")
-    total = sum(p.stat().st_size for p in ROOT.rglob("*") if p.is_file())
-    print(f"wrote {ROOT} ({total / 1024:.0f} KiB)", file=sys.stderr)
+
+
+GROUPS = {"tf1": (ROOT, make_tf1), "stale": (STALE, make_stale)}
+
+
+def main() -> None:
+    names = sys.argv[1:] or list(GROUPS)
+    unknown = set(names) - set(GROUPS)
+    if unknown:
+        sys.exit(f"unknown fixture group {sorted(unknown)[0]!r}; choose from {', '.join(GROUPS)}")
+    tf1.disable_eager_execution()
+    for name in names:
+        root, make = GROUPS[name]
+        make()
+        total = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+        print(f"wrote {root} ({total / 1024:.0f} KiB)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -148,11 +148,11 @@ def test_terminated_keras_patch_leaves_no_temporary_file_or_directory(big_keras,
     _, stderr = process.communicate(timeout=60)
     assert b"Traceback" not in stderr and b"unexpected" not in stderr
     # Reading HDF5 puts the CLI under the stall watchdog, whose supervising parent forwards SIGTERM to the
-    # worker and reports the worker's death by a signal as exit code 2.
-    assert process.returncode in (0, 2, -signal.SIGTERM)
+    # worker and then dies by the signal the worker died by.
+    assert process.returncode in (0, -signal.SIGTERM)
     assert leftovers(tmp_path) == []
-    if out.exists():
-        assert check(out).findings == ()
+    if out.exists():  # the fixture trained 8 steps at momentum 0.99, so bn-stats-stale rightly warns
+        assert {f.code for f in check(out).findings} <= {"BN005"}
 
 
 def test_two_patches_to_one_output_at_once(inputs, tmp_path):

@@ -102,7 +102,15 @@ def layer_configs(config: dict[str, Any] | None, prefix: str = "") -> dict[str, 
             continue
         path = f"{prefix}{name}"
         class_name = str(layer.get("class_name", ""))
-        out[path] = LayerConfig(path, class_name, bool(settings.get("scale", True)), bool(settings.get("center", True)))
+        momentum = settings.get("momentum")
+        out[path] = LayerConfig(
+            path,
+            class_name,
+            bool(settings.get("scale", True)),
+            bool(settings.get("center", True)),
+            float(momentum) if isinstance(momentum, (int, float)) and not isinstance(momentum, bool) else None,
+            settings.get("trainable", True) is not False,
+        )
         if isinstance(settings.get("layers"), list):
             out.update(layer_configs(layer, prefix=f"{path}/"))
     return out

@@ -112,6 +112,32 @@ _MESSAGES: list[tuple[str, list[tuple[str, int, str, bool]]]] = [
         ],
     ),
     ("TrackableObjectGraph", [("nodes", 1, "TrackableObject", True)]),
+    # TF1 meta graphs (`PREFIX.meta`, meta_graph.proto / graph.proto / node_def.proto / attr_value.proto):
+    # only what reading the BatchNorm update ops needs. Other fields stay unknown fields, skipped by the parser.
+    # `NodeDef.attr` is a map<string, AttrValue>: on the wire, a repeated entry message of key 1 and value 2.
+    (
+        "AttrValue",
+        [
+            ("s", 2, "bytes", False),
+            ("i", 3, "int64", False),
+            ("f", 4, "float", False),
+            ("b", 5, "bool", False),
+            ("type", 6, "int32", False),
+            ("tensor", 8, "TensorProto", False),
+        ],
+    ),
+    ("NodeDef.AttrEntry", [("key", 1, "string", False), ("value", 2, "AttrValue", False)]),
+    (
+        "NodeDef",
+        [
+            ("name", 1, "string", False),
+            ("op", 2, "string", False),
+            ("input", 3, "string", True),
+            ("attr", 5, "NodeDef.AttrEntry", True),
+        ],
+    ),
+    ("GraphDef", [("node", 1, "NodeDef", True)]),
+    ("MetaGraphDef", [("graph_def", 2, "GraphDef", False)]),
     # The `checkpoint` state file beside checkpoints, in text format (checkpoint_state.proto).
     (
         "CheckpointState",
@@ -166,3 +192,4 @@ TensorProto = _message_class("TensorProto")
 SavedTensorSlices = _message_class("SavedTensorSlices")
 CheckpointState = _message_class("CheckpointState")
 TrackableObjectGraph = _message_class("TrackableObjectGraph")
+MetaGraphDef = _message_class("MetaGraphDef")

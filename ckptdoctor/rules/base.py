@@ -8,8 +8,9 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from ckptdoctor.analysis.checkpoint import Checkpoint
+from ckptdoctor.analysis.staleness import DEFAULT_STALE_THRESHOLD, find_updates
 from ckptdoctor.formats.base import ScanResult
-from ckptdoctor.model import Finding, Severity
+from ckptdoctor.model import Finding, Severity, StatisticsUpdates
 
 if TYPE_CHECKING:
     import numpy as np
@@ -20,6 +21,14 @@ class CheckContext:
     target: Checkpoint
     scan: ScanResult
     reference: Checkpoint | None = None
+    decay: float | None = None  # --decay: overrides every layer's decay
+    steps: int | None = None  # --steps: overrides the steps the files record
+    stale_threshold: float = DEFAULT_STALE_THRESHOLD  # policy `stale-threshold`
+
+    @cached_property
+    def updates(self) -> StatisticsUpdates | None:
+        """The decay and steps found for bn-stats-stale (and the report)."""
+        return find_updates(self.target, self.reference, self.decay, self.steps)
 
     @cached_property
     def damaged(self) -> frozenset[str]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
+from ckptdoctor.analysis.staleness import share_left
 from ckptdoctor.model import Finding, Role, Severity
 from ckptdoctor.rules.base import CheckContext, Rule
 
@@ -107,6 +109,36 @@ def _variance_negative(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
             )
 
 
+def _percent(share: float) -> str:
+    """73% for everyday shares; small ones keep two significant digits instead of rounding to 0%."""
+    return f"{share:.0%}" if share >= 0.01 or share == 0 else f"{share * 100:.2g}%"
+
+
+def _stats_stale(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
+    updates = ctx.updates
+    if updates is None or not updates.steps:  # no steps known, or none taken (bn-stats-match-reference's case)
+        return
+    for layer in updates.layers:
+        share = share_left(layer.decay, updates.steps)
+        if share < ctx.stale_threshold:
+            continue
+        moved = (
+            f"BatchNorm layer {layer.layer}: {_percent(share)} of these statistics are still the values training "
+            f"started from: {updates.steps} steps at decay {layer.decay:g}"
+        )
+        if layer.frozen:
+            yield dataclasses.replace(
+                rule.finding(
+                    layer.layer,
+                    f"{moved}, but the layer is frozen (trainable: false), so its statistics stay as loaded by design",
+                    "nothing to do if the layer was meant to stay frozen",
+                ),
+                severity=Severity.INFO,
+            )
+        else:
+            yield rule.finding(layer.layer, moved)
+
+
 def _variance_all_zero(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
     for layer in ctx.target.batchnorm:
         variance = ctx.values(layer.moving_variance) if layer.moving_variance else None
@@ -177,6 +209,25 @@ RULES = (
         "sqrt(epsilon) harmlessly; a layer whose every variance is 0 is bn-variance-all-zero (BN006).",
         "restore the statistics from a healthy save (ckptdoctor patch) or recompute them",
         _variance_negative,
+    ),
+    Rule(
+        "BN005",
+        "bn-stats-stale",
+        Severity.WARNING,
+        "BatchNorm moving statistics moved only part of the way from where training started",
+        "A moving statistic is updated as v <- d*v + (1-d)*batch_value, so after N update steps at decay d it "
+        "still holds d^N of the value training started from (the initial 0/1, or the pretrained statistics). "
+        "slim's default decay 0.9997 over 1,000 fine-tuning steps leaves 74% (tensorflow/models#4367, "
+        "tensorflow#1122); Keras' momentum 0.99 over 100 steps leaves 37%. Evaluation then normalises with "
+        "statistics that mostly describe other data. The decay is read from the TF1 meta graph beside the "
+        "checkpoint (the AssignMovingAvg update ops, or FusedBatchNormV3's exponential_avg_factor) or from "
+        "`momentum` in a Keras model config; the steps from global_step, the optimizer's iterations or the "
+        "`-NNN` of a TF1 prefix (with --reference: the difference between the two). --decay and --steps "
+        "override them, and the policy's `stale-threshold` (default 0.25) sets the share that is reported. "
+        "Layers that are frozen (Keras trainable: false) keep their statistics by design and are info only.",
+        "recompute the statistics over training data: ckptdoctor recalibrate CKPT --data SAMPLES --out FIXED; "
+        "for short runs, lower the BatchNorm decay (e.g. 0.9-0.99) or train longer",
+        _stats_stale,
     ),
     Rule(
         "BN006",

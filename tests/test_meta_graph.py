@@ -1,0 +1,169 @@
+"""The native MetaGraphDef reader: decays from real TF graphs, and hostile .meta files that must not hurt."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+from conftest import FIXTURES
+
+from ckptdoctor.formats import protos
+from ckptdoctor.formats.meta_graph import MAX_META_BYTES, read_decays
+
+STALE = FIXTURES / "stale"
+
+
+def test_fixture_graph_gives_each_statistic_its_decay_through_op_inputs():
+    """Ops live under net/tower_0/, variables under net/: the map comes from inputs, and both update forms fold."""
+    found = read_decays(str(STALE / "steps_3" / "model.ckpt-3.meta"))
+    assert found.problem is None
+    assert set(found.decays) == {
+        f"net/{bn}/{s}" for bn in ("fused_bn", "plain_bn") for s in ("moving_mean", "moving_variance")
+    }
+    for decay in found.decays.values():
+        assert decay == pytest.approx(0.9, abs=1e-6)
+
+
+def test_absent_meta_is_silent(tmp_path):
+    assert read_decays(str(tmp_path / "model.ckpt-3.meta")).decays == {}
+    assert read_decays(str(tmp_path / "model.ckpt-3.meta")).problem is None
+
+
+def _graph(*nodes) -> protos.MetaGraphDef:
+    meta = protos.MetaGraphDef()
+    for name, op, inputs, value in nodes:
+        node = meta.graph_def.node.add(name=name, op=op)
+        node.input.extend(inputs)
+        if value is not None:  # a float, or (DataType, tensor_content)
+            tensor = node.attr.add(key="value").value.tensor
+            if isinstance(value, tuple):
+                tensor.dtype, tensor.tensor_content = value
+            else:
+                tensor.dtype = 1
+                tensor.float_val.append(value)
+    return meta
+
+
+def _update(factor_inputs: list[str], *extra):
+    """A ref-variable moving average update whose factor is the node `factor`, plus extra nodes."""
+    return _graph(
+        ("bn/moving_mean", "VariableV2", [], None),
+        ("upd/read", "Identity", ["bn/moving_mean"], None),
+        ("batch_mean", "Placeholder", [], None),
+        ("upd/sub_1", "Sub", ["upd/read", "batch_mean:0"], None),
+        ("upd/mul", "Mul", ["upd/sub_1", *factor_inputs], None),
+        ("upd/AssignSub", "AssignSub", ["bn/moving_mean", "upd/mul", "^batch_mean"], None),
+        *extra,
+    )
+
+
+def _write(tmp_path, meta) -> str:
+    path = tmp_path / "model.ckpt-1.meta"
+    path.write_bytes(meta.SerializeToString())
+    return str(path)
+
+
+def test_folds_simple_scalar_expressions(tmp_path):
+    meta = _update(
+        ["factor"],
+        ("one", "Const", [], 1.0),
+        ("momentum", "Const", [], (2, struct.pack("<d", 0.97))),  # DT_DOUBLE in tensor_content
+        ("momentum_read", "Identity", ["momentum"], None),
+        ("factor", "Sub", ["one", "momentum_read"], None),
+    )
+    assert read_decays(_write(tmp_path, meta)).decays == {"bn/moving_mean": pytest.approx(0.97)}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [("factor", "Sub", ["factor", "factor"], None)],  # a cycle
+        [("factor", "Const", [], (1, b"\0" * (1 << 20)))],  # a 1 MiB "scalar"
+        [("factor", "Const", [], 7.0)],  # 1 - 7 is no decay
+        [("factor", "Placeholder", [], None)],  # not a constant
+        [(f"factor{'' if i == 0 else i}", "Identity", [f"factor{i + 1}"], None) for i in range(5000)]
+        + [("factor5000", "Const", [], 0.1)],  # a chain deeper than anything TF writes
+    ],
+    ids=["cycle", "huge-const", "out-of-range", "not-constant", "deep-chain"],
+)
+def test_hostile_constant_expressions_give_no_decay(tmp_path, extra):
+    found = read_decays(_write(tmp_path, _update(["factor"], *extra)))
+    assert found.decays == {} and found.problem is None
+
+
+def test_an_update_of_another_variable_is_not_a_moving_average(tmp_path):
+    """Mul(Sub(other, x), 0.1) assigned to moving_mean is not v <- v - (v - x)(1 - d): no decay."""
+    meta = _update(["factor"], ("factor", "Const", [], 0.1), ("other", "VariableV2", [], None))
+    meta.graph_def.node[1].input[0] = "other"
+    assert read_decays(_write(tmp_path, meta)).decays == {}
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"", None),  # an empty MetaGraphDef: no graph, nothing to say
+        (b"\x08garbage" * 100, "cannot be parsed"),
+        (b"\x12\x06\x0a\x04\x0a\x02\xff\xfe", "cannot be parsed"),  # a node name that is not UTF-8
+    ],
+    ids=["empty", "garbage", "bad-utf8"],
+)
+def test_damaged_meta_gives_a_problem_or_nothing(tmp_path, content, problem):
+    path = tmp_path / "model.ckpt-1.meta"
+    path.write_bytes(content)
+    found = read_decays(str(path))
+    assert found.decays == {}
+    assert found.problem == problem or problem in found.problem
+
+
+def test_oversized_meta_is_not_read(tmp_path):
+    path = tmp_path / "model.ckpt-1.meta"
+    with open(path, "wb") as file:  # sparse: no disk space, no memory
+        file.truncate(MAX_META_BYTES + 1)
+    found = read_decays(str(path))
+    assert found.decays == {} and "larger than" in found.problem
+
+
+def test_links_and_fifos_are_not_opened(tmp_path):
+    outside = tmp_path / "elsewhere.meta"
+    outside.write_bytes(_update(["f"], ("f", "Const", [], 0.1)).SerializeToString())
+    link = tmp_path / "model.ckpt-1.meta"
+    link.symlink_to(outside)
+    assert read_decays(str(link)).decays == {} and "symbolic link" in read_decays(str(link)).problem
+    fifo = tmp_path / "model.ckpt-2.meta"
+    os.mkfifo(fifo)  # opening it for reading would block forever
+    assert "not a regular file" in read_decays(str(fifo)).problem
+
+
+def test_tf_fused_batch_norm_exponential_avg_factor(tf, tmp_path):
+    """A TF1 graph whose FusedBatchNormV3 does the moving average itself (exponential_avg_factor 0.2 -> d 0.8)."""
+    tf1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf1.placeholder(tf.float32, [2, 2, 2, 3])
+        with tf1.variable_scope("bn"):
+            mean = tf1.get_variable("moving_mean", [3], initializer=tf1.zeros_initializer(), trainable=False)
+            variance = tf1.get_variable("moving_variance", [3], initializer=tf1.ones_initializer(), trainable=False)
+        _, new_mean, new_variance = tf1.nn.fused_batch_norm(
+            x, tf.ones([3]), tf.zeros([3]), mean, variance, is_training=True, exponential_avg_factor=0.2
+        )
+        tf1.assign(mean, new_mean)
+        tf1.assign(variance, new_variance)
+        path = str(tmp_path / "model.ckpt-1.meta")
+        tf1.train.export_meta_graph(path)
+    assert read_decays(path).decays == {"bn/moving_mean": pytest.approx(0.8), "bn/moving_variance": pytest.approx(0.8)}
+
+
+def test_tf_ref_variable_assign_sub(tf, tmp_path):
+    """TF1 ref variables (VariableV2 + AssignSub), the update written by hand as in older model code."""
+    tf1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        value = tf1.placeholder(tf.float32, [4])
+        moving = tf1.get_variable("layer/BatchNorm/moving_mean", [4], use_resource=False, trainable=False)
+        tf1.assign_sub(moving, (moving - value) * (1 - 0.95))
+        path = str(tmp_path / "model.ckpt-1.meta")
+        tf1.train.export_meta_graph(path)
+    ops = {node.op for node in graph.as_graph_def().node}
+    assert {"VariableV2", "AssignSub"} <= ops  # the graph really has the ref-variable form
+    assert read_decays(path).decays == {"layer/BatchNorm/moving_mean": pytest.approx(0.95)}
