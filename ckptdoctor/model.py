@@ -11,14 +11,70 @@ __all__ = [
     "BatchNormLayer",
     "CheckpointError",
     "Finding",
+    "Format",
+    "FormatFamily",
     "IntegrityProblem",
     "LayerConfig",
+    "ProblemKind",
     "Report",
     "Role",
     "Severity",
+    "Storage",
     "TensorInfo",
     "Variable",
 ]
+
+
+class Format(str, Enum):
+    """What a checkpoint is, decided from its bytes (the JSON report's `format`)."""
+
+    TF1_NAME_BASED = "tf1-name-based"
+    TF2_OBJECT_BASED = "tf2-object-based"
+    TF_SAVEDMODEL = "tf-savedmodel"
+    TF_V1_LEGACY = "tf-v1-legacy"
+    KERAS_H5 = "keras-h5"  # legacy Keras HDF5: model.save('x.h5') or save_weights('x.h5')
+    KERAS_WEIGHTS_H5 = "keras-weights-h5"  # Keras 3 .weights.h5
+    KERAS_ZIP = "keras-zip"  # Keras 3 .keras archive
+
+    @property
+    def family(self) -> FormatFamily:
+        if self in (Format.TF1_NAME_BASED, Format.TF_V1_LEGACY):
+            return FormatFamily.TF1
+        if self in (Format.TF2_OBJECT_BASED, Format.TF_SAVEDMODEL):
+            return FormatFamily.TF2
+        return FormatFamily.KERAS
+
+
+class FormatFamily(str, Enum):
+    """Formats that share their causes and repairs: advice and hints are written per family."""
+
+    TF1 = "tf1"  # name-based graphs saved by tf.train.Saver
+    TF2 = "tf2"  # object-based tf.train.Checkpoint and SavedModel variables
+    KERAS = "keras"  # Keras files: .h5, .weights.h5, .keras
+
+
+class Storage(str, Enum):
+    """How a checkpoint's bytes are laid out on disk (what a path resolves to)."""
+
+    BUNDLE = "bundle"  # <prefix>.index + <prefix>.data-NNNNN-of-NNNNN (TF V2)
+    V1 = "v1"  # one SSTable file of SavedTensorSlices (TF V1)
+    HDF5 = "hdf5"  # a Keras HDF5 file
+    ZIP = "zip"  # a .keras archive
+
+
+class ProblemKind(str, Enum):
+    """Damage a reader finds in bytes; each kind is reported by exactly one integrity rule (same slug)."""
+
+    CRC_MISMATCH = "crc-mismatch"
+    MISSING_DATA_SHARD = "missing-data-shard"
+    TENSOR_OUT_OF_BOUNDS = "tensor-out-of-bounds"
+    SIZE_MISMATCH = "size-mismatch"
+    INDEX_UNSORTED = "index-unsorted"
+    INDEX_MISSING_HEADER = "index-missing-header"
+    INDEX_CORRUPT = "index-corrupt"
+    DATASET_UNREADABLE = "dataset-unreadable"
+    ARCHIVE_CORRUPT = "archive-corrupt"
+    EXTERNAL_DATA = "external-data"
 
 
 class Role(str, Enum):
