@@ -314,12 +314,12 @@ class _Search:
                 rest = "/".join(parts[start:])
                 if rest in free_canonical:
                     support[Rename(RenameKind.PREFIX, "/".join(raw[:start]) + "/", "")] += 1
-                for path in by_suffix.get(rest, ())[:MAX_PER_CANONICAL]:
-                    depth = path.count("/") - len(raw[start:]) + 1
-                    new = "/".join(path.split("/")[:depth]) + "/"
-                    old = "/".join(raw[:start]) + "/"
-                    if new != old:
-                        support[Rename(RenameKind.PREFIX, old, new)] += 1
+                if start > 1:
+                    continue
+                for path in by_suffix.get(rest, ())[:MAX_PER_CANONICAL]:  # another first scope: tower_0 is tower_1
+                    first = path.split("/", 1)[0]
+                    if path.count("/") == len(raw) - 1 and first != raw[0]:
+                        support[Rename(RenameKind.PREFIX, raw[0] + "/", first + "/")] += 1
             for path in by_canonical.get(canonical, ())[:MAX_PER_CANONICAL]:
                 for mine, theirs in zip(raw, path.split("/"), strict=False):
                     (base, number), (their_base, their_number) = _counted(mine), _counted(theirs)
@@ -435,10 +435,24 @@ def match(
     from ckptdoctor.diagnose import _report
     from ckptdoctor.rules.mapping import findings
 
+    from ckptdoctor.errors import ModelError
+    from ckptdoctor.model import FormatFamily
+
     expected = load_model(meta_graph, model)
     with opened(path) as checkpoint:
+        if FormatFamily.TF2 == _family(checkpoint.reader.format):
+            raise ModelError(
+                f"{checkpoint.resolved.location}: a TF2 object-based checkpoint restores by its object graph, not "
+                "by name: use `ckptdoctor verify --model` for it"
+            )
         result = match_variables(expected, checkpoint.variables)
         return result, _report(path, checkpoint, findings(result))
+
+
+def _family(format_name: str):
+    from ckptdoctor.model import Format
+
+    return Format(format_name).family
 
 
 def input_files(path: str | os.PathLike[str], meta_graph: str | None, model: str | None) -> list[str]:
