@@ -433,14 +433,13 @@ def match(
     whose findings are the mapping rules' (before any policy)."""
     from ckptdoctor.analysis.checkpoint import opened
     from ckptdoctor.diagnose import _report
-    from ckptdoctor.rules.mapping import findings
-
     from ckptdoctor.errors import ModelError
     from ckptdoctor.model import FormatFamily
+    from ckptdoctor.rules.mapping import findings
 
     expected = load_model(meta_graph, model)
     with opened(path) as checkpoint:
-        if FormatFamily.TF2 == _family(checkpoint.reader.format):
+        if _family(checkpoint.reader.format) == FormatFamily.TF2:
             raise ModelError(
                 f"{checkpoint.resolved.location}: a TF2 object-based checkpoint restores by its object graph, not "
                 "by name: use `ckptdoctor verify --model` for it"
