@@ -454,3 +454,76 @@ def main() -> None:
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="backslashreplace")
     sys.exit(_run_app())
+
+
+@app.command()
+def match(
+    checkpoint: PathArg,
+    meta_graph: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--meta-graph", help="TF1: the graph's .meta (MetaGraphDef).", show_default=False),
+    ] = None,
+    model: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--model", help="Keras: MODEL.keras, or package.module:builder (tf extra).", show_default=False),
+    ] = None,
+    assignment_map: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--assignment-map", help="Write the init_from_checkpoint assignment map (JSON) here.", show_default=False
+        ),
+    ] = None,
+    fail_on: Annotated[
+        Optional[FailOn],  # noqa: UP045
+        typer.Option(
+            "--fail-on", help="Lowest severity that makes the exit code 1 [default: error].", show_default=False
+        ),
+    ] = None,
+    output_format: Annotated[CheckFormat, typer.Option("--format", "-f", help="Output format.")] = CheckFormat.text,
+    config: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--config", help="Policy file (TOML), as for check.", show_default=False),
+    ] = None,
+) -> None:
+    """Match CHECKPOINT against the model that restores it: matched, missing, unexpected, shape and dtype
+    mismatches, renames that line names up; exit 0 all matched, 1 findings at or above --fail-on, 2 unreadable."""
+    import dataclasses
+    import json
+
+    from ckptdoctor.match import input_files, summary
+    from ckptdoctor.match import match as run_match
+    from ckptdoctor.policy import load_policy
+
+    if (meta_graph is None) == (model is None):
+        _error("match needs exactly one of --meta-graph (TF1 graphs) or --model (Keras)")
+        raise typer.Exit(ExitCode.ERROR)
+    with _one_line_errors():
+        policy = load_policy(config)
+    _supervise(checkpoint, model)
+    with _one_line_errors():
+        result, report = run_match(checkpoint, meta_graph=meta_graph, model=model)
+        if assignment_map is not None:
+            from ckptdoctor.writer.atomic import write_report
+            from ckptdoctor.writer.guard import refuse_overwriting_inputs
+
+            refuse_overwriting_inputs(assignment_map, [assignment_map], input_files(checkpoint, meta_graph, model))
+            try:
+                write_report(assignment_map, json.dumps(result.assignment_map, indent=2, sort_keys=True) + "\n")
+            except OSError as error:
+                raise OutputError(f"{assignment_map}: cannot write the assignment map ({error.strerror})") from None
+    report = dataclasses.replace(report, findings=policy.apply(checkpoint, report.findings))
+    threshold = policy.threshold(Severity(fail_on.value) if fail_on else None)
+    with _reader_may_stop():
+        if output_format is CheckFormat.text:
+            from ckptdoctor.report.text import render_check
+
+            console = _stdout()
+            render_check(console, report)
+            for line in summary(result):
+                console.print(shown(line), markup=False, soft_wrap=True)
+            if assignment_map is not None:
+                console.print(f"wrote the assignment map to {shown(assignment_map)}", markup=False, soft_wrap=True)
+        else:
+            sys.stdout.write(_render_check([report], output_format, threshold))
+            sys.stdout.flush()
+    raise typer.Exit(exit_code(report.findings, threshold))

@@ -1,4 +1,5 @@
-"""TF1 meta graphs (`PREFIX.meta`): the decay each BatchNorm moving statistic is updated with.
+"""TF1 meta graphs (`PREFIX.meta`): the variables the graph restores, and the decay each BatchNorm moving
+statistic is updated with.
 
 Read natively, never through TensorFlow. A moving statistic v is updated by
 
@@ -22,11 +23,16 @@ import stat
 import struct
 from dataclasses import dataclass, field
 
+from ckptdoctor import dtypes
+from ckptdoctor.formats.model_spec import ModelVariable
+
 MAX_META_BYTES = 64 << 20  # a large training graph (InceptionV3 with its optimizer) is a few MB
 MAX_NODES = 500_000  # bounds the Python work of mapping updates (about 3 s and 300 MiB at the limit)
 MAX_CHAIN = 16  # Identity/Cast/Sub/Mul hops followed from an update to its variable or its constant
 MAX_SCALAR_BYTES = 8  # a constant folded here is one element of at most float64/int64
 
+# The collections that list what tf.compat.v1.train.Saver() restores by default, and which are trainable.
+VARIABLE_COLLECTIONS = ("variables", "trainable_variables")
 VARIABLE_OPS = frozenset({"VarHandleOp", "VariableV2", "Variable"})
 UPDATE_OPS = frozenset({"AssignSubVariableOp", "AssignSub"})
 FUSED_WITH_FACTOR = "FusedBatchNormV3"
@@ -49,8 +55,8 @@ def meta_graph_path(prefix: str) -> str:
     return prefix + ".meta"
 
 
-def read_decays(path: str) -> MetaGraphDecays:
-    """The decays a meta graph applies; an absent file gives none, a hostile or damaged one gives a problem."""
+def _parse(path: str):
+    """(MetaGraphDef, None) or (None, why it cannot be read in a few words); None, None when absent."""
     from google.protobuf.message import DecodeError
 
     from ckptdoctor.formats import protos
@@ -58,22 +64,78 @@ def read_decays(path: str) -> MetaGraphDecays:
     try:
         info = os.lstat(path)
     except OSError:
-        return MetaGraphDecays()
+        return None, None
     if stat.S_ISLNK(info.st_mode):
-        return MetaGraphDecays(problem="it is a symbolic link, not followed")
+        return None, "it is a symbolic link, not followed"
     if not stat.S_ISREG(info.st_mode):
-        return MetaGraphDecays(problem="it is not a regular file")
+        return None, "it is not a regular file"
     if info.st_size > MAX_META_BYTES:
-        return MetaGraphDecays(problem=f"it is larger than {MAX_META_BYTES >> 20} MiB, not read")
+        return None, f"it is larger than {MAX_META_BYTES >> 20} MiB, not read"
     meta = protos.MetaGraphDef()
     try:
         with open(path, "rb") as file:
             meta.ParseFromString(file.read(MAX_META_BYTES + 1))
     except (OSError, DecodeError, RecursionError) as error:
-        return MetaGraphDecays(problem=f"it cannot be parsed as a MetaGraphDef ({type(error).__name__})")
+        return None, f"it cannot be parsed as a MetaGraphDef ({type(error).__name__})"
     if len(meta.graph_def.node) > MAX_NODES:
-        return MetaGraphDecays(problem=f"its graph has more than {MAX_NODES} nodes, not read")
+        return None, f"its graph has more than {MAX_NODES} nodes, not read"
+    return meta, None
+
+
+def read_decays(path: str) -> MetaGraphDecays:
+    """The decays a meta graph applies; an absent file gives none, a hostile or damaged one gives a problem."""
+    meta, problem = _parse(path)
+    if meta is None:
+        return MetaGraphDecays(problem=problem)
     return MetaGraphDecays(decays=_Graph(meta.graph_def.node).decays())
+
+
+def read_variables(path: str) -> tuple[ModelVariable, ...]:
+    """Every variable in the meta graph's `variables` and `trainable_variables` collections, from its
+    VariableDef and its variable node's `dtype` and `shape` attributes. Raises ModelError on a bad file."""
+    from google.protobuf.message import DecodeError
+
+    from ckptdoctor.errors import ModelError
+    from ckptdoctor.formats import protos
+
+    meta, problem = _parse(path)
+    if meta is None:
+        raise ModelError(f"{path}: {problem or 'meta graph file not found'}")
+    collections = {entry.key: entry.value.bytes_list.value for entry in meta.collection_def}
+    trainable = set()
+    definitions: list[tuple[bytes, bool]] = []
+    for key in VARIABLE_COLLECTIONS:
+        for serialized in collections.get(key, ()):
+            definitions.append((serialized, key == "trainable_variables"))
+    if len(definitions) > MAX_NODES:
+        raise ModelError(f"{path}: more than {MAX_NODES} variable definitions, not read")
+    nodes = {node.name: node for node in meta.graph_def.node}
+    found: dict[str, ModelVariable] = {}
+    for serialized, is_trainable in definitions:
+        definition = protos.VariableDef()
+        try:
+            definition.ParseFromString(serialized)
+        except (DecodeError, RecursionError):
+            raise ModelError(f"{path}: a variable definition cannot be parsed (VariableDef)") from None
+        op_name = _source(definition.variable_name) or ""
+        node = nodes.get(op_name)
+        if node is None or node.op not in VARIABLE_OPS:
+            raise ModelError(f"{path}: variable {definition.variable_name!r} names no variable node in the graph")
+        attrs = {entry.key: entry.value for entry in node.attr}
+        dtype = dtypes.from_code(attrs["dtype"].type).name if "dtype" in attrs else "unknown"
+        shape = _shape(attrs["shape"].shape) if "shape" in attrs else None
+        key = op_name
+        slice_info = definition.save_slice_info_def
+        if slice_info.full_name:  # one part of a partitioned variable: the checkpoint holds the whole
+            key, shape = slice_info.full_name, tuple(int(d) for d in slice_info.full_shape)
+        if is_trainable:
+            trainable.add(key)
+        found.setdefault(key, ModelVariable(key, dtype, shape, False))
+    return tuple(ModelVariable(v.name, v.dtype, v.shape, v.name in trainable) for v in found.values())
+
+
+def _shape(proto) -> tuple[int, ...] | None:
+    return None if proto.unknown_rank else tuple(int(dim.size) for dim in proto.dim)
 
 
 def _source(input_name: str) -> str | None:

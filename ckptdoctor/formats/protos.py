@@ -124,6 +124,7 @@ _MESSAGES: list[tuple[str, list[tuple[str, int, str, bool]]]] = [
             ("b", 5, "bool", False),
             ("type", 6, "int32", False),
             ("tensor", 8, "TensorProto", False),
+            ("shape", 7, "TensorShapeProto", False),
         ],
     ),
     ("NodeDef.AttrEntry", [("key", 1, "string", False), ("value", 2, "AttrValue", False)]),
@@ -137,7 +138,33 @@ _MESSAGES: list[tuple[str, list[tuple[str, int, str, bool]]]] = [
         ],
     ),
     ("GraphDef", [("node", 1, "NodeDef", True)]),
-    ("MetaGraphDef", [("graph_def", 2, "GraphDef", False)]),
+    # The `variables` and `trainable_variables` collections: serialized VariableDefs in a BytesList
+    # (variable.proto); a partitioned variable's parts carry the checkpoint key in SaveSliceInfoDef.
+    ("CollectionDef.BytesList", [("value", 1, "bytes", True)]),
+    ("CollectionDef", [("bytes_list", 2, "CollectionDef.BytesList", False)]),
+    ("MetaGraphDef.CollectionDefEntry", [("key", 1, "string", False), ("value", 2, "CollectionDef", False)]),
+    (
+        "MetaGraphDef",
+        [("graph_def", 2, "GraphDef", False), ("collection_def", 4, "MetaGraphDef.CollectionDefEntry", True)],
+    ),
+    (
+        "SaveSliceInfoDef",
+        [
+            ("full_name", 1, "string", False),
+            ("full_shape", 2, "int64", True),
+            ("var_offset", 3, "int64", True),
+            ("var_shape", 4, "int64", True),
+        ],
+    ),
+    (
+        "VariableDef",
+        [
+            ("variable_name", 1, "string", False),
+            ("save_slice_info_def", 4, "SaveSliceInfoDef", False),
+            ("is_resource", 5, "bool", False),
+            ("trainable", 7, "bool", False),
+        ],
+    ),
     # The `checkpoint` state file beside checkpoints, in text format (checkpoint_state.proto).
     (
         "CheckpointState",
@@ -193,3 +220,4 @@ SavedTensorSlices = _message_class("SavedTensorSlices")
 CheckpointState = _message_class("CheckpointState")
 TrackableObjectGraph = _message_class("TrackableObjectGraph")
 MetaGraphDef = _message_class("MetaGraphDef")
+VariableDef = _message_class("VariableDef")
