@@ -31,7 +31,7 @@ from ckptdoctor.policy import ExitCode
 if TYPE_CHECKING:
     import numpy as np
 
-CHUNK_ELEMENTS = 1 << 18  # elements compared at a time: a few MiB of float64 temporaries, whatever the tensor
+CHUNK_ELEMENTS = 1 << 16  # elements compared at a time: a few MiB of float64 temporaries, whatever the tensor
 PARAMETERS = ("gamma", "beta")  # trained by the optimizer
 STATISTICS = ("moving_mean", "moving_variance")  # updated only by the update ops
 
