@@ -240,6 +240,13 @@ def test_cli_text_summarises_by_role_and_batchnorm_layer():
     assert removed.returncode == 1
     assert "summary: 0 weights changed, 0 of 0 BatchNorm statistics changed, 8 removed" in removed.stdout
     assert "  - net/conv1/BatchNorm/moving_mean  bn-statistic  float32[8]" in removed.stdout.splitlines()
+    nan = run(HEALTHY / "model.keras", KERAS / "stats_nan" / "ckpt")  # matched across formats by framework name
+    assert nan.returncode == 1
+    assert (
+        "  ~ layers/batch_normalization/vars/2  (bn_default/moving_mean; "
+        "B: model/_operations/2/moving_mean/.ATTRIBUTES/VARIABLE_VALUE)  bn-statistic  float32[8]  "
+        "1 of 8 elements differ, 1 NaN/Inf on one side only"
+    ) in nan.stdout.splitlines()
 
 
 def test_cli_exit_codes():

@@ -77,8 +77,11 @@ def _spec(side: Side) -> str:
 
 def _item(tensor: TensorDiff) -> str:
     words = [f"  {_MARK[tensor.outcome]} {shown(tensor.name)}"]
+    aliases = [shown(tensor.framework_name)] if tensor.framework_name != tensor.name else []
     if tensor.a is not None and tensor.b is not None and tensor.a.name != tensor.b.name:
-        words.append(f"(B: {shown(tensor.b.name)})")
+        aliases.append(f"B: {shown(tensor.b.name)}")
+    if aliases:  # `layers/batch_normalization/vars/2 (bn_default/moving_mean)`
+        words.append(f"({'; '.join(aliases)})")
     words.append(tensor.role.value)
     specs = dict.fromkeys(_spec(side) for side in (tensor.a, tensor.b) if side is not None)
     words.append(" -> ".join(specs))  # `float32[8] -> float64[8]` where the dtype or shape changed
@@ -89,7 +92,8 @@ def _item(tensor: TensorDiff) -> str:
         words.append("values not compared")
     elif tensor.outcome is Outcome.CHANGED and values is not None:
         detail = f"{values.differing} of {values.elements} elements differ"
-        if values.max_abs_diff is not None and values.max_rel_diff is not None:
+        finite_differences = values.differing > values.nonfinite_mismatches
+        if finite_differences and values.max_abs_diff is not None and values.max_rel_diff is not None:
             detail += f", max abs {_number(values.max_abs_diff)}, max rel {_number(values.max_rel_diff)}"
         if values.nonfinite_mismatches:
             detail += f", {values.nonfinite_mismatches} NaN/Inf on one side only"
