@@ -434,6 +434,37 @@ def verify(
     raise typer.Exit(ExitCode.OK if result.ok else ExitCode.FINDINGS)
 
 
+class DiffFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+@app.command()
+def diff(
+    a: Annotated[str, typer.Argument(help="The checkpoint before.", show_default=False)],
+    b: Annotated[str, typer.Argument(help="The checkpoint after.", show_default=False)],
+    output_format: Annotated[DiffFormat, typer.Option("--format", "-f", help="Output format.")] = DiffFormat.text,
+    atol: Annotated[float, typer.Option("--atol", min=0.0, help="Absolute tolerance for float values.")] = 0.0,
+    rtol: Annotated[
+        float, typer.Option("--rtol", min=0.0, help="Relative tolerance for float values, of max(|a|, |b|).")
+    ] = 0.0,
+) -> None:
+    """Compare two checkpoints tensor by tensor, in any formats; exit 0 identical, 1 differences, 2 unreadable."""
+    from ckptdoctor.diff import diff as run_diff
+
+    _supervise(a, b)
+    with _one_line_errors():
+        report = run_diff(a, b, atol=atol, rtol=rtol, progress=watchdog.beat)
+    if output_format is DiffFormat.json:
+        from ckptdoctor.report.diff_json import render
+    else:
+        from ckptdoctor.report.diff_text import render
+    with _reader_may_stop():
+        sys.stdout.write(render(report))
+        sys.stdout.flush()  # inside the guard: a closed pipe shows here, not at interpreter exit
+    raise typer.Exit(report.exit_code)
+
+
 def _run_app() -> int:
     """The command, as an exit code; any exception is one line on stderr, never a traceback."""
     try:

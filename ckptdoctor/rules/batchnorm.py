@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
+from ckptdoctor.analysis.matching import identity
 from ckptdoctor.analysis.staleness import share_left
 from ckptdoctor.model import Finding, Role, Severity
 from ckptdoctor.rules.base import CheckContext, Rule
@@ -45,19 +46,14 @@ def _stats_at_init(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
             )
 
 
-def _identity(variable) -> str:
-    """What names a variable across formats: the framework's own name where the file records one."""
-    return variable.full_name or variable.path
-
-
 def _model_was_trained(ctx: CheckContext) -> bool:
     """True when some weight stored in both checkpoints has different values."""
     import numpy as np
 
     assert ctx.reference is not None
-    theirs = {_identity(v): v for v in ctx.reference.variables if v.role is Role.WEIGHT}
+    theirs = {identity(v): v for v in ctx.reference.variables if v.role is Role.WEIGHT}
     for var in ctx.target.variables:
-        other = theirs.get(_identity(var))
+        other = theirs.get(identity(var))
         if var.role is not Role.WEIGHT or other is None or other.shape != var.shape:
             continue
         mine, reference = ctx.values(var.name), ctx.reference.values(other.name)
