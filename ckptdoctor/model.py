@@ -25,7 +25,15 @@ __all__ = [
 ]
 
 
-class Format(str, Enum):
+class _ValueEnum(str, Enum):
+    """A str enum that prints as its value (as `enum.StrEnum`, which Python 3.10 lacks), so messages read
+    `keras-zip`, not `Format.KERAS_ZIP`."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class Format(_ValueEnum):
     """What a checkpoint is, decided from its bytes (the JSON report's `format`)."""
 
     TF1_NAME_BASED = "tf1-name-based"
@@ -45,7 +53,7 @@ class Format(str, Enum):
         return FormatFamily.KERAS
 
 
-class FormatFamily(str, Enum):
+class FormatFamily(_ValueEnum):
     """Formats that share their causes and repairs: advice and hints are written per family."""
 
     TF1 = "tf1"  # name-based graphs saved by tf.train.Saver
@@ -53,7 +61,7 @@ class FormatFamily(str, Enum):
     KERAS = "keras"  # Keras files: .h5, .weights.h5, .keras
 
 
-class Storage(str, Enum):
+class Storage(_ValueEnum):
     """How a checkpoint's bytes are laid out on disk (what a path resolves to)."""
 
     BUNDLE = "bundle"  # <prefix>.index + <prefix>.data-NNNNN-of-NNNNN (TF V2)
@@ -62,7 +70,7 @@ class Storage(str, Enum):
     ZIP = "zip"  # a .keras archive
 
 
-class ProblemKind(str, Enum):
+class ProblemKind(_ValueEnum):
     """Damage a reader finds in bytes; each kind is reported by exactly one integrity rule (same slug)."""
 
     CRC_MISMATCH = "crc-mismatch"
@@ -179,7 +187,7 @@ class Finding:
 class IntegrityProblem:
     """Damage a reader found while reading bytes; rules turn these into findings."""
 
-    kind: str  # a rule slug, e.g. "crc-mismatch"
+    kind: ProblemKind  # reported by the integrity rule that declares it
     subject: str
     detail: str
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from ckptdoctor.errors import MissingExtraError, ModelError
 from ckptdoctor.formats import open_checkpoint
+from ckptdoctor.model import Storage
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def verify_model(checkpoint: str | os.PathLike[str], model_spec: str) -> VerifyR
         tf = _import_tensorflow()
         model = load_model_spec(model_spec)
         expected = len(model.weights)
-        if resolved.kind == "bundle":
+        if resolved.storage is Storage.BUNDLE:
             roots = {(t.path or t.name).split("/", 1)[0] for t in reader.tensors()}
             missing, mismatched = [], []
         else:
@@ -173,7 +174,7 @@ def verify_model(checkpoint: str | os.PathLike[str], model_spec: str) -> VerifyR
         reader.close()
     error = None
     try:
-        if resolved.kind == "bundle":
+        if resolved.storage is Storage.BUNDLE:
             root = tf.train.Checkpoint(model=model) if "model" in roots else tf.train.Checkpoint(root=model)
             status = root.read(resolved.location)
             status.expect_partial()  # optimizer state the eval model does not hold is expected, not an error

@@ -14,7 +14,7 @@ import os
 import re
 from typing import TYPE_CHECKING
 
-from ckptdoctor.model import LayerDecay, Role, StatisticsUpdates
+from ckptdoctor.model import Format, FormatFamily, LayerDecay, Role, StatisticsUpdates, Storage
 
 if TYPE_CHECKING:
     from ckptdoctor.analysis.checkpoint import Checkpoint
@@ -23,9 +23,8 @@ DEFAULT_STALE_THRESHOLD = 0.25  # share of the starting values still held at whi
 
 GLOBAL_STEP = "global_step"
 OPTIMIZER_ITERATIONS = frozenset({"iter", "iterations", "iteration", "_iterations"})
-# Formats whose `-NNN` prefix suffix is the training step (tf.train.Saver's global_step argument); a TF2
+# In TF1 formats a `-NNN` prefix suffix is the training step (tf.train.Saver's global_step argument); a TF2
 # CheckpointManager's `ckpt-N` counts saves instead.
-_STEP_IN_PREFIX_FORMATS = frozenset({"tf1-name-based", "tf-v1-legacy"})
 _STEP_IN_PREFIX = re.compile(r"-(\d{1,18})$")
 
 
@@ -80,7 +79,7 @@ def steps_of(checkpoint: Checkpoint) -> tuple[int, str] | None:
 
 
 def _step_in_prefix(checkpoint: Checkpoint) -> tuple[int, str] | None:
-    if checkpoint.reader.format in _STEP_IN_PREFIX_FORMATS:
+    if checkpoint.reader.format.family is FormatFamily.TF1:
         match = _STEP_IN_PREFIX.search(os.path.basename(checkpoint.resolved.location))
         if match:
             return int(match.group(1)), "the prefix"
@@ -123,7 +122,7 @@ def _layer_decays(target: Checkpoint, override: float | None) -> tuple[tuple[Lay
 
 
 def _meta_graph_decays(target: Checkpoint) -> tuple[dict[str, float], str | None]:
-    if target.resolved.kind != "bundle" or target.reader.format != "tf1-name-based":
+    if target.resolved.storage is not Storage.BUNDLE or target.reader.format is not Format.TF1_NAME_BASED:
         return {}, None
     from ckptdoctor.formats.meta_graph import meta_graph_path, read_decays
 

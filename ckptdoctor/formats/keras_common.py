@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ckptdoctor.formats.base import MAX_EXPANDED_BYTES, SCAN_CHUNK, Progress, ScanResult
 from ckptdoctor.formats.bytesource import require_regular
-from ckptdoctor.model import CheckpointError, IntegrityProblem, LayerConfig, TensorInfo
+from ckptdoctor.model import CheckpointError, IntegrityProblem, LayerConfig, ProblemKind, TensorInfo
 from ckptdoctor.names import decode_name
 
 if TYPE_CHECKING:
@@ -224,14 +224,14 @@ def scan_datasets(
     import numpy as np
 
     nonfinite: dict[str, int] = {}
-    problems = [IntegrityProblem("external-data", name, where) for name, where in outside.items()]
+    problems = [IntegrityProblem(ProblemKind.EXTERNAL_DATA, name, where) for name, where in outside.items()]
     readable = {name: dataset for name, dataset in datasets.items() if name not in outside}
     total, done = sum(d.nbytes for d in readable.values()), 0
     for name, dataset in readable.items():
         try:
             unstored = unstored_bytes(dataset)
             if unstored:
-                problems.append(IntegrityProblem("size-mismatch", name, unstored))
+                problems.append(IntegrityProblem(ProblemKind.SIZE_MISMATCH, name, unstored))
                 done += dataset.nbytes
                 continue
             is_float = dtype_names[name] in ("float16", "float32", "float64", "bfloat16")
@@ -243,7 +243,7 @@ def scan_datasets(
                 if progress:
                     progress(min(done, total), total)  # per slab: the stall watchdog sees a large dataset move
         except Exception as error:  # HDF5 raises OSError, ValueError, RuntimeError… on damaged chunks
-            problems.append(IntegrityProblem("dataset-unreadable", name, _first_line(error)))
+            problems.append(IntegrityProblem(ProblemKind.DATASET_UNREADABLE, name, _first_line(error)))
             continue
         if bad:
             nonfinite[name] = bad

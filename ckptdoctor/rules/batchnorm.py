@@ -6,24 +6,22 @@ import dataclasses
 from collections.abc import Iterator
 
 from ckptdoctor.analysis.staleness import share_left
-from ckptdoctor.model import Finding, Role, Severity
+from ckptdoctor.model import Finding, FormatFamily, Role, Severity
 from ckptdoctor.rules.base import CheckContext, Rule
 
 _MISSING_CAUSE = {
-    "tf1-name-based": "the checkpoint was most likely saved with var_list=tf.trainable_variables(), which leaves "
+    FormatFamily.TF1: "the checkpoint was most likely saved with var_list=tf.trainable_variables(), which leaves "
     "out the non-trainable moving statistics; restoring it for evaluation fails with 'Key .../moving_mean not "
     "found in checkpoint'",
-    "keras": "the file was most likely written from the trainable weights only (a converter or a hand-made "
+    FormatFamily.KERAS: "the file was most likely written from the trainable weights only (a converter or a hand-made "
     "export); Keras refuses it with 'Layer ... expected N variables, but received M' or 'Weight count mismatch'",
-    "tf2": "the saved object held no moving statistics for this layer; a restore leaves them unbound "
+    FormatFamily.TF2: "the saved object held no moving statistics for this layer; a restore leaves them unbound "
     "('Unresolved object in checkpoint' or, with expect_partial(), silently at 0/1)",
 }
 
 
 def _missing_moving_stats(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
-    kind = ctx.target.reader.format
-    family = "keras" if kind.startswith("keras") else "tf2" if kind in ("tf2-object-based", "tf-savedmodel") else kind
-    cause = _MISSING_CAUSE.get(family, _MISSING_CAUSE["tf1-name-based"])
+    cause = _MISSING_CAUSE[ctx.target.reader.format.family]
     for layer in ctx.target.batchnorm:
         missing = layer.missing_statistics
         if missing:
