@@ -8,6 +8,8 @@ from enum import Enum
 from ckptdoctor.errors import CheckpointError  # re-exported: readers and users import it from here
 
 __all__ = [
+    "BATCHNORM_PARTS",
+    "BATCHNORM_STATISTICS",
     "BatchNormLayer",
     "CheckpointError",
     "Finding",
@@ -23,6 +25,11 @@ __all__ = [
     "TensorInfo",
     "Variable",
 ]
+
+
+# The variables of a BatchNorm layer, in the order Keras stores them; the last two are its moving statistics.
+BATCHNORM_PARTS = ("gamma", "beta", "moving_mean", "moving_variance")
+BATCHNORM_STATISTICS = BATCHNORM_PARTS[2:]
 
 
 class _ValueEnum(str, Enum):
@@ -136,12 +143,8 @@ class LayerConfig:
     @property
     def batchnorm_parts(self) -> tuple[str, ...]:
         """The variables Keras stores for this BatchNormalization, in its weight order."""
-        return (
-            *(("gamma",) if self.scale else ()),
-            *(("beta",) if self.center else ()),
-            "moving_mean",
-            "moving_variance",
-        )
+        kept = {"gamma": self.scale, "beta": self.center}
+        return tuple(part for part in BATCHNORM_PARTS if kept.get(part, True))
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,14 @@ class BatchNormLayer:
 
     @property
     def missing_statistics(self) -> tuple[str, ...]:
-        return tuple(s for s in ("moving_mean", "moving_variance") if getattr(self, s) is None)
+        return tuple(s for s in BATCHNORM_STATISTICS if getattr(self, s) is None)
+
+    @property
+    def statistics(self) -> tuple[str, str] | None:
+        """The keys of (moving_mean, moving_variance) where both are stored."""
+        if self.moving_mean is None or self.moving_variance is None:
+            return None
+        return self.moving_mean, self.moving_variance
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from ckptdoctor.errors import MissingExtraError, ModelError
+from ckptdoctor.errors import MissingExtraError, ModelError, first_line, message_line
 from ckptdoctor.formats import open_checkpoint
 from ckptdoctor.model import Storage
 
@@ -49,17 +49,16 @@ def _import_tensorflow():
     return tf
 
 
+ESSENTIAL_LINE_LIMIT = 400  # characters of what TF or Keras said that a result keeps
 _ESSENTIAL = re.compile(
     r"not found in checkpoint|[Ss]hape|[Cc]hecksum|DataLoss|corrupt|expected \d+ variables|"
     r"[Ww]eight count mismatch|not bound|Unresolved object"
 )
 
 
-def _essential_line(message: str, limit: int = 400) -> str:
-    """TF and Keras wrap the useful line ("Key ... not found in checkpoint") in paragraphs of advice."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    line = next((line for line in lines if _ESSENTIAL.search(line)), lines[0] if lines else message)
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+def _essential_line(message: str) -> str:
+    """The useful line of what TF or Keras said ("Key ... not found in checkpoint"), without the advice."""
+    return message_line(message, ESSENTIAL_LINE_LIMIT, _ESSENTIAL)
 
 
 def verify_meta_graph(checkpoint: str | os.PathLike[str], meta_graph: str | os.PathLike[str]) -> VerifyResult:
@@ -129,7 +128,7 @@ def load_model_spec(spec: str):
 
 
 def _first_line(error: BaseException) -> str:
-    return _essential_line(str(error)) if str(error).strip() else type(error).__name__
+    return first_line(error, ESSENTIAL_LINE_LIMIT, _ESSENTIAL)
 
 
 def _compare_keras_layers(reader, model) -> tuple[list[str], list[Mismatch]]:

@@ -14,7 +14,7 @@ import os
 import re
 from typing import TYPE_CHECKING
 
-from ckptdoctor.model import Format, FormatFamily, LayerDecay, Role, StatisticsUpdates, Storage
+from ckptdoctor.model import BATCHNORM_STATISTICS, Format, FormatFamily, LayerDecay, Role, StatisticsUpdates, Storage
 
 if TYPE_CHECKING:
     from ckptdoctor.analysis.checkpoint import Checkpoint
@@ -106,7 +106,7 @@ def _layer_decays(target: Checkpoint, override: float | None) -> tuple[tuple[Lay
     from_graph, note = _meta_graph_decays(target) if override is None else ({}, None)
     layers = []
     for layer in target.batchnorm:
-        if layer.missing_statistics == ("moving_mean", "moving_variance"):
+        if layer.missing_statistics == BATCHNORM_STATISTICS:
             continue
         config = configs.get(layer.layer)
         frozen = config is not None and not config.trainable

@@ -20,7 +20,15 @@ from ckptdoctor.formats.keras_common import (
     parse_json,
     read_dataset,
 )
-from ckptdoctor.model import CheckpointError, Format, IntegrityProblem, LayerConfig, ProblemKind
+from ckptdoctor.model import (
+    BATCHNORM_PARTS,
+    BATCHNORM_STATISTICS,
+    CheckpointError,
+    Format,
+    IntegrityProblem,
+    LayerConfig,
+    ProblemKind,
+)
 
 if TYPE_CHECKING:
     import h5py
@@ -166,15 +174,15 @@ def _batchnorm_names(vars_group: h5py.Group, config: LayerConfig | None) -> list
     if config is not None:
         expected = list(config.batchnorm_parts)
     elif count >= 4:
-        expected = ["gamma", "beta", "moving_mean", "moving_variance"]
+        expected = list(BATCHNORM_PARTS)
     elif count == 2:
-        expected = ["gamma", "beta"]
+        expected = list(BATCHNORM_PARTS[:2])
     elif count in (1, 3):
         import h5py
 
         first_var = member(vars_group, "0")
         first = "gamma" if isinstance(first_var, h5py.Dataset) and _looks_like_gamma(first_var) else "beta"
-        expected = [first, "moving_mean", "moving_variance"]
+        expected = [first, *BATCHNORM_STATISTICS]
     else:
         expected = []
     return expected[:count] + [str(i) for i in range(len(expected), count)]

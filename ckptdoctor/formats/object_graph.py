@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 from ckptdoctor.formats import protos
 
-ATTRIBUTE_MARKER = "/.ATTRIBUTES/"
+OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"  # the bundle key the serialized graph is stored under
+ATTRIBUTE_MARKER = "/.ATTRIBUTES/"  # between an object's path and the name of its saved attribute
+ATTRIBUTE_SUFFIX = ATTRIBUTE_MARKER + "VARIABLE_VALUE"  # the key of a tf.Variable's value
 OPTIMIZER_EDGE = "optimizer"
 
 

@@ -16,6 +16,7 @@ from ckptdoctor.formats import object_graph, protos
 from ckptdoctor.formats.base import SCAN_CHUNK, Progress, ScanResult
 from ckptdoctor.formats.bytesource import ByteSource, MissingFile, copy_range, open_source
 from ckptdoctor.formats.crc import crc32c, mask, unmask
+from ckptdoctor.formats.object_graph import OBJECT_GRAPH_KEY
 from ckptdoctor.formats.ordered_code import slice_key
 from ckptdoctor.formats.resolve import not_a_checkpoint
 from ckptdoctor.formats.sstable import TableError, TableReader, decode_varint, encode_varint
@@ -25,7 +26,6 @@ from ckptdoctor.names import decode_name, encode_name
 if TYPE_CHECKING:
     import numpy as np
 
-OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 # Caps on what hostile bytes can ask for; each is far above anything TensorFlow writes.
 MAX_SHARDS = 1 << 16
 MAX_RANK = 64
@@ -443,13 +443,8 @@ def _aligned_chunk(dtype: dtypes.DType) -> int:
 
 
 def count_nonfinite(raw: bytes, dtype: dtypes.DType) -> int:
-    import numpy as np
-
-    values = decode_numeric(raw, dtype, (len(raw) // (dtype.itemsize or 1),))
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(values.sum()):  # NaN and Inf propagate into a sum, which runs at memory speed
-            return 0
-    return int(values.size - np.count_nonzero(np.isfinite(values)))  # exact, only where something is wrong
+    """NaN and Inf elements among a tensor's raw bytes (a whole number of elements)."""
+    return dtypes.count_nonfinite(decode_numeric(raw, dtype, (len(raw) // (dtype.itemsize or 1),)))
 
 
 def decode_numeric(raw: bytes, dtype: dtypes.DType, shape: tuple[int, ...]) -> np.ndarray:
@@ -459,9 +454,7 @@ def decode_numeric(raw: bytes, dtype: dtypes.DType, shape: tuple[int, ...]) -> n
     if dtype.numpy is None:
         raise CheckpointError(f"cannot decode values of dtype {dtype.name}")
     values = np.frombuffer(raw, dtype=dtype.numpy).reshape(shape)
-    if dtype.name == "bfloat16":
-        values = (values.astype(np.uint32) << 16).view(np.float32)
-    return values
+    return dtypes.widen_bfloat16(values) if dtype.name == "bfloat16" else values
 
 
 def _string_lengths(raw: bytes, count: int) -> tuple[list[int], int]:

@@ -105,13 +105,12 @@ class V1Reader:
         return stored.reshape(info.shape)
 
     def scan(self, progress: Progress | None = None) -> ScanResult:
-        import numpy as np
 
         nonfinite = {}
         for info in self._infos.values():
             if dtypes.BY_NAME[info.dtype].is_float:
                 stored = self._stored(info.name)  # a splat is counted from its one value, never expanded
-                bad = int(stored.size - np.count_nonzero(np.isfinite(stored)))
+                bad = dtypes.count_nonfinite(stored)
                 count = math.prod(info.shape)
                 if stored.size == 1 and count > 1:
                     bad *= count

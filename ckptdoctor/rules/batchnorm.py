@@ -30,9 +30,9 @@ def _missing_moving_stats(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
 
 def _stats_at_init(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
     for layer in ctx.target.batchnorm:
-        if layer.moving_mean is None or layer.moving_variance is None:
+        if layer.statistics is None:
             continue
-        mean, variance = ctx.values(layer.moving_mean), ctx.values(layer.moving_variance)
+        mean, variance = (ctx.values(key) for key in layer.statistics)
         if mean is None or variance is None or mean.size == 0:
             continue
         if (mean == 0).all() and (variance == 1).all():
@@ -73,15 +73,12 @@ def _same_bits(ctx: CheckContext, mine: str, theirs: str) -> bool:
 def _stats_match_reference(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
     if ctx.reference is None or not _model_was_trained(ctx):
         return
-    by_layer = {layer.layer: layer for layer in ctx.reference.batchnorm}
-    by_name = {ctx.reference.layer_name(layer): layer for layer in ctx.reference.batchnorm}
     for layer in ctx.target.batchnorm:
-        other = by_layer.get(layer.layer) or by_name.get(ctx.target.layer_name(layer))
-        if other is None or layer.missing_statistics or other.missing_statistics:
+        other = ctx.reference.find_layer(layer, ctx.target)
+        mine, theirs = layer.statistics, other.statistics if other else None
+        if mine is None or theirs is None:
             continue
-        if _same_bits(ctx, layer.moving_mean, other.moving_mean) and _same_bits(
-            ctx, layer.moving_variance, other.moving_variance
-        ):
+        if all(_same_bits(ctx, a, b) for a, b in zip(mine, theirs, strict=True)):
             yield rule.finding(
                 layer.layer,
                 f"BatchNorm layer {layer.layer} has moving statistics bit-identical to the reference while the "
