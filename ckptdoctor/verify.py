@@ -166,7 +166,8 @@ def verify_model(checkpoint: str | os.PathLike[str], model_spec: str) -> VerifyR
         expected = len(model.weights)
         if resolved.storage is Storage.BUNDLE:
             roots = {(t.path or t.name).split("/", 1)[0] for t in reader.tensors()}
-            missing, mismatched = [], []
+            missing: list[str] = []
+            mismatched: list[Mismatch] = []
         else:
             missing, mismatched = _compare_keras_layers(reader, model)
     finally:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard
 
 from ckptdoctor.model import BATCHNORM_STATISTICS, Format, FormatFamily, LayerDecay, Role, StatisticsUpdates, Storage
 
@@ -96,7 +96,7 @@ def _integer(checkpoint: Checkpoint, name: str, dtype: str) -> int | None:
     return value if value >= 0 else None
 
 
-def _valid(decay: float | None) -> bool:
+def _valid(decay: float | None) -> TypeGuard[float]:
     return decay is not None and math.isfinite(decay) and 0.0 <= decay <= 1.0
 
 
@@ -113,7 +113,7 @@ def _layer_decays(target: Checkpoint, override: float | None) -> tuple[tuple[Lay
         if override is not None:
             layers.append(LayerDecay(layer.layer, override, "--decay", frozen))
         elif config is not None and _valid(config.momentum):
-            layers.append(LayerDecay(layer.layer, float(config.momentum), "keras-config", frozen))
+            layers.append(LayerDecay(layer.layer, config.momentum, "keras-config", frozen))
         else:
             decays = [from_graph[k] for k in (layer.moving_mean, layer.moving_variance) if k in from_graph]
             if decays:  # the stalest statistic speaks for the layer

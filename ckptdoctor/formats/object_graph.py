@@ -142,7 +142,7 @@ def parse(serialized: bytes) -> ObjectGraph:
         if node_id not in preferred:
             candidates = paths.candidates(node_id)
             model_paths = [p for p in candidates if not _through_optimizer(p)]
-            preferred[node_id] = (model_paths or candidates or [None])[0]
+            preferred[node_id] = next(iter(model_paths or candidates), None)
         return preferred[node_id]
 
     slots: dict[int, tuple[int, str, int]] = {}

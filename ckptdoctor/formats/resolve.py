@@ -30,7 +30,8 @@ class Resolved:
             object.__setattr__(self, "format", Format(self.format))
 
 
-def read_state_file(directory: Path) -> protos.CheckpointState | None:
+def read_state_file(directory: Path) -> protos.Message | None:
+    """The directory's `checkpoint` state file (a CheckpointState), or None where there is none."""
     path = directory / STATE_FILE
     if not os.path.lexists(path):
         return None
