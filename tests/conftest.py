@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -72,6 +73,40 @@ def tf():
     """TensorFlow, or a skip where the [tf] extra is not installed."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     return pytest.importorskip("tensorflow", reason="TensorFlow not installed (pip install -e '.[tf]')")
+
+
+CLI_TIMEOUT = 120  # seconds a CLI call in a test may take before it counts as hung
+
+
+def cli_command(*args: object) -> list[str]:
+    """`python -m ckptdoctor ARGS` with this interpreter; paths may be given as Path objects."""
+    return [sys.executable, "-m", "ckptdoctor", *map(str, args)]
+
+
+def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a test runs the CLI in: this tree's package first on the path, TensorFlow quiet, no
+    debug tracebacks. `env` adds to it; a PYTHONPATH given there goes first (e.g. a directory that blocks
+    `import tensorflow`)."""
+    merged = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CKPTDOCTOR_DEBUG": "", **(env or {})}
+    path = [(env or {}).get("PYTHONPATH", ""), str(ROOT), os.environ.get("PYTHONPATH", "")]
+    merged["PYTHONPATH"] = os.pathsep.join(part for part in path if part)
+    return merged
+
+
+def run_cli(
+    *args: object, env: dict[str, str] | None = None, cwd: Path | str | None = None, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a user does, in a child process; stdout and stderr are decoded as strict UTF-8, so a
+    report that is not valid UTF-8 fails the test that reads it."""
+    return subprocess.run(
+        cli_command(*args),
+        capture_output=True,
+        encoding="utf-8",
+        timeout=CLI_TIMEOUT,
+        env=cli_env(env),
+        cwd=cwd,
+        input=input,
+    )
 
 
 def copy_checkpoint(prefix: Path, directory: Path) -> Path:

@@ -11,7 +11,6 @@ import shutil
 import signal
 import struct
 import subprocess
-import sys
 import threading
 import time
 import zipfile
@@ -21,7 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import FIXTURE_BUNDLES, KERAS, copy_checkpoint
+from conftest import FIXTURE_BUNDLES, KERAS, cli_command, cli_env, copy_checkpoint
 
 from ckptdoctor import dtypes
 from ckptdoctor.formats import protos
@@ -47,11 +46,11 @@ def measured(*args, env=None, open_files: int | None = None) -> tuple[int, str, 
 
     start = time.monotonic()
     child = subprocess.Popen(
-        [sys.executable, "-m", "ckptdoctor", *map(str, args)],
+        cli_command(*args),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         preexec_fn=limits,
-        env={**os.environ, "CKPTDOCTOR_DEBUG": "", **(env or {})},
+        env=cli_env(env),
     )
     timer = threading.Timer(TIME_LIMIT * 2, lambda: os.kill(child.pid, signal.SIGKILL))
     timer.start()
