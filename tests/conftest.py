@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))  # the synthetic checkpoint generator lives with the benchmarks
+sys.path.insert(0, str(ROOT / "scripts"))  # generators tests share with bench/: synthetic.py, make_*_fixtures.py
 FIXTURES = ROOT / "fixtures"
 TF1 = FIXTURES / "tf1"
 REALWORLD = ROOT.parent / "shared" / "realworld"

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
-from conftest import FIXTURES, ROOT, copy_checkpoint, file_bytes, run_cli
+from conftest import FIXTURES, copy_checkpoint, file_bytes, run_cli
 
 import ckptdoctor
 from ckptdoctor.analysis.staleness import share_left
@@ -28,8 +26,7 @@ def stale(report) -> dict[str, object]:
 
 def batch_mean():
     """The constant batch's per-channel mean, the c every moving_mean converges to."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from make_fixtures import STALE_INPUT
+    from make_fixtures import STALE_INPUT  # scripts/ is on the path (conftest)
 
     return STALE_INPUT.astype(np.float64).mean(axis=(0, 1, 2))
 
