@@ -6,9 +6,14 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pytest
+
+from ckptdoctor import dtypes
+from ckptdoctor.formats import protos
+from ckptdoctor.formats.sstable import TableBuilder
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))  # generators tests share with bench/: synthetic.py, make_*_fixtures.py
@@ -107,6 +112,48 @@ def run_cli(
         cwd=cwd,
         input=input,
     )
+
+
+FLOAT32 = dtypes.BY_NAME["float32"].code
+
+
+def bundle_header(num_shards: int = 1) -> tuple[bytes, bytes]:
+    """The header record of a bundle index (empty key)."""
+    return b"", protos.BundleHeaderProto(num_shards=num_shards).SerializeToString()
+
+
+def entry_proto(
+    shape: Sequence[int],
+    size: int = 0,
+    offset: int = 0,
+    crc: int = 0,
+    slices: Sequence[Sequence[tuple[int, int]]] = (),
+    dtype: int = FLOAT32,
+) -> bytes:
+    """A BundleEntryProto as stored in an index, with whatever (hostile) numbers it is given."""
+    proto = protos.BundleEntryProto(dtype=dtype, offset=offset, size=size, crc32c=crc)
+    for dim in shape:
+        proto.shape.dim.add(size=dim)
+    for extents in slices:
+        tensor_slice = proto.slices.add()
+        for start, length in extents:
+            tensor_slice.extent.add(start=start, length=length)
+    return proto.SerializeToString()
+
+
+def write_index(
+    prefix: Path, records: Iterable[tuple[bytes, bytes]], data: bytes = b"\0" * 64, shards: int = 1
+) -> Path:
+    """A bundle index holding exactly `records` in the order given (keys out of order, or no header, where a
+    test wants them), and data shard 0 of `shards` holding `data`."""
+    with open(f"{prefix}.index", "wb") as out:
+        table = TableBuilder(out)
+        for key, value in records:
+            table.last_key = None  # the builder refuses keys out of order; a hostile index has them
+            table.add(key, value)
+        table.finish()
+    Path(f"{prefix}.data-00000-of-{shards:05d}").write_bytes(data)
+    return prefix
 
 
 def copy_checkpoint(prefix: Path, directory: Path) -> Path:

@@ -7,7 +7,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURE_BUNDLES, KERAS, copy_checkpoint, run_cli
+from conftest import FIXTURE_BUNDLES, KERAS, copy_checkpoint, run_cli, write_index
 
 FULL = FIXTURE_BUNDLES["finetune_full"]
 DATA = "data-00000-of-00001"
@@ -139,17 +139,7 @@ def test_old_crashers_stay_fixed(tmp_path):
 
 
 def _index_with(tmp_path, header: bytes, entries: dict[bytes, bytes]) -> Path:
-    from ckptdoctor.formats.sstable import TableBuilder
-
-    prefix = tmp_path / "crafted"
-    with open(f"{prefix}.index", "wb") as out:
-        table = TableBuilder(out)
-        table.add(b"", header)
-        for key in sorted(entries):
-            table.add(key, entries[key])
-        table.finish()
-    Path(f"{prefix}.data-00000-of-00001").write_bytes(b"\0" * 64)
-    return prefix
+    return write_index(tmp_path / "crafted", [(b"", header), *sorted(entries.items())])
 
 
 def test_shard_count_cap(tmp_path):

@@ -14,17 +14,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import KERAS
+from conftest import FLOAT32, KERAS, bundle_header, entry_proto, write_index
 
-from ckptdoctor import check, dtypes
-from ckptdoctor.formats import protos
+from ckptdoctor import check
 from ckptdoctor.formats.crc import crc32c, mask
-from ckptdoctor.formats.sstable import TableBuilder
 from ckptdoctor.model import ProblemKind, Report
 from ckptdoctor.rules import CATALOGUE
 from ckptdoctor.writer.bundle import BundleWriter
 
-FLOAT32 = dtypes.BY_NAME["float32"].code
 BN = "net/conv/BatchNorm"
 WEIGHTS = "net/conv/weights"
 
@@ -61,29 +58,6 @@ def with_tensors(**changes: np.ndarray | None) -> dict[str, np.ndarray]:
         else:
             tensors[f"{BN}/{part}"] = values
     return tensors
-
-
-def entry_proto(shape: list[int], size: int, offset: int = 0, crc: int = 0) -> bytes:
-    proto = protos.BundleEntryProto(dtype=FLOAT32, offset=offset, size=size, crc32c=crc)
-    for dim in shape:
-        proto.shape.dim.add(size=dim)
-    return proto.SerializeToString()
-
-
-def write_index(prefix: Path, records: list[tuple[bytes, bytes]], data: bytes = b"") -> Path:
-    """An index holding exactly `records`, in the order given (hostile orders included), and one data shard."""
-    with open(f"{prefix}.index", "wb") as out:
-        table = TableBuilder(out)
-        for key, value in records:
-            table.last_key = None  # the builder refuses keys out of order; a hostile index has them
-            table.add(key, value)
-        table.finish()
-    Path(f"{prefix}.data-00000-of-00001").write_bytes(data)
-    return prefix
-
-
-def header() -> tuple[bytes, bytes]:
-    return b"", protos.BundleHeaderProto(num_shards=1).SerializeToString()
 
 
 def stored(values: list[float]) -> tuple[bytes, int]:
@@ -150,13 +124,13 @@ def tensor_out_of_bounds(tmp: Path) -> Case:
 
 def size_mismatch(tmp: Path) -> Case:
     raw, crc = stored([1.0, 2.0, 3.0])  # 12 bytes stored for a float32[4], which needs 16
-    records = [header(), (WEIGHTS.encode(), entry_proto([4], len(raw), crc=crc))]
+    records = [bundle_header(), (WEIGHTS.encode(), entry_proto([4], len(raw), crc=crc))]
     return write_index(tmp / "model.ckpt", records, raw), {}, WEIGHTS
 
 
 def index_unsorted(tmp: Path) -> Case:
     (raw_b, crc_b), (raw_a, crc_a) = stored([1.0]), stored([2.0])
-    records = [header(), (b"b", entry_proto([1], 4, 0, crc_b)), (b"a", entry_proto([1], 4, 4, crc_a))]
+    records = [bundle_header(), (b"b", entry_proto([1], 4, 0, crc_b)), (b"a", entry_proto([1], 4, 4, crc_a))]
     return write_index(tmp / "model.ckpt", records, raw_b + raw_a), {}, "a"
 
 
@@ -168,7 +142,7 @@ def index_missing_header(tmp: Path) -> Case:
 
 def index_corrupt(tmp: Path) -> Case:
     raw, crc = stored([1.0])
-    records = [header(), (b"bad", b"\xff\xff\xff"), (WEIGHTS.encode(), entry_proto([1], len(raw), crc=crc))]
+    records = [bundle_header(), (b"bad", b"\xff\xff\xff"), (WEIGHTS.encode(), entry_proto([1], len(raw), crc=crc))]
     return write_index(tmp / "model.ckpt", records, raw), {}, "bad"
 
 
