@@ -3,7 +3,7 @@
     python bench/scale.py /tmp/ckptdoctor-scale                       # 0.25 GB and 2 GB (20,000 tensors, 8 shards)
     python bench/scale.py /tmp/ckptdoctor-scale --gigabytes 0.25 2 10 # add the 10 GB case (~30 GB of disk)
 
-Checkpoints are written by bench/synthetic.py (ckptdoctor's own bundle writer). Each command runs in a fresh
+Checkpoints are written by scripts/synthetic.py (ckptdoctor's own bundle writer). Each command runs in a fresh
 process after one warm-up run (page cache warm), median of --runs, peak RSS from os.wait4. The table
 replaces the "Scale" section of bench/RESULTS.md.
 """
@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 
 from run import Sample, run_once
-from synthetic import write_synthetic
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from synthetic import write_synthetic  # the generator lives in scripts/, shared with tests/
 
 PY = sys.executable
 MARKER = "## Scale"
@@ -81,7 +83,7 @@ def main() -> None:
         "",
         f"Measured {datetime.date.today().isoformat()} by `python bench/scale.py DIR --gigabytes "
         f"{' '.join(f'{g:g}' for g in args.gigabytes)}` on {os.cpu_count()} cores; synthetic TF1 checkpoints "
-        "from `bench/synthetic.py` (slim-style names, float32). Median of "
+        "from `scripts/synthetic.py` (slim-style names, float32). Median of "
         f"{args.runs} fresh processes after a warm-up (page cache warm); peak RSS from os.wait4. `check` "
         "reads and checksums every byte; `patch` copies the target (statistics dropped) and re-checks it. "
         "`patch` fsyncs what it writes before renaming it into place and `cp` does not, so at gigabyte "

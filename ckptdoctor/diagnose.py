@@ -8,7 +8,7 @@ from collections.abc import Callable
 from ckptdoctor.analysis.checkpoint import Checkpoint, opened
 from ckptdoctor.analysis.staleness import DEFAULT_STALE_THRESHOLD, find_updates
 from ckptdoctor.formats import Resolved
-from ckptdoctor.model import Finding, Report, StatisticsUpdates
+from ckptdoctor.model import Finding, Report, StatisticsUpdates, Storage
 
 
 def _report(
@@ -19,10 +19,10 @@ def _report(
 ) -> Report:
     return Report(
         path=path.location if isinstance(path, Resolved) else os.fspath(path),
-        format=checkpoint.reader.format,
+        format=checkpoint.reader.format.value,
         resolved=checkpoint.resolved.location,
         note=checkpoint.resolved.note,
-        file=checkpoint.resolved.location + (".index" if checkpoint.resolved.kind == "bundle" else ""),
+        file=checkpoint.resolved.location + (".index" if checkpoint.resolved.storage is Storage.BUNDLE else ""),
         variables=checkpoint.variables,
         batchnorm=checkpoint.batchnorm,
         findings=findings,

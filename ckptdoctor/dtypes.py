@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -47,3 +51,21 @@ BY_NAME = {d.name: d for d in _TABLE}
 def from_code(code: int) -> DType:
     """The DType for a DataType enum value; unknown codes get a placeholder that reads as raw bytes."""
     return BY_CODE.get(code) or DType(code, f"dtype_{code}", None, None)
+
+
+def widen_bfloat16(stored: np.ndarray) -> np.ndarray:
+    """bfloat16 values stored as their uint16 bit patterns, as float32: bfloat16 is float32's upper half, so
+    the widening is exact."""
+    import numpy as np
+
+    return (stored.astype(np.uint32) << 16).view(np.float32)
+
+
+def count_nonfinite(values: np.ndarray) -> int:
+    """How many elements are NaN or Inf."""
+    import numpy as np
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(values.sum()):  # NaN and Inf propagate into a sum, which runs at memory speed
+            return 0
+    return int(values.size - np.count_nonzero(np.isfinite(values)))  # exact, only where something is wrong

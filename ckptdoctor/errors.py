@@ -5,6 +5,8 @@ catch the kind they care about."""
 
 from __future__ import annotations
 
+import re
+
 
 class CkptDoctorError(Exception):
     """Something ckptdoctor could not do; the message is one line naming the file and what is wrong."""
@@ -28,3 +30,18 @@ class MissingExtraError(CkptDoctorError):
 
 class ModelError(CkptDoctorError):
     """The model a command restores into (--meta-graph, --model) cannot be found, imported or built."""
+
+
+def message_line(message: str, limit: int = 200, prefer: re.Pattern[str] | None = None) -> str:
+    """One line of a message for a one-line error: its first non-empty line, or the first that matches
+    `prefer` (TensorFlow and Keras wrap the useful line in paragraphs of advice), cut at `limit`."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    line = next((line for line in lines if prefer.search(line)), lines[0]) if prefer else lines[0]
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def first_line(error: BaseException, limit: int = 200, prefer: re.Pattern[str] | None = None) -> str:
+    """What an error says, in one line (see `message_line`); its type's name where it says nothing."""
+    return message_line(str(error), limit, prefer) or type(error).__name__

@@ -8,6 +8,8 @@ from enum import Enum
 from ckptdoctor.errors import CheckpointError  # re-exported: readers and users import it from here
 
 __all__ = [
+    "BATCHNORM_PARTS",
+    "BATCHNORM_STATISTICS",
     "BatchNormLayer",
     "CheckpointError",
     "Finding",
@@ -25,7 +27,20 @@ __all__ = [
 ]
 
 
-class Format(str, Enum):
+# The variables of a BatchNorm layer, in the order Keras stores them; the last two are its moving statistics.
+BATCHNORM_PARTS = ("gamma", "beta", "moving_mean", "moving_variance")
+BATCHNORM_STATISTICS = BATCHNORM_PARTS[2:]
+
+
+class _ValueEnum(str, Enum):
+    """A str enum that prints as its value (as `enum.StrEnum`, which Python 3.10 lacks), so messages read
+    `keras-zip`, not `Format.KERAS_ZIP`."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class Format(_ValueEnum):
     """What a checkpoint is, decided from its bytes (the JSON report's `format`)."""
 
     TF1_NAME_BASED = "tf1-name-based"
@@ -45,7 +60,7 @@ class Format(str, Enum):
         return FormatFamily.KERAS
 
 
-class FormatFamily(str, Enum):
+class FormatFamily(_ValueEnum):
     """Formats that share their causes and repairs: advice and hints are written per family."""
 
     TF1 = "tf1"  # name-based graphs saved by tf.train.Saver
@@ -53,7 +68,7 @@ class FormatFamily(str, Enum):
     KERAS = "keras"  # Keras files: .h5, .weights.h5, .keras
 
 
-class Storage(str, Enum):
+class Storage(_ValueEnum):
     """How a checkpoint's bytes are laid out on disk (what a path resolves to)."""
 
     BUNDLE = "bundle"  # <prefix>.index + <prefix>.data-NNNNN-of-NNNNN (TF V2)
@@ -62,7 +77,7 @@ class Storage(str, Enum):
     ZIP = "zip"  # a .keras archive
 
 
-class ProblemKind(str, Enum):
+class ProblemKind(_ValueEnum):
     """Damage a reader finds in bytes; each kind is reported by exactly one integrity rule (same slug)."""
 
     CRC_MISMATCH = "crc-mismatch"
@@ -128,12 +143,8 @@ class LayerConfig:
     @property
     def batchnorm_parts(self) -> tuple[str, ...]:
         """The variables Keras stores for this BatchNormalization, in its weight order."""
-        return (
-            *(("gamma",) if self.scale else ()),
-            *(("beta",) if self.center else ()),
-            "moving_mean",
-            "moving_variance",
-        )
+        kept = {"gamma": self.scale, "beta": self.center}
+        return tuple(part for part in BATCHNORM_PARTS if kept.get(part, True))
 
 
 @dataclass(frozen=True)
@@ -162,7 +173,14 @@ class BatchNormLayer:
 
     @property
     def missing_statistics(self) -> tuple[str, ...]:
-        return tuple(s for s in ("moving_mean", "moving_variance") if getattr(self, s) is None)
+        return tuple(s for s in BATCHNORM_STATISTICS if getattr(self, s) is None)
+
+    @property
+    def statistics(self) -> tuple[str, str] | None:
+        """The keys of (moving_mean, moving_variance) where both are stored."""
+        if self.moving_mean is None or self.moving_variance is None:
+            return None
+        return self.moving_mean, self.moving_variance
 
 
 @dataclass(frozen=True)
@@ -179,7 +197,7 @@ class Finding:
 class IntegrityProblem:
     """Damage a reader found while reading bytes; rules turn these into findings."""
 
-    kind: str  # a rule slug, e.g. "crc-mismatch"
+    kind: ProblemKind  # reported by the integrity rule that declares it
     subject: str
     detail: str
 

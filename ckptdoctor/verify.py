@@ -6,8 +6,9 @@ import os
 import re
 from dataclasses import dataclass
 
-from ckptdoctor.errors import MissingExtraError, ModelError
+from ckptdoctor.errors import MissingExtraError, ModelError, first_line, message_line
 from ckptdoctor.formats import open_checkpoint
+from ckptdoctor.model import Storage
 
 
 @dataclass(frozen=True)
@@ -48,17 +49,16 @@ def _import_tensorflow():
     return tf
 
 
+ESSENTIAL_LINE_LIMIT = 400  # characters of what TF or Keras said that a result keeps
 _ESSENTIAL = re.compile(
     r"not found in checkpoint|[Ss]hape|[Cc]hecksum|DataLoss|corrupt|expected \d+ variables|"
     r"[Ww]eight count mismatch|not bound|Unresolved object"
 )
 
 
-def _essential_line(message: str, limit: int = 400) -> str:
-    """TF and Keras wrap the useful line ("Key ... not found in checkpoint") in paragraphs of advice."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    line = next((line for line in lines if _ESSENTIAL.search(line)), lines[0] if lines else message)
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+def _essential_line(message: str) -> str:
+    """The useful line of what TF or Keras said ("Key ... not found in checkpoint"), without the advice."""
+    return message_line(message, ESSENTIAL_LINE_LIMIT, _ESSENTIAL)
 
 
 def verify_meta_graph(checkpoint: str | os.PathLike[str], meta_graph: str | os.PathLike[str]) -> VerifyResult:
@@ -128,7 +128,7 @@ def load_model_spec(spec: str):
 
 
 def _first_line(error: BaseException) -> str:
-    return _essential_line(str(error)) if str(error).strip() else type(error).__name__
+    return first_line(error, ESSENTIAL_LINE_LIMIT, _ESSENTIAL)
 
 
 def _compare_keras_layers(reader, model) -> tuple[list[str], list[Mismatch]]:
@@ -164,16 +164,17 @@ def verify_model(checkpoint: str | os.PathLike[str], model_spec: str) -> VerifyR
         tf = _import_tensorflow()
         model = load_model_spec(model_spec)
         expected = len(model.weights)
-        if resolved.kind == "bundle":
+        if resolved.storage is Storage.BUNDLE:
             roots = {(t.path or t.name).split("/", 1)[0] for t in reader.tensors()}
-            missing, mismatched = [], []
+            missing: list[str] = []
+            mismatched: list[Mismatch] = []
         else:
             missing, mismatched = _compare_keras_layers(reader, model)
     finally:
         reader.close()
     error = None
     try:
-        if resolved.kind == "bundle":
+        if resolved.storage is Storage.BUNDLE:
             root = tf.train.Checkpoint(model=model) if "model" in roots else tf.train.Checkpoint(root=model)
             status = root.read(resolved.location)
             status.expect_partial()  # optimizer state the eval model does not hold is expected, not an error

@@ -18,8 +18,10 @@ import sys
 import time
 from collections.abc import Iterable
 
+from ckptdoctor.model import Storage
+
 DEFAULT_STALL_SECONDS = 300.0
-NATIVE_KINDS = frozenset({"hdf5", "zip"})  # inputs read by libhdf5 (a .keras archive holds an HDF5 file)
+NATIVE_STORAGE = frozenset({Storage.HDF5, Storage.ZIP})  # inputs read by libhdf5 (a .keras archive holds an HDF5 file)
 
 _pipe: int | None = None
 _last = 0.0
@@ -42,7 +44,7 @@ def reads_native_code(paths: Iterable[str | None]) -> bool:
         if path is None:
             continue
         try:
-            if resolve(path).kind in NATIVE_KINDS:
+            if resolve(path).storage in NATIVE_STORAGE:
                 return True
         except (CkptDoctorError, OSError):
             continue  # the command itself reports it

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pytest
 
+from ckptdoctor import dtypes
+from ckptdoctor.formats import protos
+from ckptdoctor.formats.sstable import TableBuilder
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))  # the synthetic checkpoint generator lives with the benchmarks
+sys.path.insert(0, str(ROOT / "scripts"))  # generators tests share with bench/: synthetic.py, make_*_fixtures.py
 FIXTURES = ROOT / "fixtures"
 TF1 = FIXTURES / "tf1"
 REALWORLD = ROOT.parent / "shared" / "realworld"
@@ -72,6 +78,82 @@ def tf():
     """TensorFlow, or a skip where the [tf] extra is not installed."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     return pytest.importorskip("tensorflow", reason="TensorFlow not installed (pip install -e '.[tf]')")
+
+
+CLI_TIMEOUT = 120  # seconds a CLI call in a test may take before it counts as hung
+
+
+def cli_command(*args: object) -> list[str]:
+    """`python -m ckptdoctor ARGS` with this interpreter; paths may be given as Path objects."""
+    return [sys.executable, "-m", "ckptdoctor", *map(str, args)]
+
+
+def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a test runs the CLI in: this tree's package first on the path, TensorFlow quiet, no
+    debug tracebacks. `env` adds to it; a PYTHONPATH given there goes first (e.g. a directory that blocks
+    `import tensorflow`)."""
+    merged = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CKPTDOCTOR_DEBUG": "", **(env or {})}
+    path = [(env or {}).get("PYTHONPATH", ""), str(ROOT), os.environ.get("PYTHONPATH", "")]
+    merged["PYTHONPATH"] = os.pathsep.join(part for part in path if part)
+    return merged
+
+
+def run_cli(
+    *args: object, env: dict[str, str] | None = None, cwd: Path | str | None = None, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a user does, in a child process; stdout and stderr are decoded as strict UTF-8, so a
+    report that is not valid UTF-8 fails the test that reads it."""
+    return subprocess.run(
+        cli_command(*args),
+        capture_output=True,
+        encoding="utf-8",
+        timeout=CLI_TIMEOUT,
+        env=cli_env(env),
+        cwd=cwd,
+        input=input,
+    )
+
+
+FLOAT32 = dtypes.BY_NAME["float32"].code
+
+
+def bundle_header(num_shards: int = 1) -> tuple[bytes, bytes]:
+    """The header record of a bundle index (empty key)."""
+    return b"", protos.BundleHeaderProto(num_shards=num_shards).SerializeToString()
+
+
+def entry_proto(
+    shape: Sequence[int],
+    size: int = 0,
+    offset: int = 0,
+    crc: int = 0,
+    slices: Sequence[Sequence[tuple[int, int]]] = (),
+    dtype: int = FLOAT32,
+) -> bytes:
+    """A BundleEntryProto as stored in an index, with whatever (hostile) numbers it is given."""
+    proto = protos.BundleEntryProto(dtype=dtype, offset=offset, size=size, crc32c=crc)
+    for dim in shape:
+        proto.shape.dim.add(size=dim)
+    for extents in slices:
+        tensor_slice = proto.slices.add()
+        for start, length in extents:
+            tensor_slice.extent.add(start=start, length=length)
+    return proto.SerializeToString()
+
+
+def write_index(
+    prefix: Path, records: Iterable[tuple[bytes, bytes]], data: bytes = b"\0" * 64, shards: int = 1
+) -> Path:
+    """A bundle index holding exactly `records` in the order given (keys out of order, or no header, where a
+    test wants them), and data shard 0 of `shards` holding `data`."""
+    with open(f"{prefix}.index", "wb") as out:
+        table = TableBuilder(out)
+        for key, value in records:
+            table.last_key = None  # the builder refuses keys out of order; a hostile index has them
+            table.add(key, value)
+        table.finish()
+    Path(f"{prefix}.data-00000-of-{shards:05d}").write_bytes(data)
+    return prefix
 
 
 def copy_checkpoint(prefix: Path, directory: Path) -> Path:

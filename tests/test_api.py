@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import FIXTURE_BUNDLES, KERAS_FILES
+from conftest import FIXTURE_BUNDLES, KERAS_FILES, run_cli
 
 import ckptdoctor
 from ckptdoctor import ConfigError, ExitCode, Severity, gate, load_policy
@@ -32,7 +32,7 @@ def test_gate_reaches_the_same_verdict_as_the_cli(tmp_path):
     verdict = gate(paths)
     assert verdict.exit_code is ExitCode.FINDINGS
     assert [len(r.findings) for r in verdict.reports] == [0, 4]
-    cli = subprocess.run([sys.executable, "-m", "ckptdoctor", "check", *paths, "--format", "json"], capture_output=True)
+    cli = run_cli("check", *paths, "--format", "json")
     assert cli.returncode == verdict.exit_code
 
 

@@ -11,7 +11,6 @@ import shutil
 import signal
 import struct
 import subprocess
-import sys
 import threading
 import time
 import zipfile
@@ -21,18 +20,28 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import FIXTURE_BUNDLES, KERAS, copy_checkpoint
+from conftest import (
+    FIXTURE_BUNDLES,
+    FLOAT32,
+    KERAS,
+    bundle_header,
+    cli_command,
+    cli_env,
+    copy_checkpoint,
+    entry_proto,
+    write_index,
+)
 
 from ckptdoctor import dtypes
 from ckptdoctor.formats import protos
 from ckptdoctor.formats.crc import crc32c, mask
+from ckptdoctor.formats.object_graph import OBJECT_GRAPH_KEY
 from ckptdoctor.formats.ordered_code import slice_key
 from ckptdoctor.formats.sstable import TableBuilder
-from ckptdoctor.formats.tf_bundle import OBJECT_GRAPH_KEY, encode_string_tensor
+from ckptdoctor.formats.tf_bundle import encode_string_tensor
 
 MEMORY_LIMIT = 512 << 20
 TIME_LIMIT = 30
-FLOAT32 = dtypes.BY_NAME["float32"].code
 
 
 def measured(*args, env=None, open_files: int | None = None) -> tuple[int, str, str, int, float]:
@@ -47,11 +56,11 @@ def measured(*args, env=None, open_files: int | None = None) -> tuple[int, str, 
 
     start = time.monotonic()
     child = subprocess.Popen(
-        [sys.executable, "-m", "ckptdoctor", *map(str, args)],
+        cli_command(*args),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         preexec_fn=limits,
-        env={**os.environ, "CKPTDOCTOR_DEBUG": "", **(env or {})},
+        env=cli_env(env),
     )
     timer = threading.Timer(TIME_LIMIT * 2, lambda: os.kill(child.pid, signal.SIGKILL))
     timer.start()
@@ -83,25 +92,7 @@ def within_bounds(code, out, err, peak, seconds, expected_code) -> None:
 
 
 def _bundle(prefix: Path, entries: dict[bytes, bytes], data: bytes = b"\0" * 64, shards: int = 1) -> Path:
-    with open(f"{prefix}.index", "wb") as out:
-        table = TableBuilder(out)
-        table.add(b"", protos.BundleHeaderProto(num_shards=shards).SerializeToString())
-        for key in sorted(entries):
-            table.add(key, entries[key])
-        table.finish()
-    Path(f"{prefix}.data-00000-of-{shards:05d}").write_bytes(data)
-    return prefix
-
-
-def _entry(shape, size=0, offset=0, slices=(), crc=0) -> bytes:
-    proto = protos.BundleEntryProto(dtype=FLOAT32, offset=offset, size=size, crc32c=crc)
-    for dim in shape:
-        proto.shape.dim.add(size=dim)
-    for extents in slices:
-        tensor_slice = proto.slices.add()
-        for start, length in extents:
-            tensor_slice.extent.add(start=start, length=length)
-    return proto.SerializeToString()
+    return write_index(prefix, [bundle_header(shards), *sorted(entries.items())], data, shards)
 
 
 # ---- the five hostile files of the issue ------------------------------------------------------------
@@ -111,10 +102,10 @@ def test_partitioned_statistics_claiming_4g_elements(tmp_path):
     """Both statistics of a BatchNorm layer declare 2^32 elements; their one slice stores 16 bytes."""
     huge = 1 << 32
     ones = np.ones(4, "<f4").tobytes()
-    entries = {b"bn/beta": _entry([4], 16, 0, crc=mask(crc32c(ones)))}
+    entries = {b"bn/beta": entry_proto([4], 16, 0, crc=mask(crc32c(ones)))}
     for name in (b"bn/moving_mean", b"bn/moving_variance"):
-        entries[name] = _entry([huge], slices=[[(0, huge)]])
-        entries[slice_key(name, [(0, huge)])] = _entry([huge], 16, 0)
+        entries[name] = entry_proto([huge], slices=[[(0, huge)]])
+        entries[slice_key(name, [(0, huge)])] = entry_proto([huge], 16, 0)
     prefix = _bundle(tmp_path / "model.ckpt", entries, ones)
     assert Path(f"{prefix}.index").stat().st_size < 1024
     code, out, err, peak, seconds = measured("check", prefix)

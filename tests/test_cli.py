@@ -5,24 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURE_BUNDLES, TF1, file_bytes
+from conftest import FIXTURE_BUNDLES, TF1, cli_command, cli_env, file_bytes, run_cli
 
 TRAINABLE = str(FIXTURE_BUNDLES["finetune_trainable"])
 FULL = str(FIXTURE_BUNDLES["finetune_full"])
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ckptdoctor", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})},
-    )
 
 
 def assert_one_line_error(result, *fragments: str) -> None:
@@ -35,7 +24,7 @@ def assert_one_line_error(result, *fragments: str) -> None:
 
 
 def test_inspect_json_is_the_documented_report():
-    result = run("inspect", TRAINABLE, "--format", "json")
+    result = run_cli("inspect", TRAINABLE, "--format", "json")
     assert result.returncode == 0
     report = json.loads(result.stdout)
     assert report["schema_version"] == "1.1"
@@ -65,7 +54,7 @@ def test_inspect_json_is_the_documented_report():
 
 
 def test_inspect_text_groups_by_layer_and_summarises():
-    result = run("inspect", FULL)
+    result = run_cli("inspect", FULL)
     assert result.returncode == 0
     out = result.stdout
     assert "net/conv1/BatchNorm/" in out and "moving_variance" in out
@@ -74,19 +63,19 @@ def test_inspect_text_groups_by_layer_and_summarises():
 
 
 def test_check_exit_codes():
-    assert run("check", FULL).returncode == 0
-    broken = run("check", TRAINABLE, "--format", "json")
+    assert run_cli("check", FULL).returncode == 0
+    broken = run_cli("check", TRAINABLE, "--format", "json")
     assert broken.returncode == 1
     findings = json.loads(broken.stdout)["findings"]
     assert [f["name"] for f in findings] == ["bn-missing-moving-stats"] * 4
     assert set(findings[0]) == {"code", "name", "severity", "subject", "message", "hint"}
     noupdate = [str(FIXTURE_BUNDLES["finetune_noupdate"]), "--reference", str(FIXTURE_BUNDLES["pretrained"])]
-    assert run("check", *noupdate).returncode == 0
-    assert run("check", *noupdate, "--fail-on", "warning").returncode == 1
+    assert run_cli("check", *noupdate).returncode == 0
+    assert run_cli("check", *noupdate, "--fail-on", "warning").returncode == 1
 
 
 def test_check_text_names_rule_and_hint():
-    result = run("check", TRAINABLE)
+    result = run_cli("check", TRAINABLE)
     assert result.returncode == 1
     assert "BN001 bn-missing-moving-stats net/conv1/BatchNorm" in result.stdout
     assert "hint: repair with: ckptdoctor patch" in result.stdout
@@ -96,15 +85,15 @@ def test_check_text_names_rule_and_hint():
 def test_patch_then_check_passes(tmp_path):
     before = {**file_bytes(Path(TRAINABLE)), **file_bytes(Path(FULL))}
     out = tmp_path / "fixed"
-    result = run("patch", TRAINABLE, "--from", FULL, "--out", str(out))
+    result = run_cli("patch", TRAINABLE, "--from", FULL, "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "added 8 tensors to 4 BatchNorm layers" in result.stdout
     assert "+ net/conv1/BatchNorm/moving_mean  float32[8]" in result.stdout
     assert "no findings" in result.stdout
-    assert run("check", str(out)).returncode == 0
-    again = run("patch", TRAINABLE, "--from", FULL, "--out", str(out))
+    assert run_cli("check", str(out)).returncode == 0
+    again = run_cli("patch", TRAINABLE, "--from", FULL, "--out", str(out))
     assert_one_line_error(again, "use --force")
-    assert run("patch", TRAINABLE, "--from", FULL, "--out", str(out), "--force").returncode == 0
+    assert run_cli("patch", TRAINABLE, "--from", FULL, "--out", str(out), "--force").returncode == 0
     assert {**file_bytes(Path(TRAINABLE)), **file_bytes(Path(FULL))} == before
 
 
@@ -119,28 +108,28 @@ def test_patch_then_check_passes(tmp_path):
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, fragments):
-    assert_one_line_error(run(*args), *fragments)
+    assert_one_line_error(run_cli(*args), *fragments)
 
 
 def test_bad_arguments_exit_2():
-    assert run("check", FULL, "--fail-on", "sometimes").returncode == 2
-    assert run("frobnicate").returncode == 2
+    assert run_cli("check", FULL, "--fail-on", "sometimes").returncode == 2
+    assert run_cli("frobnicate").returncode == 2
 
 
 def test_verify_without_tensorflow_is_a_hint(tmp_path):
     blocker = tmp_path / "tensorflow"
     blocker.mkdir()
     (blocker / "__init__.py").write_text("raise ImportError('blocked for this test')\n")
-    result = run("verify", FULL, "--meta-graph", str(TF1 / "eval" / "eval.meta"), env={"PYTHONPATH": str(tmp_path)})
+    result = run_cli("verify", FULL, "--meta-graph", str(TF1 / "eval" / "eval.meta"), env={"PYTHONPATH": str(tmp_path)})
     assert_one_line_error(result, "pip install 'ckptdoctor[tf]'")
 
 
 def test_verify_cli_agrees_with_tf(tf):
     meta = str(TF1 / "eval" / "eval.meta")
-    ok = run("verify", FULL, "--meta-graph", meta)
+    ok = run_cli("verify", FULL, "--meta-graph", meta)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "restored for real" in ok.stdout
-    broken = run("verify", TRAINABLE, "--meta-graph", meta)
+    broken = run_cli("verify", TRAINABLE, "--meta-graph", meta)
     assert broken.returncode == 1
     assert "missing     net/conv1/BatchNorm/moving_mean" in broken.stdout
     assert "the restore failed: NotFoundError" in broken.stdout
@@ -152,10 +141,10 @@ def _stderr_on_a_terminal(*args: str) -> bytes:
 
     leader, follower = pty.openpty()
     process = subprocess.Popen(
-        [sys.executable, "-m", "ckptdoctor", *args],
+        cli_command(*args),
         stdout=subprocess.PIPE,
         stderr=follower,
-        env={**os.environ, "TERM": "xterm", "COLUMNS": "120"},
+        env=cli_env({"TERM": "xterm", "COLUMNS": "120"}),
     )
     process.communicate(timeout=120)
     os.close(follower)

@@ -8,28 +8,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from conftest import FIXTURES, KERAS
+from conftest import FIXTURES, KERAS, run_cli
 
 SECRET = b"SECRET-API-KEY-0123456789abcdef!"  # 32 bytes: exactly eight float32 values
 V3_VARIANCE = "layers/batch_normalization/vars/3"
 LEGACY_VARIANCE = "model_weights/bn_default/bn_default/moving_variance:0"
-
-
-def run(*args, cwd=None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "ckptdoctor", *map(str, args)],
-        capture_output=True,
-        timeout=60,
-        cwd=cwd,
-        env={**os.environ, "CKPTDOCTOR_DEBUG": ""},
-    )
 
 
 def _replace(path: Path, name: str, how: str, secret: Path) -> None:
@@ -78,7 +66,7 @@ def hostile(request, tmp_path):
 
 
 def _no_secret_anywhere(result, directory: Path) -> None:
-    assert SECRET not in result.stdout + result.stderr
+    assert SECRET.decode() not in result.stdout + result.stderr
     for produced in directory.rglob("*"):
         if produced.is_file() and produced.name not in ("secret.bin", "secret.h5"):
             assert SECRET not in produced.read_bytes(), produced
@@ -86,18 +74,18 @@ def _no_secret_anywhere(result, directory: Path) -> None:
 
 def test_check_reports_int010_and_never_reads_the_secret(hostile, tmp_path):
     path, name, _ = hostile
-    result = run("check", path, "--format", "json")
+    result = run_cli("check", path, "--format", "json")
     assert result.returncode == 1, result.stderr
-    assert b'"INT010"' in result.stdout and name.encode() in result.stdout
-    assert b"Traceback" not in result.stderr
+    assert '"INT010"' in result.stdout and name in result.stdout
+    assert "Traceback" not in result.stderr
     _no_secret_anywhere(result, tmp_path)
 
 
 def test_inspect_lists_the_dataset_without_reading_it(hostile, tmp_path):
     path, name, _ = hostile
-    result = run("inspect", path, "--format", "json")
+    result = run_cli("inspect", path, "--format", "json")
     assert result.returncode == 0, result.stderr
-    assert name.encode() in result.stdout
+    assert name in result.stdout
     _no_secret_anywhere(result, tmp_path)
 
 
@@ -105,9 +93,9 @@ def test_patch_refuses_external_data_in_target_or_donor(hostile, tmp_path):
     path, name, target = hostile
     out = tmp_path / "out" / Path(target).name
     for args in ((target, path), (path, target)):
-        result = run("patch", args[0], "--from", args[1], "--out", out)
+        result = run_cli("patch", args[0], "--from", args[1], "--out", out)
         assert result.returncode == 2, result.stdout + result.stderr
-        (line,) = result.stderr.decode().strip().splitlines()
+        (line,) = result.stderr.strip().splitlines()
         assert name in line and "refuses data outside the file" in line
         assert not out.exists()
         _no_secret_anywhere(result, tmp_path)
@@ -137,6 +125,6 @@ def test_external_link_to_a_fifo_never_opens_it(tmp_path):
         del file[V3_VARIANCE]
         file[V3_VARIANCE] = h5py.ExternalLink(str(fifo), "/x")
         file["stray"] = h5py.ExternalLink(str(fifo), "/y")  # outside the layout: found by the link walk
-    result = run("check", path, "--format", "json")
+    result = run_cli("check", path, "--format", "json")
     assert result.returncode == 1, result.stderr
-    assert result.stdout.count(b'"INT010"') == 2
+    assert result.stdout.count('"INT010"') == 2

@@ -6,15 +6,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
 import pytest
-from conftest import FIXTURE_BUNDLES, REALWORLD, ROOT
-from test_names import batchnorm, run, write_bundle
+from conftest import CLI_TIMEOUT, FIXTURE_BUNDLES, REALWORLD, ROOT, cli_command, cli_env, run_cli
+from test_names import batchnorm, write_bundle
 
 # Layer names an attacker would pick; each layer holds 0/1 statistics, so each is the subject of one finding.
 HOSTILE = {
@@ -51,7 +51,7 @@ def _assert_nothing_unsafe(text: str) -> None:
 
 
 def test_text_check_prints_one_finding_line_per_finding(hostile):
-    result = run("check", hostile)
+    result = run_cli("check", hostile)
     assert result.returncode == 1
     assert result.stderr == ""
     _assert_nothing_unsafe(result.stdout)
@@ -65,7 +65,7 @@ def test_text_check_prints_one_finding_line_per_finding(hostile):
 
 
 def test_text_inspect_shows_markup_literally(hostile):
-    result = run("inspect", hostile)
+    result = run_cli("inspect", hostile)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     _assert_nothing_unsafe(result.stdout)
@@ -77,7 +77,7 @@ def test_github_commands_cannot_be_forged(hostile, tmp_path):
     folder = tmp_path / "we,ird:dir%"
     folder.mkdir()
     prefix = write_bundle(folder / "model.ckpt", batchnorm(_key(HOSTILE["workflow"]), 0.0, 1.0))
-    result = run("check", hostile, prefix, "--format", "github")
+    result = run_cli("check", hostile, prefix, "--format", "github")
     assert result.returncode == 1
     _assert_nothing_unsafe(result.stdout)
     lines = result.stdout.splitlines()
@@ -87,7 +87,7 @@ def test_github_commands_cannot_be_forged(hostile, tmp_path):
 
 
 def test_junit_parses_with_hostile_names(hostile):
-    result = run("check", hostile, "--format", "junit")
+    result = run_cli("check", hostile, "--format", "junit")
     assert result.returncode == 1
     _assert_nothing_unsafe(result.stdout.replace("\n", ""))
     root = ET.fromstring(result.stdout)  # raised "not well-formed" on \x00 or \ufffe before
@@ -97,14 +97,9 @@ def test_junit_parses_with_hostile_names(hostile):
 
 
 def test_json_is_utf8_with_names_escaped_and_hex(hostile):
-    result = subprocess.run(
-        [sys.executable, "-m", "ckptdoctor", "check", str(hostile), "--format", "json"],
-        capture_output=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    result = run_cli("check", hostile, "--format", "json")  # decoded as strict UTF-8
     assert result.returncode == 1
-    report = json.loads(result.stdout.decode("utf-8"))  # strict UTF-8
+    report = json.loads(result.stdout)
     jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(report, json.loads((ROOT / "docs" / "report.schema.json").read_text()))
     stored = {bytes.fromhex(v["name_hex"]) for v in report["variables"] if "name_hex" in v}
@@ -120,7 +115,7 @@ def test_sarif_uris_are_percent_encoded_and_valid(tmp_path):
     relative = Path("my models #1 100%") / "model.ckpt"
     write_bundle(tmp_path / relative, batchnorm(b"bn\xff\n::error", 0.0, 1.0))
     absolute = write_bundle(tmp_path / "abs dir#" / "model.ckpt", batchnorm(b"bn", 0.0, 1.0))
-    result = run("check", relative, absolute, "--format", "sarif", cwd=tmp_path)
+    result = run_cli("check", relative, absolute, "--format", "sarif", cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     document = json.loads(result.stdout)
     jsonschema.validate(document, json.loads(schema_path.read_text()))
@@ -134,7 +129,7 @@ def test_sarif_uris_are_percent_encoded_and_valid(tmp_path):
 
 
 def test_error_for_a_hostile_path_is_one_line(tmp_path):
-    result = run("inspect", str(tmp_path / "no\nsuch\x1b[31m[/]"))
+    result = run_cli("inspect", str(tmp_path / "no\nsuch\x1b[31m[/]"))
     assert result.returncode == 2
     assert len(result.stderr.splitlines()) == 1, result.stderr
     assert "no\\x0asuch\\x1b[31m[/]" in result.stderr
@@ -155,12 +150,7 @@ def test_a_reader_that_stops_early_is_not_an_error(args, expected):
     read_end, write_end = os.pipe()
     os.close(read_end)
     process = subprocess.run(
-        [sys.executable, "-m", "ckptdoctor", *args],
-        stdout=write_end,
-        stderr=subprocess.PIPE,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cli_command(*args), stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=CLI_TIMEOUT, env=cli_env()
     )
     os.close(write_end)
     assert process.returncode == expected
@@ -172,10 +162,8 @@ def test_head_on_the_output_keeps_the_exit_code(tmp_path, command, expected):
     """The same through a real `| head -1`: rich writes line by line, and head is gone after the first."""
     tensors = {f"net/conv{i}/weights".encode(): [1.0] for i in range(2000)} | batchnorm(b"net/bn", 0.0, 1.0)
     prefix = write_bundle(tmp_path / "model.ckpt", tensors)
-    script = f'"{sys.executable}" -m ckptdoctor {command} "{prefix}" | head -1; echo ${{PIPESTATUS[0]}}'
-    result = subprocess.run(
-        ["bash", "-c", script], capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)}
-    )
+    script = f"{shlex.join(cli_command(command, prefix))} | head -1; echo ${{PIPESTATUS[0]}}"
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=CLI_TIMEOUT, env=cli_env())
     assert result.stdout.splitlines() == [f"checkpoint {prefix}  format tf1-name-based", str(expected)]
     assert result.stderr == ""
 

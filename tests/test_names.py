@@ -7,13 +7,10 @@ they must be different layers to every rule, to patch, and in every report.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
-from conftest import ROOT
+from conftest import ROOT, run_cli
 
 from ckptdoctor import dtypes
 from ckptdoctor.formats.crc import crc32c, mask
@@ -46,19 +43,8 @@ def batchnorm(layer: bytes, mean: float | None, variance: float | None, channels
     return tensors
 
 
-def run(*args, cwd=None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ckptdoctor", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
-
-
 def check_json(prefix: Path) -> tuple[int, dict]:
-    result = run("check", prefix, "--format", "json")
+    result = run_cli("check", prefix, "--format", "json")
     assert result.stderr == ""
     return result.returncode, json.loads(result.stdout)
 
@@ -110,7 +96,7 @@ def test_patch_adds_statistics_to_an_undecodable_layer(tf, tmp_path):
     )
     donor = write_bundle(tmp_path / "donor" / "model.ckpt", batchnorm(BYTE_LAYER, 0.75, 2.0))
     out = tmp_path / "out" / "model.ckpt"
-    result = run("patch", target, "--from", donor, "--out", out)
+    result = run_cli("patch", target, "--from", donor, "--out", out)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     keys = [BYTE_LAYER + b"/moving_mean", BYTE_LAYER + b"/moving_variance", LITERAL_LAYER + b"/moving_mean"]

@@ -9,7 +9,7 @@ import pytest
 from conftest import TF1, copy_checkpoint, realworld
 
 from ckptdoctor.formats.resolve import resolve
-from ckptdoctor.model import CheckpointError
+from ckptdoctor.model import CheckpointError, Storage
 
 PREFIX = TF1 / "finetune_full" / "model.ckpt-20"
 
@@ -19,7 +19,7 @@ PREFIX = TF1 / "finetune_full" / "model.ckpt-20"
 )
 def test_every_form_of_a_tf1_checkpoint(given):
     resolved = resolve(given)
-    assert (resolved.kind, resolved.location) == ("bundle", str(PREFIX))
+    assert (resolved.storage, resolved.location) == (Storage.BUNDLE, str(PREFIX))
 
 
 def test_member_file_and_directory_get_a_note():
@@ -58,7 +58,7 @@ def test_savedmodel_directory_and_its_variables_prefix():
 
 def test_v1_checkpoint_is_recognised():
     path = realworld("serving_v1_half_plus_two/export-00000-of-00001")
-    assert resolve(path).kind == "v1"
+    assert resolve(path).storage is Storage.V1
 
 
 @pytest.mark.parametrize(

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
-from conftest import FIXTURES, ROOT, copy_checkpoint, file_bytes
+from conftest import FIXTURES, copy_checkpoint, file_bytes, run_cli
 
 import ckptdoctor
 from ckptdoctor.analysis.staleness import share_left
@@ -28,17 +24,9 @@ def stale(report) -> dict[str, object]:
     return {f.subject: f for f in report.findings if f.code == "BN005"}
 
 
-def run(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run(
-        [sys.executable, "-m", "ckptdoctor", *args], capture_output=True, text=True, timeout=60, cwd=cwd, env=env
-    )
-
-
 def batch_mean():
     """The constant batch's per-channel mean, the c every moving_mean converges to."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from make_fixtures import STALE_INPUT
+    from make_fixtures import STALE_INPUT  # scripts/ is on the path (conftest)
 
     return STALE_INPUT.astype(np.float64).mean(axis=(0, 1, 2))
 
@@ -120,15 +108,15 @@ def test_step_in_the_prefix_when_no_counter(tf, tmp_path):
 
 def test_cli_check_options_and_policy(tmp_path):
     before = file_bytes(prefix(3))
-    result = run("check", str(prefix(3)), "--fail-on", "warning")
+    result = run_cli("check", str(prefix(3)), "--fail-on", "warning")
     assert result.returncode == 1 and "73% of these statistics" in result.stdout
-    assert run("check", str(prefix(3)), "--fail-on", "warning", "--steps", "1000").returncode == 0
-    assert run("check", str(prefix(3)), "--fail-on", "warning", "--decay", "0.5").returncode == 0  # 12.5%
-    result = run("check", str(prefix(100)), "--fail-on", "warning", "--decay", "0.99")  # 0.99^100 = 37%
+    assert run_cli("check", str(prefix(3)), "--fail-on", "warning", "--steps", "1000").returncode == 0
+    assert run_cli("check", str(prefix(3)), "--fail-on", "warning", "--decay", "0.5").returncode == 0  # 12.5%
+    result = run_cli("check", str(prefix(100)), "--fail-on", "warning", "--decay", "0.99")  # 0.99^100 = 37%
     assert result.returncode == 1 and "37% of these statistics" in result.stdout and "at decay 0.99" in result.stdout
     (tmp_path / "pyproject.toml").write_text('[tool.ckptdoctor]\nstale-threshold = 0.5\nfail-on = "warning"\n')
-    assert run("check", str(prefix(10)), cwd=tmp_path).returncode == 0  # 35% < 0.5
-    assert run("check", str(prefix(3)), cwd=tmp_path).returncode == 1  # 73% >= 0.5
+    assert run_cli("check", str(prefix(10)), cwd=tmp_path).returncode == 0  # 35% < 0.5
+    assert run_cli("check", str(prefix(3)), cwd=tmp_path).returncode == 1  # 73% >= 0.5
     assert file_bytes(prefix(3)) == before
 
 
@@ -144,7 +132,7 @@ def test_cli_check_options_and_policy(tmp_path):
 def test_cli_bad_values_exit_2(tmp_path, args, config, says):
     if config is not None:
         (tmp_path / "pyproject.toml").write_text("[tool.ckptdoctor]\n" + config)
-    result = run("check", str(prefix(3)), *args, cwd=tmp_path)
+    result = run_cli("check", str(prefix(3)), *args, cwd=tmp_path)
     assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr
 
 
@@ -153,7 +141,7 @@ def test_hostile_meta_beside_checkpoint_is_a_note_not_a_crash(tmp_path):
     (copied.parent / f"{copied.name}.meta").write_bytes(b"\x08garbage" * 1000)
     report = ckptdoctor.check(copied)
     assert stale(report) == {} and "cannot be parsed" in report.updates.note
-    result = run("check", str(copied))
+    result = run_cli("check", str(copied))
     assert result.returncode == 0 and result.stderr == ""
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
-from conftest import FIXTURE_BUNDLES, TF1
+from conftest import FIXTURE_BUNDLES, TF1, run_cli
 
 
 def _blocked_env(tmp_path) -> dict[str, str]:
@@ -14,19 +13,18 @@ def _blocked_env(tmp_path) -> dict[str, str]:
     blocker = tmp_path / "blocked" / "tensorflow"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text("raise ImportError('tensorflow is not installed here')\n")
-    return {**os.environ, "PYTHONPATH": str(blocker.parent)}
+    return {"PYTHONPATH": str(blocker.parent)}  # first on the path: see conftest.cli_env
 
 
 def test_inspect_check_patch_work_without_tensorflow(tmp_path):
     env = _blocked_env(tmp_path)
-    cli = [sys.executable, "-m", "ckptdoctor"]
-    trainable, full = str(FIXTURE_BUNDLES["finetune_trainable"]), str(FIXTURE_BUNDLES["finetune_full"])
-    assert subprocess.run([*cli, "inspect", full], env=env, capture_output=True).returncode == 0
-    assert subprocess.run([*cli, "check", trainable], env=env, capture_output=True).returncode == 1
-    out = str(tmp_path / "fixed")
-    patched = subprocess.run([*cli, "patch", trainable, "--from", full, "--out", out], env=env, capture_output=True)
+    trainable, full = FIXTURE_BUNDLES["finetune_trainable"], FIXTURE_BUNDLES["finetune_full"]
+    assert run_cli("inspect", full, env=env).returncode == 0
+    assert run_cli("check", trainable, env=env).returncode == 1
+    out = tmp_path / "fixed"
+    patched = run_cli("patch", trainable, "--from", full, "--out", out, env=env)
     assert patched.returncode == 0, patched.stderr
-    assert subprocess.run([*cli, "check", out], env=env, capture_output=True).returncode == 0
+    assert run_cli("check", out, env=env).returncode == 0
 
 
 def test_listing_imports_neither_numpy_nor_tensorflow():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from ckptdoctor.model import BatchNormLayer, LayerConfig, Role, Variable
+from ckptdoctor.model import BATCHNORM_PARTS, BATCHNORM_STATISTICS, BatchNormLayer, LayerConfig, Role, Variable
 
-PARTS = ("gamma", "beta", "moving_mean", "moving_variance")
+PARTS = BATCHNORM_PARTS  # the name report/ imports it by
 
 # A scope with only gamma/beta is a BatchNorm layer only if its name says so: LayerNorm and
 # GroupNorm scopes also hold gamma and beta, and must never be told they lack moving statistics.
@@ -31,12 +31,12 @@ def group_batchnorm(
         if var.role not in (Role.WEIGHT, Role.BN_STATISTIC):
             continue
         scope, _, leaf = var.path.rpartition("/")
-        if leaf in PARTS:
+        if leaf in BATCHNORM_PARTS:
             scopes.setdefault(scope, {})[leaf] = var.name
             names.setdefault(scope, {scope}).add(var.full_name.rpartition("/")[0] if var.full_name else scope)
     layers = []
     for scope, parts in scopes.items():
-        has_statistics = "moving_mean" in parts or "moving_variance" in parts
+        has_statistics = any(statistic in parts for statistic in BATCHNORM_STATISTICS)
         if scope in declared or has_statistics or _looks_like_batchnorm(names[scope]):
             layers.append(BatchNormLayer(layer=scope, **parts))
     return tuple(sorted(layers, key=lambda layer: layer.layer))

@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from ckptdoctor.analysis.batchnorm import group_batchnorm
@@ -31,6 +32,20 @@ class Checkpoint:
             if variable.name in keys and variable.full_name:
                 return variable.full_name.rpartition("/")[0]
         return layer.layer
+
+    @cached_property
+    def _batchnorm_by_path(self) -> dict[str, BatchNormLayer]:
+        return {layer.layer: layer for layer in self.batchnorm}
+
+    @cached_property
+    def _batchnorm_by_name(self) -> dict[str, BatchNormLayer]:
+        return {self.layer_name(layer): layer for layer in self.batchnorm}
+
+    def find_layer(self, layer: BatchNormLayer, other: Checkpoint) -> BatchNormLayer | None:
+        """This checkpoint's BatchNorm layer that is `layer` of checkpoint `other`: the one at the same path,
+        else the one with the same framework name (a Keras file and a TF checkpoint of one model)."""
+        same_path = self._batchnorm_by_path.get(layer.layer)
+        return same_path if same_path is not None else self._batchnorm_by_name.get(other.layer_name(layer))
 
     def values(self, name: str) -> np.ndarray | None:
         """A tensor's values, or None where its bytes cannot be read (that damage is its own finding)."""

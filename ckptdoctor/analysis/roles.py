@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from ckptdoctor import dtypes
-from ckptdoctor.model import Role, TensorInfo, Variable
-
-OBJECT_ATTRIBUTE = "/.ATTRIBUTES/VARIABLE_VALUE"
-OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
+from ckptdoctor.formats.object_graph import ATTRIBUTE_SUFFIX, OBJECT_GRAPH_KEY
+from ckptdoctor.model import BATCHNORM_STATISTICS, Role, TensorInfo, Variable
 
 # TF1 optimizers append their slot name to the variable's name: `conv/weights/Momentum`.
 SLOT_SUFFIXES = frozenset(
@@ -38,13 +36,13 @@ OPTIMIZER_SCOPES = frozenset(
 )
 OPTIMIZER_STATE = frozenset({"beta1_power", "beta2_power"})
 COUNTERS = frozenset({"global_step", "save_counter", "iter", "iterations", "_iterations", "step"})
-BN_STATISTICS = frozenset({"moving_mean", "moving_variance"})
+BN_STATISTICS = frozenset(BATCHNORM_STATISTICS)
 EMA = "ExponentialMovingAverage"
 
 
 def object_path(name: str) -> str:
     """The variable's path with the TF2 object-graph attribute suffix removed."""
-    return name[: -len(OBJECT_ATTRIBUTE)] if name.endswith(OBJECT_ATTRIBUTE) else name
+    return name[: -len(ATTRIBUTE_SUFFIX)] if name.endswith(ATTRIBUTE_SUFFIX) else name
 
 
 def analysis_path(info: TensorInfo) -> str:
@@ -57,7 +55,7 @@ def role_of(info: TensorInfo) -> Role:
     leaf = parts[-1]
     dtype = dtypes.BY_NAME.get(info.dtype)
     is_float = bool(dtype and dtype.is_float)
-    if info.name == OBJECT_GRAPH:
+    if info.name == OBJECT_GRAPH_KEY:
         return Role.OTHER
     if info.slot_of is not None or "/.OPTIMIZER_SLOT/" in path:
         return Role.OPTIMIZER_SLOT

@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard
 
-from ckptdoctor.model import LayerDecay, Role, StatisticsUpdates
+from ckptdoctor.model import BATCHNORM_STATISTICS, Format, FormatFamily, LayerDecay, Role, StatisticsUpdates, Storage
 
 if TYPE_CHECKING:
     from ckptdoctor.analysis.checkpoint import Checkpoint
@@ -23,9 +23,8 @@ DEFAULT_STALE_THRESHOLD = 0.25  # share of the starting values still held at whi
 
 GLOBAL_STEP = "global_step"
 OPTIMIZER_ITERATIONS = frozenset({"iter", "iterations", "iteration", "_iterations"})
-# Formats whose `-NNN` prefix suffix is the training step (tf.train.Saver's global_step argument); a TF2
+# In TF1 formats a `-NNN` prefix suffix is the training step (tf.train.Saver's global_step argument); a TF2
 # CheckpointManager's `ckpt-N` counts saves instead.
-_STEP_IN_PREFIX_FORMATS = frozenset({"tf1-name-based", "tf-v1-legacy"})
 _STEP_IN_PREFIX = re.compile(r"-(\d{1,18})$")
 
 
@@ -80,7 +79,7 @@ def steps_of(checkpoint: Checkpoint) -> tuple[int, str] | None:
 
 
 def _step_in_prefix(checkpoint: Checkpoint) -> tuple[int, str] | None:
-    if checkpoint.reader.format in _STEP_IN_PREFIX_FORMATS:
+    if checkpoint.reader.format.family is FormatFamily.TF1:
         match = _STEP_IN_PREFIX.search(os.path.basename(checkpoint.resolved.location))
         if match:
             return int(match.group(1)), "the prefix"
@@ -97,7 +96,7 @@ def _integer(checkpoint: Checkpoint, name: str, dtype: str) -> int | None:
     return value if value >= 0 else None
 
 
-def _valid(decay: float | None) -> bool:
+def _valid(decay: float | None) -> TypeGuard[float]:
     return decay is not None and math.isfinite(decay) and 0.0 <= decay <= 1.0
 
 
@@ -107,14 +106,14 @@ def _layer_decays(target: Checkpoint, override: float | None) -> tuple[tuple[Lay
     from_graph, note = _meta_graph_decays(target) if override is None else ({}, None)
     layers = []
     for layer in target.batchnorm:
-        if layer.missing_statistics == ("moving_mean", "moving_variance"):
+        if layer.missing_statistics == BATCHNORM_STATISTICS:
             continue
         config = configs.get(layer.layer)
         frozen = config is not None and not config.trainable
         if override is not None:
             layers.append(LayerDecay(layer.layer, override, "--decay", frozen))
         elif config is not None and _valid(config.momentum):
-            layers.append(LayerDecay(layer.layer, float(config.momentum), "keras-config", frozen))
+            layers.append(LayerDecay(layer.layer, config.momentum, "keras-config", frozen))
         else:
             decays = [from_graph[k] for k in (layer.moving_mean, layer.moving_variance) if k in from_graph]
             if decays:  # the stalest statistic speaks for the layer
@@ -123,7 +122,7 @@ def _layer_decays(target: Checkpoint, override: float | None) -> tuple[tuple[Lay
 
 
 def _meta_graph_decays(target: Checkpoint) -> tuple[dict[str, float], str | None]:
-    if target.resolved.kind != "bundle" or target.reader.format != "tf1-name-based":
+    if target.resolved.storage is not Storage.BUNDLE or target.reader.format is not Format.TF1_NAME_BASED:
         return {}, None
     from ckptdoctor.formats.meta_graph import meta_graph_path, read_decays
 

@@ -6,6 +6,7 @@ import os
 
 from ckptdoctor.formats.base import CheckpointReader, ScanResult
 from ckptdoctor.formats.resolve import Resolved, resolve
+from ckptdoctor.model import Storage
 
 __all__ = ["CheckpointReader", "Resolved", "ScanResult", "open_checkpoint"]
 
@@ -14,11 +15,11 @@ def open_checkpoint(path: str | os.PathLike[str] | Resolved) -> tuple[Checkpoint
     """The reader for whatever checkpoint `path` means, and how it was resolved (or as already resolved:
     a writer reads back what it wrote as what it is, whatever its name suggests)."""
     resolved = path if isinstance(path, Resolved) else resolve(path)
-    if resolved.kind == "v1":
+    if resolved.storage is Storage.V1:
         from ckptdoctor.formats.tf_v1 import V1Reader
 
         return V1Reader(resolved.location), resolved
-    if resolved.kind in ("hdf5", "zip"):
+    if resolved.storage in (Storage.HDF5, Storage.ZIP):
         return _open_keras(resolved), resolved
     from ckptdoctor.formats.tf_bundle import BundleReader
 
@@ -31,7 +32,7 @@ def _open_keras(resolved: Resolved) -> CheckpointReader:
     from ckptdoctor.formats.keras_v3 import KerasV3Reader, is_v3_layout
     from ckptdoctor.model import CheckpointError
 
-    if resolved.kind == "zip":
+    if resolved.storage is Storage.ZIP:
         return KerasV3Reader(resolved.location)
     file = open_hdf5(resolved.location, resolved.location)  # opened once, handed to the reader that fits
     try:

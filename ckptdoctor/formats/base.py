@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from ckptdoctor.model import IntegrityProblem, LayerConfig, TensorInfo
+from ckptdoctor.model import Format, IntegrityProblem, LayerConfig, TensorInfo
 
 if TYPE_CHECKING:
     import numpy as np
@@ -28,7 +28,7 @@ class ScanResult:
 
 
 class CheckpointReader(Protocol):
-    format: str  # e.g. "tf1-name-based", "tf2-object-based"
+    format: Format  # decided from the bytes (and, for a SavedModel, from where the variables lie)
     location: str  # the prefix or file actually read
 
     def tensors(self) -> tuple[TensorInfo, ...]:

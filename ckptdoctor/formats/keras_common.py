@@ -9,16 +9,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ckptdoctor import dtypes
+from ckptdoctor.errors import first_line
 from ckptdoctor.formats.base import MAX_EXPANDED_BYTES, SCAN_CHUNK, Progress, ScanResult
 from ckptdoctor.formats.bytesource import require_regular
-from ckptdoctor.model import CheckpointError, IntegrityProblem, LayerConfig, TensorInfo
+from ckptdoctor.formats.resolve import HDF5_SIGNATURE
+from ckptdoctor.model import CheckpointError, IntegrityProblem, LayerConfig, ProblemKind, TensorInfo
 from ckptdoctor.names import decode_name
 
 if TYPE_CHECKING:
     import h5py
     import numpy as np
 
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # Soft links are followed by hand, a bounded number of hops: HDF5 itself would follow external links too.
 MAX_SOFT_LINK_HOPS = 16
 
@@ -161,7 +163,7 @@ def read_dataset(dataset: h5py.Dataset, dtype_name: str | None = None) -> np.nda
         raise CheckpointError(f"{clean_text(dataset.name.lstrip('/'))} is {refusal}")
     values = np.asarray(dataset[()])
     if (dtype_name or dataset_dtype_name(dataset)) == "bfloat16" and values.dtype == np.uint16:
-        values = (values.astype(np.uint32) << 16).view(np.float32)
+        return dtypes.widen_bfloat16(values)
     return values
 
 
@@ -221,29 +223,28 @@ def scan_datasets(
 ) -> ScanResult:
     """Read every dataset once, a slab at a time: NaN/Inf counts for float ones, and the ones HDF5 cannot
     read at all. Data outside the file (`outside`: name -> where it points) is reported, never read."""
-    import numpy as np
 
     nonfinite: dict[str, int] = {}
-    problems = [IntegrityProblem("external-data", name, where) for name, where in outside.items()]
+    problems = [IntegrityProblem(ProblemKind.EXTERNAL_DATA, name, where) for name, where in outside.items()]
     readable = {name: dataset for name, dataset in datasets.items() if name not in outside}
     total, done = sum(d.nbytes for d in readable.values()), 0
     for name, dataset in readable.items():
         try:
             unstored = unstored_bytes(dataset)
             if unstored:
-                problems.append(IntegrityProblem("size-mismatch", name, unstored))
+                problems.append(IntegrityProblem(ProblemKind.SIZE_MISMATCH, name, unstored))
                 done += dataset.nbytes
                 continue
             is_float = dtype_names[name] in ("float16", "float32", "float64", "bfloat16")
             bad = 0
             for values in _slabs(dataset, dtype_names[name]):
                 if is_float:
-                    bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+                    bad += dtypes.count_nonfinite(values)
                 done += values.size * dataset.dtype.itemsize
                 if progress:
                     progress(min(done, total), total)  # per slab: the stall watchdog sees a large dataset move
         except Exception as error:  # HDF5 raises OSError, ValueError, RuntimeError… on damaged chunks
-            problems.append(IntegrityProblem("dataset-unreadable", name, _first_line(error)))
+            problems.append(IntegrityProblem(ProblemKind.DATASET_UNREADABLE, name, first_line(error)))
             continue
         if bad:
             nonfinite[name] = bad
@@ -354,16 +355,11 @@ def open_hdf5(source, path: str):
     try:
         return h5py.File(source, "r")
     except Exception as error:  # HDF5 reports damage as OSError, ValueError or RuntimeError
-        raise CheckpointError(f"{path}: HDF5 file cannot be opened ({_first_line(error)})") from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
+        raise CheckpointError(f"{path}: HDF5 file cannot be opened ({first_line(error)})") from None
 
 
 def damaged_structure(path: str, error: BaseException) -> CheckpointError:
-    return CheckpointError(f"{path}: HDF5 structure is damaged ({type(error).__name__}: {_first_line(error)})")
+    return CheckpointError(f"{path}: HDF5 structure is damaged ({type(error).__name__}: {first_line(error)})")
 
 
 class Hdf5Reader:

@@ -14,7 +14,7 @@ from ckptdoctor.formats.keras_common import (
     string_list_attr,
     strip_device_suffix,
 )
-from ckptdoctor.model import LayerConfig
+from ckptdoctor.model import Format, LayerConfig
 
 if TYPE_CHECKING:
     import h5py
@@ -42,7 +42,7 @@ def _local_name(layer: str, weight: str) -> str:
 class KerasH5Reader(Hdf5Reader):
     """Layout: `layer_names` on the root (or `model_weights`), `weight_names` on each layer group."""
 
-    format = "keras-h5"
+    format = Format.KERAS_H5
 
     def __init__(self, path: str, file: h5py.File) -> None:
         self.location = path

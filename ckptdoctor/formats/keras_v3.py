@@ -20,7 +20,15 @@ from ckptdoctor.formats.keras_common import (
     parse_json,
     read_dataset,
 )
-from ckptdoctor.model import CheckpointError, IntegrityProblem, LayerConfig
+from ckptdoctor.model import (
+    BATCHNORM_PARTS,
+    BATCHNORM_STATISTICS,
+    CheckpointError,
+    Format,
+    IntegrityProblem,
+    LayerConfig,
+    ProblemKind,
+)
 
 if TYPE_CHECKING:
     import h5py
@@ -166,15 +174,15 @@ def _batchnorm_names(vars_group: h5py.Group, config: LayerConfig | None) -> list
     if config is not None:
         expected = list(config.batchnorm_parts)
     elif count >= 4:
-        expected = ["gamma", "beta", "moving_mean", "moving_variance"]
+        expected = list(BATCHNORM_PARTS)
     elif count == 2:
-        expected = ["gamma", "beta"]
+        expected = list(BATCHNORM_PARTS[:2])
     elif count in (1, 3):
         import h5py
 
         first_var = member(vars_group, "0")
         first = "gamma" if isinstance(first_var, h5py.Dataset) and _looks_like_gamma(first_var) else "beta"
-        expected = [first, "moving_mean", "moving_variance"]
+        expected = [first, *BATCHNORM_STATISTICS]
     else:
         expected = []
     return expected[:count] + [str(i) for i in range(len(expected), count)]
@@ -186,13 +194,13 @@ class KerasV3Reader(Hdf5Reader):
     def __init__(self, path: str, file: h5py.File | None = None) -> None:
         """`file` is the opened `.weights.h5`; without it, `path` is a `.keras` archive."""
         self.location = path
-        self.format = "keras-weights-h5"
+        self.format = Format.KERAS_WEIGHTS_H5
         self._zip: zipfile.ZipFile | None = None
         self.configs: dict[str, LayerConfig] = {}
         self._layers: dict[str, LayerConfig] = {}
         self.vars_groups: dict[str, str] = {}  # layer path -> HDF5 path of its `vars` group
         if file is None:
-            self.format = "keras-zip"
+            self.format = Format.KERAS_ZIP
             self.file = self._open_archive(path)
         else:
             self.file = file
@@ -274,7 +282,7 @@ class KerasV3Reader(Hdf5Reader):
             damage = self.location, str(error)
         if damage is None:
             return result
-        problem = IntegrityProblem("archive-corrupt", *damage)
+        problem = IntegrityProblem(ProblemKind.ARCHIVE_CORRUPT, *damage)
         return dataclasses.replace(result, problems=(*result.problems, problem))
 
     def close(self) -> None:

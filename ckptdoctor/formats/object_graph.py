@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 from ckptdoctor.formats import protos
 
-ATTRIBUTE_MARKER = "/.ATTRIBUTES/"
+OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"  # the bundle key the serialized graph is stored under
+ATTRIBUTE_MARKER = "/.ATTRIBUTES/"  # between an object's path and the name of its saved attribute
+ATTRIBUTE_SUFFIX = ATTRIBUTE_MARKER + "VARIABLE_VALUE"  # the key of a tf.Variable's value
 OPTIMIZER_EDGE = "optimizer"
 
 
@@ -140,7 +142,7 @@ def parse(serialized: bytes) -> ObjectGraph:
         if node_id not in preferred:
             candidates = paths.candidates(node_id)
             model_paths = [p for p in candidates if not _through_optimizer(p)]
-            preferred[node_id] = (model_paths or candidates or [None])[0]
+            preferred[node_id] = next(iter(model_paths or candidates), None)
         return preferred[node_id]
 
     slots: dict[int, tuple[int, str, int]] = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 # A private pool, so that these declarations never collide with TensorFlow's own
@@ -207,7 +209,12 @@ def _build_file() -> descriptor_pb2.FileDescriptorProto:
 _POOL.Add(_build_file())
 
 
-def _message_class(name: str) -> type:
+# The message classes are made at runtime from the descriptors above, so no type checker knows their fields:
+# they, and their instances, are typed as Any (`Message` in annotations).
+Message = Any
+
+
+def _message_class(name: str) -> Any:
     return message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ckptdoctor.formats import protos
 from ckptdoctor.formats.bytesource import MissingFile, open_regular
-from ckptdoctor.model import CheckpointError
+from ckptdoctor.model import CheckpointError, Format, Storage
 
 STATE_FILE = "checkpoint"
 MAX_STATE_FILE_SIZE = 16 << 20  # TF's state file lists a few paths; more than this is not one
@@ -18,13 +18,20 @@ _MEMBER_SUFFIX = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
 
 @dataclass(frozen=True)
 class Resolved:
-    kind: str  # "bundle" (V2 .index + .data), "v1" (single SSTable file), "hdf5" or "zip" (Keras)
-    location: str  # the prefix (bundle) or the file (v1)
-    format: str | None = None  # set where the path says more than the bytes, e.g. a SavedModel
+    storage: Storage
+    location: str  # the prefix (bundle) or the file (v1, hdf5, zip)
+    format: Format | None = None  # set where the path says more than the bytes, e.g. a SavedModel
     note: str | None = None  # one line telling the user what was chosen
 
+    def __post_init__(self) -> None:
+        # A caller may still name the storage by its value ("bundle"): store the member, or fail on a typo.
+        object.__setattr__(self, "storage", Storage(self.storage))
+        if self.format is not None:
+            object.__setattr__(self, "format", Format(self.format))
 
-def read_state_file(directory: Path) -> protos.CheckpointState | None:
+
+def read_state_file(directory: Path) -> protos.Message | None:
+    """The directory's `checkpoint` state file (a CheckpointState), or None where there is none."""
     path = directory / STATE_FILE
     if not os.path.lexists(path):
         return None
@@ -77,7 +84,7 @@ def _savedmodel(directory: Path) -> Resolved | None:
     if (directory / "saved_model.pb").is_file() or os.path.isfile(f"{prefix}.index"):
         if not os.path.isfile(f"{prefix}.index"):
             raise CheckpointError(f"{directory}: SavedModel without variables (no variables/variables.index)")
-        return Resolved("bundle", str(prefix), "tf-savedmodel")
+        return Resolved(Storage.BUNDLE, str(prefix), Format.TF_SAVEDMODEL)
     return None
 
 
@@ -94,7 +101,7 @@ def _in_directory(directory: Path) -> Resolved:
     if indexes:
         prefix = str(indexes[-1])[: -len(".index")]
         why = "the state file names no existing checkpoint" if state is not None else "no checkpoint state file"
-        return Resolved("bundle", prefix, note=f"using {Path(prefix).name}, the newest in {directory} ({why})")
+        return Resolved(Storage.BUNDLE, prefix, note=f"using {Path(prefix).name}, the newest in {directory} ({why})")
     raise CheckpointError(f"{directory}: no checkpoint in this directory (no .index files, no {STATE_FILE} file)")
 
 
@@ -102,10 +109,10 @@ def _resolve_prefix(prefix: str, note: str | None = None) -> Resolved:
     if _has_index(prefix):
         parent = Path(prefix).parent
         if Path(prefix).name == "variables" and parent.name == "variables":
-            return Resolved("bundle", prefix, "tf-savedmodel", note)
-        return Resolved("bundle", prefix, note=note)
+            return Resolved(Storage.BUNDLE, prefix, Format.TF_SAVEDMODEL, note)
+        return Resolved(Storage.BUNDLE, prefix, note=note)
     if _is_v1_file(prefix):
-        return Resolved("v1", prefix, note=note)
+        return Resolved(Storage.V1, prefix, note=note)
     raise CheckpointError(f"{prefix}: no checkpoint here")
 
 
@@ -164,14 +171,14 @@ def _sniff_file(path: str) -> Resolved:
         raise CheckpointError(f"{path}: file is empty")
     # HDF5 allows a user block before the superblock, at 512, 1024, 2048 … bytes.
     if head.startswith(HDF5_SIGNATURE) or _hdf5_after_user_block(path):
-        return Resolved("hdf5", path)
+        return Resolved(Storage.HDF5, path)
     if head.startswith(ZIP_SIGNATURE):
-        return Resolved("zip", path)
+        return Resolved(Storage.ZIP, path)
     stand_in = not_a_checkpoint(head)
     if stand_in:
         raise CheckpointError(f"{path}: {stand_in}")
     if _is_v1_file(path):
-        return Resolved("v1", path)
+        return Resolved(Storage.V1, path)
     raise CheckpointError(f"{path}: not a recognised checkpoint format")
 
 

@@ -16,16 +16,16 @@ from ckptdoctor.formats import object_graph, protos
 from ckptdoctor.formats.base import SCAN_CHUNK, Progress, ScanResult
 from ckptdoctor.formats.bytesource import ByteSource, MissingFile, copy_range, open_source
 from ckptdoctor.formats.crc import crc32c, mask, unmask
+from ckptdoctor.formats.object_graph import OBJECT_GRAPH_KEY
 from ckptdoctor.formats.ordered_code import slice_key
 from ckptdoctor.formats.resolve import not_a_checkpoint
 from ckptdoctor.formats.sstable import TableError, TableReader, decode_varint, encode_varint
-from ckptdoctor.model import CheckpointError, IntegrityProblem, LayerConfig, TensorInfo
+from ckptdoctor.model import CheckpointError, Format, IntegrityProblem, LayerConfig, ProblemKind, TensorInfo
 from ckptdoctor.names import decode_name, encode_name
 
 if TYPE_CHECKING:
     import numpy as np
 
-OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 # Caps on what hostile bytes can ask for; each is far above anything TensorFlow writes.
 MAX_SHARDS = 1 << 16
 MAX_RANK = 64
@@ -95,7 +95,7 @@ def _decode_entry(key: bytes, value: bytes) -> BundleEntry:
 class BundleReader:
     """A TF V2 checkpoint: the index is read once at open; tensor bytes are read by range on demand."""
 
-    def __init__(self, prefix: str, format: str | None = None) -> None:
+    def __init__(self, prefix: str, format: Format | None = None) -> None:
         self.location = prefix
         index = open_source(prefix + ".index")
         try:
@@ -111,7 +111,7 @@ class BundleReader:
         finally:
             index.close()
         self.open_problems: list[IntegrityProblem] = [
-            IntegrityProblem("index-corrupt", f"{prefix}.index", detail) for detail in damage
+            IntegrityProblem(ProblemKind.INDEX_CORRUPT, f"{prefix}.index", detail) for detail in damage
         ]
         self.num_shards = self._read_header(records)
         self.entries: dict[bytes, BundleEntry] = {}
@@ -120,14 +120,20 @@ class BundleReader:
             if key == b"":
                 continue
             if previous is not None and key <= previous:
-                self.open_problems.append(IntegrityProblem("index-unsorted", decode_name(key), "keys out of order"))
+                self.open_problems.append(
+                    IntegrityProblem(ProblemKind.INDEX_UNSORTED, decode_name(key), "keys out of order")
+                )
             previous = key
             try:
                 self.entries[key] = _decode_entry(key, value)
             except Exception as error:  # protobuf raises several types on hostile bytes
                 name = decode_name(key)
-                self.open_problems.append(IntegrityProblem("index-corrupt", name, f"entry cannot be decoded ({error})"))
-        self.format = format or ("tf2-object-based" if OBJECT_GRAPH_KEY.encode() in self.entries else "tf1-name-based")
+                self.open_problems.append(
+                    IntegrityProblem(ProblemKind.INDEX_CORRUPT, name, f"entry cannot be decoded ({error})")
+                )
+        self.format = format or (
+            Format.TF2_OBJECT_BASED if OBJECT_GRAPH_KEY.encode() in self.entries else Format.TF1_NAME_BASED
+        )
         self._open_shards: OrderedDict[int, ByteSource] = OrderedDict()  # least recently used first
         self._missing_shards: set[int] = set()
         self._sniffed_shards: set[int] = set()
@@ -143,7 +149,7 @@ class BundleReader:
             return object_graph.parse(serialized)
         except object_graph.ObjectGraphTooDeep as error:
             detail = f"{error}; paths are taken from the checkpoint keys"
-            self.open_problems.append(IntegrityProblem("index-corrupt", OBJECT_GRAPH_KEY, detail))
+            self.open_problems.append(IntegrityProblem(ProblemKind.INDEX_CORRUPT, OBJECT_GRAPH_KEY, detail))
             return None
         except Exception:  # any damage to these bytes is reported by the scan (crc, bounds)
             return None
@@ -151,7 +157,7 @@ class BundleReader:
     def _read_header(self, records: list[tuple[bytes, bytes]]) -> int:
         if not records or records[0][0] != b"":
             self.open_problems.append(
-                IntegrityProblem("index-missing-header", self.location + ".index", "no header entry")
+                IntegrityProblem(ProblemKind.INDEX_MISSING_HEADER, self.location + ".index", "no header entry")
             )
             return 1
         try:
@@ -371,7 +377,9 @@ class BundleReader:
     def _missing_slices(self, entry: BundleEntry) -> list[IntegrityProblem]:
         """A partitioned variable whose slices are not all in the index cannot be restored (TF: NotFound)."""
         return [
-            IntegrityProblem("index-corrupt", entry.name, f"slice {extents} of this partitioned variable is missing")
+            IntegrityProblem(
+                ProblemKind.INDEX_CORRUPT, entry.name, f"slice {extents} of this partitioned variable is missing"
+            )
             for extents in slice_extents(entry)
             if slice_key(entry.key, extents) not in self.entries
         ]
@@ -380,18 +388,22 @@ class BundleReader:
         """Damage that prevents reading a tensor's bytes at all."""
         if entry.expected_size is not None and entry.size != entry.expected_size:
             return IntegrityProblem(
-                "size-mismatch",
+                ProblemKind.SIZE_MISMATCH,
                 entry.name,
                 f"{entry.size} bytes stored, but {entry.dtype.name}{list(entry.shape)} needs {entry.expected_size}",
             )
         if not 0 <= entry.shard_id < self.num_shards:
-            return IntegrityProblem("missing-data-shard", entry.name, f"shard {entry.shard_id} of {self.num_shards}")
+            return IntegrityProblem(
+                ProblemKind.MISSING_DATA_SHARD, entry.name, f"shard {entry.shard_id} of {self.num_shards}"
+            )
         source = self.shard(entry.shard_id)
         if source is None:
-            return IntegrityProblem("missing-data-shard", self.data_path(entry.shard_id), f"needed by {entry.name}")
+            return IntegrityProblem(
+                ProblemKind.MISSING_DATA_SHARD, self.data_path(entry.shard_id), f"needed by {entry.name}"
+            )
         if entry.offset + entry.size > source.size():
             return IntegrityProblem(
-                "tensor-out-of-bounds",
+                ProblemKind.TENSOR_OUT_OF_BOUNDS,
                 entry.name,
                 f"bytes {entry.offset}..{entry.offset + entry.size} lie past the end of "
                 f"{source.name} ({source.size()} bytes)",
@@ -422,7 +434,7 @@ def slice_extents(entry: BundleEntry) -> list[list[tuple[int, int]]]:
 
 def _crc_problem(entry: BundleEntry, data_file: str) -> IntegrityProblem:
     return IntegrityProblem(
-        "crc-mismatch", entry.name, f"bytes {entry.offset}..{entry.offset + entry.size} of {data_file}"
+        ProblemKind.CRC_MISMATCH, entry.name, f"bytes {entry.offset}..{entry.offset + entry.size} of {data_file}"
     )
 
 
@@ -431,13 +443,8 @@ def _aligned_chunk(dtype: dtypes.DType) -> int:
 
 
 def count_nonfinite(raw: bytes, dtype: dtypes.DType) -> int:
-    import numpy as np
-
-    values = decode_numeric(raw, dtype, (len(raw) // (dtype.itemsize or 1),))
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(values.sum()):  # NaN and Inf propagate into a sum, which runs at memory speed
-            return 0
-    return int(values.size - np.count_nonzero(np.isfinite(values)))  # exact, only where something is wrong
+    """NaN and Inf elements among a tensor's raw bytes (a whole number of elements)."""
+    return dtypes.count_nonfinite(decode_numeric(raw, dtype, (len(raw) // (dtype.itemsize or 1),)))
 
 
 def decode_numeric(raw: bytes, dtype: dtypes.DType, shape: tuple[int, ...]) -> np.ndarray:
@@ -447,9 +454,7 @@ def decode_numeric(raw: bytes, dtype: dtypes.DType, shape: tuple[int, ...]) -> n
     if dtype.numpy is None:
         raise CheckpointError(f"cannot decode values of dtype {dtype.name}")
     values = np.frombuffer(raw, dtype=dtype.numpy).reshape(shape)
-    if dtype.name == "bfloat16":
-        values = (values.astype(np.uint32) << 16).view(np.float32)
-    return values
+    return dtypes.widen_bfloat16(values) if dtype.name == "bfloat16" else values
 
 
 def _string_lengths(raw: bytes, count: int) -> tuple[list[int], int]:

@@ -11,7 +11,7 @@ from ckptdoctor.formats import protos
 from ckptdoctor.formats.base import MAX_EXPANDED_BYTES, Progress, ScanResult
 from ckptdoctor.formats.bytesource import open_source
 from ckptdoctor.formats.sstable import TableError, TableReader
-from ckptdoctor.model import CheckpointError, LayerConfig, TensorInfo
+from ckptdoctor.model import CheckpointError, Format, LayerConfig, TensorInfo
 from ckptdoctor.names import encode_name
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ def is_v1_table(path: str) -> bool:
 
 
 class V1Reader:
-    format = "tf-v1-legacy"
+    format = Format.TF_V1_LEGACY
 
     def __init__(self, path: str) -> None:
         self.location = path
@@ -105,13 +105,12 @@ class V1Reader:
         return stored.reshape(info.shape)
 
     def scan(self, progress: Progress | None = None) -> ScanResult:
-        import numpy as np
 
         nonfinite = {}
         for info in self._infos.values():
             if dtypes.BY_NAME[info.dtype].is_float:
                 stored = self._stored(info.name)  # a splat is counted from its one value, never expanded
-                bad = int(stored.size - np.count_nonzero(np.isfinite(stored)))
+                bad = dtypes.count_nonfinite(stored)
                 count = math.prod(info.shape)
                 if stored.size == 1 and count > 1:
                     bad *= count

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from ckptdoctor.analysis.checkpoint import Checkpoint
 from ckptdoctor.analysis.staleness import DEFAULT_STALE_THRESHOLD, find_updates
 from ckptdoctor.formats.base import ScanResult
-from ckptdoctor.model import Finding, Severity, StatisticsUpdates
+from ckptdoctor.model import Finding, ProblemKind, Severity, StatisticsUpdates
 
 if TYPE_CHECKING:
     import numpy as np
@@ -49,6 +49,7 @@ class Rule:
     hint: str  # the default next step shown with each finding
     run: Callable[[Rule, CheckContext], Iterable[Finding]]
     needs_reference: bool = False
+    reports: ProblemKind | None = None  # an integrity rule: the one kind of reader problem it turns into findings
 
     def finding(self, subject: str, message: str, hint: str | None = None) -> Finding:
         return Finding(self.code, self.name, self.severity, subject, message, hint or self.hint)

@@ -7,24 +7,22 @@ from collections.abc import Iterator
 
 from ckptdoctor.analysis.matching import identity
 from ckptdoctor.analysis.staleness import share_left
-from ckptdoctor.model import Finding, Role, Severity
+from ckptdoctor.model import Finding, FormatFamily, Role, Severity
 from ckptdoctor.rules.base import CheckContext, Rule
 
 _MISSING_CAUSE = {
-    "tf1-name-based": "the checkpoint was most likely saved with var_list=tf.trainable_variables(), which leaves "
+    FormatFamily.TF1: "the checkpoint was most likely saved with var_list=tf.trainable_variables(), which leaves "
     "out the non-trainable moving statistics; restoring it for evaluation fails with 'Key .../moving_mean not "
     "found in checkpoint'",
-    "keras": "the file was most likely written from the trainable weights only (a converter or a hand-made "
+    FormatFamily.KERAS: "the file was most likely written from the trainable weights only (a converter or a hand-made "
     "export); Keras refuses it with 'Layer ... expected N variables, but received M' or 'Weight count mismatch'",
-    "tf2": "the saved object held no moving statistics for this layer; a restore leaves them unbound "
+    FormatFamily.TF2: "the saved object held no moving statistics for this layer; a restore leaves them unbound "
     "('Unresolved object in checkpoint' or, with expect_partial(), silently at 0/1)",
 }
 
 
 def _missing_moving_stats(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
-    kind = ctx.target.reader.format
-    family = "keras" if kind.startswith("keras") else "tf2" if kind in ("tf2-object-based", "tf-savedmodel") else kind
-    cause = _MISSING_CAUSE.get(family, _MISSING_CAUSE["tf1-name-based"])
+    cause = _MISSING_CAUSE[ctx.target.reader.format.family]
     for layer in ctx.target.batchnorm:
         missing = layer.missing_statistics
         if missing:
@@ -33,9 +31,9 @@ def _missing_moving_stats(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
 
 def _stats_at_init(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
     for layer in ctx.target.batchnorm:
-        if layer.moving_mean is None or layer.moving_variance is None:
+        if layer.statistics is None:
             continue
-        mean, variance = ctx.values(layer.moving_mean), ctx.values(layer.moving_variance)
+        mean, variance = (ctx.values(key) for key in layer.statistics)
         if mean is None or variance is None or mean.size == 0:
             continue
         if (mean == 0).all() and (variance == 1).all():
@@ -71,15 +69,12 @@ def _same_bits(ctx: CheckContext, mine: str, theirs: str) -> bool:
 def _stats_match_reference(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
     if ctx.reference is None or not _model_was_trained(ctx):
         return
-    by_layer = {layer.layer: layer for layer in ctx.reference.batchnorm}
-    by_name = {ctx.reference.layer_name(layer): layer for layer in ctx.reference.batchnorm}
     for layer in ctx.target.batchnorm:
-        other = by_layer.get(layer.layer) or by_name.get(ctx.target.layer_name(layer))
-        if other is None or layer.missing_statistics or other.missing_statistics:
+        other = ctx.reference.find_layer(layer, ctx.target)
+        mine, theirs = layer.statistics, other.statistics if other else None
+        if mine is None or theirs is None:
             continue
-        if _same_bits(ctx, layer.moving_mean, other.moving_mean) and _same_bits(
-            ctx, layer.moving_variance, other.moving_variance
-        ):
+        if all(_same_bits(ctx, a, b) for a, b in zip(mine, theirs, strict=True)):
             yield rule.finding(
                 layer.layer,
                 f"BatchNorm layer {layer.layer} has moving statistics bit-identical to the reference while the "

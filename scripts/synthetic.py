@@ -1,13 +1,14 @@
 """Large synthetic TF1 checkpoints with slim-style BatchNorm scopes, written by ckptdoctor's own bundle writer.
 
-    python bench/synthetic.py /tmp/big/model.ckpt --gigabytes 2 --tensors 20000 --shards 8
-    python bench/synthetic.py /tmp/huge/model.ckpt --gigabytes 10 --tensors 20000 --shards 8   # the 10 GB case
+    python scripts/synthetic.py /tmp/big/model.ckpt --gigabytes 2 --tensors 20000 --shards 8
+    python scripts/synthetic.py /tmp/huge/model.ckpt --gigabytes 10 --tensors 20000 --shards 8   # the 10 GB case
 
 Layout: `Synthetic/Block_<b>/Conv2d_<c>/weights` (float32, sized so that the total is as asked) and, per
 conv, `.../BatchNorm/{beta,moving_mean,moving_variance}` with positive variances; `--drop-statistics`
 leaves the moving statistics out (the trainable-only save), `--statistics-only` writes only them (a donor).
 Values are random but cheap: one random block reused at shifting offsets. tests/test_synthetic.py proves
-at small size that TensorFlow reads what this writes.
+at small size that TensorFlow reads what this writes. It lives in scripts/ with the other generators, so that
+both bench/ (at scale) and tests/ (small) import it without tests importing the benchmarks.
 """
 
 from __future__ import annotations
