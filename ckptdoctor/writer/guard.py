@@ -10,13 +10,11 @@ import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 
-from ckptdoctor.model import CheckpointError
+from ckptdoctor.errors import OutputError
+
+__all__ = ["LOCK_SUFFIX", "OutputError", "input_files", "output_lock", "refuse_overwriting_inputs"]
 
 LOCK_SUFFIX = ".ckptdoctor-lock"
-
-
-class OutputError(CheckpointError):
-    """The output cannot be written as asked; nothing was written."""
 
 
 def input_files(reader: object) -> list[str]:
