@@ -381,7 +381,11 @@ def verify(
         raise typer.Exit(ExitCode.ERROR)
     _supervise(checkpoint)
     with _one_line_errors():
-        result = verify_meta_graph(checkpoint, meta_graph) if meta_graph else verify_model(checkpoint, model)
+        if meta_graph is not None:
+            result = verify_meta_graph(checkpoint, meta_graph)
+        else:
+            assert model is not None  # exactly one of the two, checked above
+            result = verify_model(checkpoint, model)
     console = _stdout()
     with _reader_may_stop():
         summary = f"{result.graph_variables} variables in the model, checkpoint {result.checkpoint}"

@@ -82,7 +82,7 @@ class Edits:
 
     def readers(self) -> list[CheckpointReader]:
         """The other checkpoints these edits read from: their files are inputs the output must not touch."""
-        sources = [item.source for item in (*self.add, *self.replace)]
+        sources = [tensor.source for tensor in self.add] + [replacement.source for replacement in self.replace]
         return [source.reader for source in sources if isinstance(source, Stored)]
 
 
