@@ -17,6 +17,8 @@ from ckptdoctor.errors import CkptDoctorError, OutputError
 from ckptdoctor.model import Severity
 from ckptdoctor.names import shown
 from ckptdoctor.policy import ExitCode, exit_code
+from ckptdoctor.report import OutputFormat
+from ckptdoctor.report import render as render_report
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -45,7 +47,9 @@ def _stdout() -> Console:
     return console
 
 
-class OutputFormat(str, Enum):
+class InspectFormat(str, Enum):
+    """What `inspect --format` writes: the listing for a person, or the JSON report."""
+
     text = "text"
     json = "json"
 
@@ -110,11 +114,11 @@ def _root(
 PathArg = Annotated[
     str, typer.Argument(help="Checkpoint prefix, any of its files, or a directory.", show_default=False)
 ]
-FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
+FormatOpt = Annotated[InspectFormat, typer.Option("--format", "-f", help="Output format.")]
 
 
 @app.command()
-def inspect(path: PathArg, output_format: FormatOpt = OutputFormat.text) -> None:
+def inspect(path: PathArg, output_format: FormatOpt = InspectFormat.text) -> None:
     """List every variable with dtype, shape, size and role, grouped by layer, with a BatchNorm summary."""
     from ckptdoctor.diagnose import inspect as run_inspect
 
@@ -122,23 +126,15 @@ def inspect(path: PathArg, output_format: FormatOpt = OutputFormat.text) -> None
     with _one_line_errors():
         report = run_inspect(path)
     with _reader_may_stop():
-        if output_format is OutputFormat.json:
+        if output_format is InspectFormat.json:
             from ckptdoctor.report.json import render
 
-            sys.stdout.write(render(report))
+            sys.stdout.write(render([report]))
             sys.stdout.flush()  # inside the guard: a closed pipe shows here, not at interpreter exit
         else:
             from ckptdoctor.report.text import render_inspect
 
             render_inspect(_stdout(), report)
-
-
-class CheckFormat(str, Enum):
-    text = "text"
-    json = "json"
-    sarif = "sarif"
-    junit = "junit"
-    github = "github"
 
 
 @app.command()
@@ -156,7 +152,7 @@ def check(
             "--fail-on", help="Lowest severity that makes the exit code 1 [default: error].", show_default=False
         ),
     ] = None,
-    output_format: Annotated[CheckFormat, typer.Option("--format", "-f", help="Output format.")] = CheckFormat.text,
+    output_format: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = OutputFormat.TEXT,
     output: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option("--output", "-o", help="Write the report to this file instead of stdout.", show_default=False),
@@ -194,7 +190,7 @@ def check(
     with _one_line_errors():
         policy = load_policy(config)
     _supervise(*paths, reference)
-    show_progress = output_format is CheckFormat.text and output is None and sys.stderr.isatty()
+    show_progress = output_format is OutputFormat.TEXT and output is None and sys.stderr.isatty()
     with _progress_bar(show_progress) as bar:
 
         def progress(path: str, done: int, total: int) -> None:
@@ -215,7 +211,7 @@ def check(
     for unreadable in verdict.unreadable:
         _error(unreadable.message)
     reports = list(verdict.reports)
-    if output_format is CheckFormat.text and output is None:
+    if output_format is OutputFormat.TEXT and output is None:  # live, in colour on a terminal
         from ckptdoctor.report.text import render_check
 
         with _reader_may_stop():
@@ -223,7 +219,7 @@ def check(
                 render_check(_stdout(), report)
     else:
         with _one_line_errors(), _reader_may_stop():
-            _emit(_render_check(reports, output_format, verdict.fail_on), output)
+            _emit(render_report(reports, output_format, verdict.fail_on), output)
             sys.stdout.flush()
     raise typer.Exit(verdict.exit_code)
 
@@ -262,38 +258,6 @@ def _progress_bar(enabled: bool) -> Iterator[Callable[[str, int, int], None] | N
             bar.update(tasks[description], completed=done, total=total)
 
         yield advance
-
-
-def _render_check(reports: list, output_format: CheckFormat, threshold: Severity) -> str:
-    if output_format is CheckFormat.json:
-        from ckptdoctor.report.json import render_many
-
-        return render_many(reports)
-    if output_format is CheckFormat.sarif:
-        from ckptdoctor.report.sarif import render
-
-        return render(reports)
-    if output_format is CheckFormat.junit:
-        from ckptdoctor.report.junit import render
-
-        return render(reports, threshold)
-    if output_format is CheckFormat.github:
-        from ckptdoctor.report.github import render
-
-        return render(reports)
-    import io
-
-    from rich.console import Console
-
-    from ckptdoctor.report.text import render_check
-
-    if not reports:
-        return ""
-    buffer = io.StringIO()
-    console = Console(file=buffer, width=160, highlight=False, no_color=True)
-    for report in reports:
-        render_check(console, report)
-    return buffer.getvalue()
 
 
 def _emit(text: str, output: str | None) -> None:
@@ -417,7 +381,11 @@ def verify(
         raise typer.Exit(ExitCode.ERROR)
     _supervise(checkpoint)
     with _one_line_errors():
-        result = verify_meta_graph(checkpoint, meta_graph) if meta_graph else verify_model(checkpoint, model)
+        if meta_graph is not None:
+            result = verify_meta_graph(checkpoint, meta_graph)
+        else:
+            assert model is not None  # exactly one of the two, checked above
+            result = verify_model(checkpoint, model)
     console = _stdout()
     with _reader_may_stop():
         summary = f"{result.graph_variables} variables in the model, checkpoint {result.checkpoint}"

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import glob
+import dataclasses
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from ckptdoctor.analysis.checkpoint import Checkpoint, opened
+from ckptdoctor.errors import OutputError
 from ckptdoctor.formats import Resolved
-from ckptdoctor.formats.keras_h5 import KerasH5Reader
-from ckptdoctor.formats.keras_v3 import KerasV3Reader
-from ckptdoctor.formats.tf_bundle import BundleReader
 from ckptdoctor.model import TensorInfo
-from ckptdoctor.writer.atomic import clear_debris
-from ckptdoctor.writer.guard import OutputError, input_files, output_lock, refuse_overwriting_inputs
-from ckptdoctor.writer.signals import cleanup_on_termination
-from ckptdoctor.writer.state import read_state, state_path, update_state_file
 
-
-class PatchError(OutputError):
-    """The patch cannot be made as asked; nothing was written."""
+# The patch cannot be made as asked; nothing was written. Every refusal of a write is an OutputError, whether
+# patch's own validation or the writer's (an existing output, an input as the output): one kind to catch.
+PatchError = OutputError
 
 
 @dataclass(frozen=True)
@@ -34,7 +26,7 @@ class Addition:
     donor_key: str
     dtype: str
     shape: tuple[int, ...]
-    key: str = ""  # where it lands in the output; set by the writer
+    key: str = ""  # where it landed in the output, as the writer placed it
 
 
 @dataclass(frozen=True)
@@ -83,85 +75,42 @@ def plan(target: Checkpoint, donor: Checkpoint) -> list[Addition]:
     return additions
 
 
-def existing_outputs(out: str, is_bundle: bool) -> list[Path]:
-    """The files already at the output: a checkpoint's index and data shards, or the one file."""
-    path = Path(out)
-    if not is_bundle:
-        return [path] if path.exists() else []
-    shard = re.compile(re.escape(path.name) + r"\.data-\d{5}-of-\d{5}")
-    found = [p for p in path.parent.glob(glob.escape(path.name) + ".data-*") if shard.fullmatch(p.name)]
-    return sorted(p for p in [*found, Path(out + ".index")] if p.is_file())
-
-
-def _check_output(out: str, is_bundle: bool, outputs: list[str], inputs: list[str], force: bool) -> list[Path]:
-    """The files already at the output, once it is clear that writing there destroys no input."""
-    previous = existing_outputs(out, is_bundle)
-    refuse_overwriting_inputs(out, [*outputs, *map(str, previous)], inputs)
-    if previous and not force:
-        raise PatchError(f"{out}: a checkpoint exists at the output (use --force to replace it)")
-    return previous
-
-
 def patch(
     target_path: str | os.PathLike[str],
     donor_path: str | os.PathLike[str],
     out: str | os.PathLike[str],
     force: bool = False,
-    progress: Callable[..., None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> PatchResult:
     """Write TARGET plus the statistics its BatchNorm layers lack, taken from DONOR, to OUT.
 
     Everything that can refuse the patch is checked before the first byte is written. The write holds
     OUT's lock, and SIGTERM or SIGHUP during it removes the temporaries as Ctrl-C does.
     `progress(done_bytes, total_bytes)` is called after each tensor of a TF bundle is written."""
-    from ckptdoctor.writer import keras as keras_writer
-    from ckptdoctor.writer import patch_bundle
+    from ckptdoctor.writer.base import Edits, NewTensor, Stored
+    from ckptdoctor.writer.checkpoint import refuse_external_data, write_checkpoint
 
-    out_text = os.fspath(out)
     with opened(target_path) as target, opened(donor_path) as donor:
-        is_bundle = isinstance(target.reader, BundleReader)
-        is_keras = isinstance(target.reader, (KerasV3Reader, KerasH5Reader))
-        if not (is_bundle or is_keras):
-            raise PatchError(f"{target.reader.location}: patch does not write {target.reader.format} checkpoints")
-        if is_bundle and out_text.endswith(".index"):
-            out_text = out_text[: -len(".index")]
-        parent = Path(out_text).parent
-        if not Path(out_text).name or Path(out_text).is_dir():
-            raise PatchError(f"{out}: --out must name a checkpoint prefix or file, not a directory")
-        if parent.exists() and not parent.is_dir():
-            raise PatchError(f"{parent}: not a directory")
-        inputs = input_files(target.reader) + input_files(donor.reader)
-        for reader in (target.reader, donor.reader):
-            for name, where in getattr(reader, "external", {}).items():  # never copy what lies outside the file
-                raise PatchError(f"{reader.location}: {name} is {where}; patch refuses data outside the file")
-        if is_bundle:
-            outputs = [*patch_bundle.output_files(out_text), str(state_path(out_text))]
-            resolved = Resolved("bundle", out_text)
-        else:
-            outputs = [out_text]
-            resolved = Resolved("zip" if target.reader.format == "keras-zip" else "hdf5", out_text)
-        _check_output(out_text, is_bundle, outputs, inputs, force)
+        refuse_external_data([target.reader, donor.reader])  # before planning reads any value of theirs
         additions = plan(target, donor)
-        if is_bundle:
-            read_state(parent)  # a state file we could not update stops the patch now, not after the write
-            bundle_plan = patch_bundle.prepare(target, donor, additions)
-        parent.mkdir(parents=True, exist_ok=True)
-        state_change = None
-        with cleanup_on_termination(), output_lock(out_text):
-            previous = _check_output(out_text, is_bundle, outputs, inputs, force)  # as it is now that we hold it
-            clear_debris(out_text)
-            if is_bundle:
-                written = patch_bundle.write(bundle_plan, out_text, previous, progress)
-                additions = bundle_plan.additions
-                state_change = update_state_file(out_text)
-            else:
-                written, additions = keras_writer.write(target, donor, additions, out_text)
+        full_names = {v.name: v.full_name for v in donor.variables}
+        edits = Edits(
+            add=tuple(
+                NewTensor(a.layer, a.statistic, Stored(donor.reader, a.donor_key), full_names.get(a.donor_key))
+                for a in additions
+            )
+        )
+        result = write_checkpoint(target, edits, out, also_read=(donor,), force=force, progress=progress)
+        added = tuple(
+            dataclasses.replace(addition, key=placed.key)
+            for addition, placed in zip(additions, result.placed, strict=True)
+        )
         return PatchResult(
             target.reader.location,
             donor.reader.location,
-            out_text,
-            written,
-            tuple(additions),
-            resolved,
-            state_change,
+            result.out,
+            result.written,
+            added,
+            result.resolved,
+            result.state_change,
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ckptdoctor.model import Report, Severity
 from ckptdoctor.names import shown
 
@@ -17,7 +19,8 @@ def _escape_property(text: str) -> str:
     return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
-def render(reports: list[Report]) -> str:
+def render(reports: Sequence[Report], threshold: Severity | None = None) -> str:
+    """Every finding is annotated at its own level, whatever the threshold."""
     lines = []
     for report in reports:
         for finding in report.findings:

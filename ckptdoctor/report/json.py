@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from ckptdoctor import __version__
@@ -76,13 +77,11 @@ def _variable(v: Variable) -> dict[str, Any]:
     }
 
 
-def render(report: Report) -> str:
-    return json.dumps(to_dict(report), indent=2, ensure_ascii=False) + "\n"
+def render(reports: Sequence[Report], threshold: Severity | None = None) -> str:
+    """One report as itself; several as {"schema_version", "reports": [...]}, in the order given.
 
-
-def render_many(reports: list[Report]) -> str:
-    """One report as itself; several as {"schema_version", "reports": [...]}, in the order given."""
+    Every finding is listed whatever the threshold (the exit code says which ones fail)."""
     if len(reports) == 1:
-        return render(reports[0])
+        return json.dumps(to_dict(reports[0]), indent=2, ensure_ascii=False) + "\n"
     document = {"schema_version": SCHEMA_VERSION, "reports": [to_dict(report) for report in reports]}
     return json.dumps(document, indent=2, ensure_ascii=False) + "\n"

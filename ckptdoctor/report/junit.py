@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 
 from ckptdoctor.model import Report, Severity
 from ckptdoctor.names import shown
 from ckptdoctor.rules import CATALOGUE
 
 
-def render(reports: list[Report], fail_on: Severity) -> str:
-    """Every untrusted string goes through `shown`, which leaves no character XML 1.0 forbids."""
+def render(reports: Sequence[Report], threshold: Severity) -> str:
+    """Findings at or above `threshold` are failures. Every untrusted string goes through `shown`, which
+    leaves no character XML 1.0 forbids."""
     root = ET.Element("testsuites", name="ckptdoctor")
     total_tests = total_failures = 0
     for report in reports:
@@ -25,7 +27,7 @@ def render(reports: list[Report], fail_on: Severity) -> str:
             case = ET.SubElement(
                 suite, "testcase", classname=checkpoint, name=shown(f"{finding.code} {finding.name}: {finding.subject}")
             )
-            if finding.severity.rank >= fail_on.rank:
+            if finding.severity.rank >= threshold.rank:
                 failure = ET.SubElement(case, "failure", message=shown(finding.message), type=finding.code)
                 failure.text = f"{finding.severity.value}: {shown(finding.message)}\nhint: {shown(finding.hint)}"
                 failures += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -42,7 +43,7 @@ def _result(file: str, finding: Finding, rule_index: int) -> dict[str, Any]:
     }
 
 
-def to_dict(reports: list[Report]) -> dict[str, Any]:
+def to_dict(reports: Sequence[Report]) -> dict[str, Any]:
     index = {rule.code: position for position, rule in enumerate(CATALOGUE)}
     rules = [
         {
@@ -67,5 +68,6 @@ def to_dict(reports: list[Report]) -> dict[str, Any]:
     return {"$schema": SCHEMA_URI, "version": "2.1.0", "runs": [{"tool": {"driver": driver}, "results": results}]}
 
 
-def render(reports: list[Report]) -> str:
+def render(reports: Sequence[Report], threshold: Severity | None = None) -> str:
+    """Every finding is a result at its own level, whatever the threshold."""
     return json.dumps(to_dict(reports), indent=2, ensure_ascii=False) + "\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from itertools import groupby
 
 from rich.console import Console
@@ -114,7 +115,21 @@ def _batchnorm_summary(console: Console, report: Report) -> None:
         console.print(f"  … and {len(incomplete) - 10} more")
 
 
+def render(reports: Sequence[Report], threshold: Severity | None = None) -> str:
+    """`check`'s text without colour, for --output: wide enough that long names stay on one line."""
+    import io
+
+    if not reports:
+        return ""
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=160, highlight=False, no_color=True)
+    for report in reports:
+        render_check(console, report)
+    return buffer.getvalue()
+
+
 def render_check(console: Console, report: Report) -> None:
+    """One report as `check` prints it, in colour where the console has colour."""
     _header(console, report)
     console.print(
         f"{len(report.variables)} variables, {len(report.batchnorm)} BatchNorm layers, "

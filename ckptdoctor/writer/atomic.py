@@ -41,7 +41,7 @@ def clear_debris(final: str | os.PathLike[str]) -> list[Path]:
     Call only while holding the output's lock (writer.guard.output_lock): then no live ckptdoctor writes
     this output, and the pid check spares a live writer of a neighbouring output with a similar name."""
     path = Path(final)
-    removed = []
+    removed: list[Path] = []
     if not path.parent.is_dir():
         return removed
     for candidate in path.parent.iterdir():

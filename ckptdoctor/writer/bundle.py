@@ -3,14 +3,41 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ckptdoctor.formats import protos
 from ckptdoctor.formats.bytesource import write_all
 from ckptdoctor.formats.sstable import TableBuilder
-from ckptdoctor.formats.tf_bundle import BundleEntry, BundleReader, data_file_name
+from ckptdoctor.formats.tf_bundle import BundleEntry, data_file_name
 from ckptdoctor.writer.atomic import create_exclusive, fsync_directory, temp_beside
 from ckptdoctor.writer.signals import signals_deferred
+
+if TYPE_CHECKING:
+    from ckptdoctor.formats.object_graph import ObjectGraph
+
+
+@runtime_checkable
+class BundleSource(Protocol):
+    """What the bundle writer needs from a TF bundle's reader: its index entries and their stored bytes."""
+
+    @property
+    def location(self) -> str: ...
+
+    @property
+    def entries(self) -> Mapping[bytes, BundleEntry]:
+        """Every index entry by key, slices of partitioned variables included."""
+        ...
+
+    @property
+    def object_graph(self) -> ObjectGraph | None:
+        """The TF2 object graph, None for a name-based (TF1) checkpoint."""
+        ...
+
+    def copy_bytes(self, entry: BundleEntry, out_fd: int) -> None:
+        """Append the entry's stored bytes to `out_fd`."""
+        ...
 
 
 def _header(num_shards: int) -> bytes:
@@ -56,7 +83,7 @@ class BundleWriter:
             raise ValueError(f"duplicate key {key!r}")
         return min(range(self.num_shards), key=self._offsets.__getitem__)
 
-    def copy(self, reader: BundleReader, entry: BundleEntry, key: bytes | None = None) -> None:
+    def copy(self, reader: BundleSource, entry: BundleEntry, key: bytes | None = None) -> None:
         """Append one tensor from `reader`, bytes and checksum exactly as stored there."""
         key = entry.key if key is None else key
         shard = self._place(key)

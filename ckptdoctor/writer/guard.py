@@ -10,13 +10,11 @@ import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 
-from ckptdoctor.model import CheckpointError
+from ckptdoctor.errors import OutputError
+
+__all__ = ["LOCK_SUFFIX", "OutputError", "input_files", "output_lock", "refuse_overwriting_inputs"]
 
 LOCK_SUFFIX = ".ckptdoctor-lock"
-
-
-class OutputError(CheckpointError):
-    """The output cannot be written as asked; nothing was written."""
 
 
 def input_files(reader: object) -> list[str]:
@@ -42,7 +40,7 @@ def refuse_overwriting_inputs(out: str, outputs: Iterable[str], inputs: Iterable
     by_identity = {_identity(path): path for path in by_real_path.values()}
     by_identity.pop(None, None)
     for path in outputs:
-        clash = by_real_path.get(os.path.realpath(path)) or by_identity.get(_identity(path))  # type: ignore[arg-type]
+        clash = by_real_path.get(os.path.realpath(path)) or by_identity.get(_identity(path))
         if clash is not None:
             shown = clash if os.path.abspath(path) == os.path.abspath(clash) else f"{path}, which is {clash}"
             raise OutputError(f"{out}: the output must not be one of the inputs (it would replace {shown})")

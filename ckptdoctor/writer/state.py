@@ -6,6 +6,7 @@ import os
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
 from ckptdoctor.formats import protos
 from ckptdoctor.formats.resolve import STATE_FILE, read_state_file
@@ -21,8 +22,8 @@ def state_path(prefix: str) -> Path:
     return Path(prefix).parent / STATE_FILE
 
 
-def read_state(directory: Path) -> protos.CheckpointState | None:
-    """The directory's state file, or None where there is none.
+def read_state(directory: Path) -> Any:
+    """The directory's state file (a `protos.CheckpointState`), or None where there is none.
 
     Raises OutputError for one that is not a regular text file that parses (a directory, a FIFO, binary
     bytes): a writer calls this before it writes anything, so that such a file stops it early."""

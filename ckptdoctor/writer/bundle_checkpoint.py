@@ -1,0 +1,217 @@
+"""Edited TF bundles: every source tensor (copied as stored) with the edits applied, and for TF2 the graph nodes."""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ckptdoctor import dtypes
+from ckptdoctor.errors import OutputError
+from ckptdoctor.formats import protos
+from ckptdoctor.formats.crc import crc32c, mask
+from ckptdoctor.formats.ordered_code import slice_key
+from ckptdoctor.formats.tf_bundle import (
+    OBJECT_GRAPH_KEY,
+    BundleEntry,
+    data_file_name,
+    encode_string_tensor,
+    slice_extents,
+)
+from ckptdoctor.model import CheckpointError, Storage
+from ckptdoctor.names import encode_name
+from ckptdoctor.writer.base import (
+    Edits,
+    NewTensor,
+    Placed,
+    Progress,
+    Stored,
+    TensorSource,
+    Written,
+    check_replacements,
+    refuse_unsupported,
+    values_of,
+)
+from ckptdoctor.writer.bundle import BundleSource, BundleWriter
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ckptdoctor.analysis.checkpoint import Checkpoint
+    from ckptdoctor.formats.object_graph import ObjectGraph
+
+ATTRIBUTE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+
+Encoded = tuple[int, tuple[int, ...], bytes, int]  # dtype code, shape, stored bytes, masked CRC
+
+
+def _with_graph_nodes(graph: ObjectGraph, added: Sequence[tuple[NewTensor, str]]) -> bytes:
+    """The object graph with one node per added variable, linked as a child of its layer's node.
+
+    Matching on restore goes through these links, not key names: a tensor without its node is ignored,
+    and a node nobody links to makes TF's assert_consumed fail with a KeyError (FORMATS.md §10)."""
+    proto = protos.TrackableObjectGraph()
+    proto.CopyFrom(graph.proto)
+    for tensor, key in added:
+        parent = graph.nodes_by_path.get(tensor.layer)
+        if parent is None:
+            raise CheckpointError(f"layer object {tensor.layer} is not in the target's object graph")
+        node = proto.nodes.add()
+        full_name = tensor.full_name or f"{tensor.layer}/{tensor.variable}"
+        node.attributes.add(name="VARIABLE_VALUE", full_name=full_name, checkpoint_key=key)
+        node.has_checkpoint_values.value = True
+        proto.nodes[parent].children.add(node_id=len(proto.nodes) - 1, local_name=tensor.variable)
+    return proto.SerializeToString()
+
+
+def _with_slices(reader: BundleSource, entry: BundleEntry, key: bytes) -> dict[bytes, tuple[BundleSource, BundleEntry]]:
+    """A tensor to copy under `key`; a partitioned one with each slice, re-keyed under its new name."""
+    copies = {key: (reader, entry)}
+    for extents in slice_extents(entry):
+        part = reader.entries.get(slice_key(entry.key, extents))
+        if part is None:
+            raise CheckpointError(f"{reader.location}: slice {extents} of partitioned {entry.name} is missing")
+        copies[slice_key(key, extents)] = (reader, part)
+    return copies
+
+
+def _encode(values: np.ndarray, where: str) -> Encoded:
+    dtype = dtypes.BY_NAME.get(values.dtype.name)
+    if dtype is None or dtype.itemsize is None:
+        raise OutputError(f"{where}: values of dtype {values.dtype} cannot be written to a TF checkpoint")
+    raw = values.astype(values.dtype.newbyteorder("<")).tobytes()
+    return dtype.code, tuple(int(size) for size in values.shape), raw, mask(crc32c(raw))
+
+
+@dataclasses.dataclass(frozen=True)
+class BundlePlan:
+    """Every output tensor: copied as stored from a bundle, or given as encoded bytes."""
+
+    copies: dict[bytes, tuple[BundleSource, BundleEntry]]
+    encoded: dict[bytes, Encoded]
+    placed: tuple[Placed, ...]
+    total: int  # bytes to write, for progress
+
+    def write(self, out: str, previous: Sequence[Path], progress: Progress | None = None) -> Written:
+        """Stream the planned tensors into a new bundle at `out`, then delete `previous` files not rewritten."""
+        writer = BundleWriter(out)
+        try:
+            done = 0
+            for key in sorted(self.copies.keys() | self.encoded.keys()):
+                if key in self.encoded:
+                    writer.add(key, *self.encoded[key])
+                else:
+                    writer.copy(*self.copies[key], key=key)
+                done += writer.last_size
+                if progress:
+                    progress(done, self.total)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        for stale in previous:  # shards of an older checkpoint at this prefix with another shard count
+            if stale.name not in (Path(writer.data_path).name, Path(writer.index_path).name):
+                stale.unlink(missing_ok=True)
+        return Written((writer.index_path, writer.data_path), self.placed)
+
+
+class _Planner:
+    """The output's tensors as they are decided: `copies` (as stored) and `encoded` (new bytes), by key."""
+
+    def __init__(self, reader: BundleSource) -> None:
+        self.reader = reader
+        self.copies: dict[bytes, tuple[BundleSource, BundleEntry]] = {
+            entry.key: (reader, entry) for entry in reader.entries.values()
+        }
+        self.encoded: dict[bytes, Encoded] = {}
+
+    def source_entry(self, name: str) -> BundleEntry:
+        entry = self.reader.entries.get(encode_name(name))
+        if entry is None or entry.is_slice_data:
+            raise OutputError(f"{self.reader.location}: no tensor {name}")
+        return entry
+
+    def remove(self, entry: BundleEntry) -> None:
+        """Leave out a source tensor, with the slices of a partitioned one."""
+        self.copies.pop(entry.key, None)
+        for extents in slice_extents(entry):
+            self.copies.pop(slice_key(entry.key, extents), None)
+
+    def put(self, key: bytes, source: TensorSource) -> None:
+        if isinstance(source, Stored) and isinstance(source.reader, BundleSource):
+            entry = source.reader.entries.get(encode_name(source.name))
+            if entry is None:
+                raise OutputError(f"{source.reader.location}: no tensor {source.name}")
+            self.copies.update(_with_slices(source.reader, entry, key))
+        else:
+            self.encoded[key] = _encode(values_of(source), self.reader.location)
+
+    def taken(self, key: bytes) -> bool:
+        return key in self.copies or key in self.encoded
+
+
+class BundleCheckpointWriter:
+    """TF V2 bundles (TF1 name-based, TF2 object-based, a SavedModel's variables), written as one shard."""
+
+    storage = Storage.BUNDLE
+
+    def output_path(self, out: str) -> str:
+        return out[: -len(".index")] if out.endswith(".index") else out
+
+    def output_files(self, out: str) -> list[str]:
+        """The files the write creates at the prefix `out`, besides the directory's state file."""
+        return [out + ".index", data_file_name(out, 0, 1)]
+
+    def existing_outputs(self, out: str) -> list[Path]:
+        """A checkpoint's index and data shards (of any shard count) already at the prefix."""
+        path = Path(out)
+        shard = re.compile(re.escape(path.name) + r"\.data-\d{5}-of-\d{5}")
+        found = [p for p in path.parent.glob(glob.escape(path.name) + ".data-*") if shard.fullmatch(p.name)]
+        return sorted(p for p in [*found, Path(out + ".index")] if p.is_file())
+
+    def prepare(self, source: Checkpoint, edits: Edits) -> BundlePlan:
+        """Everything the new bundle will hold, decided and checked before a byte is written."""
+        reader = source.reader
+        if not isinstance(reader, BundleSource):
+            raise OutputError(f"{reader.location}: not a TF bundle")
+        graph = reader.object_graph
+        # In a TF2 checkpoint the object graph names every key: dropping or renaming means editing it too.
+        refuse_unsupported(
+            edits, reader.location, f"{reader.format} checkpoints", drop=graph is None, rename=graph is None
+        )
+        check_replacements(source, edits)
+        planner = _Planner(reader)
+        for replacement in edits.replace:
+            entry = planner.source_entry(replacement.name)
+            planner.remove(entry)
+            planner.put(entry.key, replacement.source)
+        for name in edits.drop:
+            planner.remove(planner.source_entry(name))
+        moved = {old: planner.source_entry(old) for old in edits.rename}
+        for entry in moved.values():
+            planner.remove(entry)
+        for old, new in edits.rename.items():
+            if planner.taken(encode_name(new)):
+                raise OutputError(f"{reader.location}: cannot rename {old} to {new}, which is already taken")
+            planner.copies.update(_with_slices(reader, moved[old], encode_name(new)))
+
+        suffix = ATTRIBUTE_SUFFIX if graph is not None else ""
+        added: list[tuple[NewTensor, str]] = []
+        for tensor in edits.add:
+            key = f"{tensor.layer}/{tensor.variable}{suffix}"
+            if planner.taken(encode_name(key)):
+                raise OutputError(f"{reader.location}: {key} is already stored")
+            planner.put(encode_name(key), tensor.source)
+            added.append((tensor, key))
+        if graph is not None and added:
+            raw, crc = encode_string_tensor([_with_graph_nodes(graph, added)])
+            planner.copies.pop(OBJECT_GRAPH_KEY.encode(), None)
+            planner.encoded[OBJECT_GRAPH_KEY.encode()] = (dtypes.BY_NAME["string"].code, (), raw, crc)
+
+        copies, encoded = planner.copies, planner.encoded
+        total = sum(entry.size for _, entry in copies.values()) + sum(len(item[2]) for item in encoded.values())
+        placed = tuple(Placed(tensor.layer, tensor.variable, key) for tensor, key in added)
+        return BundlePlan(copies, encoded, placed, total)
