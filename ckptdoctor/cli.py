@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -143,28 +143,28 @@ def check(
         list[str], typer.Argument(help="Checkpoints (prefixes, files or directories).", show_default=False)
     ],
     reference: Annotated[
-        Optional[str],  # noqa: UP045 - typer needs Optional on Python 3.9
+        str | None,
         typer.Option("--reference", "-r", help="The checkpoint training started from (e.g. the pretrained model)."),
     ] = None,
     fail_on: Annotated[
-        Optional[FailOn],  # noqa: UP045
+        FailOn | None,
         typer.Option(
             "--fail-on", help="Lowest severity that makes the exit code 1 [default: error].", show_default=False
         ),
     ] = None,
     output_format: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = OutputFormat.TEXT,
     output: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option("--output", "-o", help="Write the report to this file instead of stdout.", show_default=False),
     ] = None,
     config: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option(
             "--config", help="Policy file (TOML); default: [tool.ckptdoctor] in ./pyproject.toml.", show_default=False
         ),
     ] = None,
     decay: Annotated[
-        Optional[float],  # noqa: UP045
+        float | None,
         typer.Option(
             "--decay",
             min=0.0,
@@ -174,7 +174,7 @@ def check(
         ),
     ] = None,
     steps: Annotated[
-        Optional[int],  # noqa: UP045
+        int | None,
         typer.Option(
             "--steps",
             min=0,
@@ -365,11 +365,11 @@ def patch(
 def verify(
     checkpoint: PathArg,
     meta_graph: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option("--meta-graph", help="TF1: the evaluation graph's .meta (MetaGraphDef).", show_default=False),
     ] = None,
     model: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option("--model", help="Keras/TF2: MODEL.keras or package.module:builder.", show_default=False),
     ] = None,
 ) -> None:
@@ -459,28 +459,28 @@ def main() -> None:
 def match(
     checkpoint: PathArg,
     meta_graph: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option("--meta-graph", help="TF1: the graph's .meta (MetaGraphDef).", show_default=False),
     ] = None,
     model: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option("--model", help="Keras: MODEL.keras, or package.module:builder (tf extra).", show_default=False),
     ] = None,
     assignment_map: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option(
             "--assignment-map", help="Write the init_from_checkpoint assignment map (JSON) here.", show_default=False
         ),
     ] = None,
     fail_on: Annotated[
-        Optional[FailOn],  # noqa: UP045
+        FailOn | None,
         typer.Option(
             "--fail-on", help="Lowest severity that makes the exit code 1 [default: error].", show_default=False
         ),
     ] = None,
-    output_format: Annotated[CheckFormat, typer.Option("--format", "-f", help="Output format.")] = CheckFormat.text,
+    output_format: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = OutputFormat.TEXT,
     config: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option("--config", help="Policy file (TOML), as for check.", show_default=False),
     ] = None,
 ) -> None:
@@ -513,7 +513,7 @@ def match(
     report = dataclasses.replace(report, findings=policy.apply(checkpoint, report.findings))
     threshold = policy.threshold(Severity(fail_on.value) if fail_on else None)
     with _reader_may_stop():
-        if output_format is CheckFormat.text:
+        if output_format is OutputFormat.TEXT:
             from ckptdoctor.report.text import render_check
 
             console = _stdout()
@@ -523,6 +523,6 @@ def match(
             if assignment_map is not None:
                 console.print(f"wrote the assignment map to {shown(assignment_map)}", markup=False, soft_wrap=True)
         else:
-            sys.stdout.write(_render_check([report], output_format, threshold))
+            sys.stdout.write(render_report([report], output_format, threshold))
             sys.stdout.flush()
     raise typer.Exit(exit_code(report.findings, threshold))

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from itertools import combinations
 
-from ckptdoctor.analysis.roles import OBJECT_GRAPH, role_of
+from ckptdoctor.analysis.roles import role_of
 from ckptdoctor.formats.model_spec import ModelVariable
+from ckptdoctor.formats.object_graph import OBJECT_GRAPH_KEY
 from ckptdoctor.model import Report, Role, TensorInfo, Variable
 
 MAX_CANDIDATES = 32  # transforms tried one at a time, the most supported first
@@ -171,7 +172,7 @@ def _shape_fits(expected: tuple[int, ...] | None, stored: tuple[int, ...]) -> bo
 def match_variables(model: Iterable[ModelVariable], stored: Iterable[Variable]) -> MatchResult:
     """Put every model variable in one bucket against the checkpoint's variables (see the module docstring)."""
     model_by_name = {v.name: v for v in model}
-    stored_by_path = {v.path: v for v in stored if v.name != OBJECT_GRAPH}
+    stored_by_path = {v.path: v for v in stored if v.name != OBJECT_GRAPH_KEY}
     exact = [name for name, var in model_by_name.items() if name in stored_by_path and _fits(var, stored_by_path[name])]
     taken = set(exact)
     search = _Search(model_by_name, stored_by_path, taken)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ckptdoctor.errors import CheckpointError, ModelError
+from ckptdoctor.model import Storage
 
 # A model with more variables than this is not read: the matching search is linear in it, but the report
 # and assignment map are not meant for millions of entries.
@@ -35,7 +36,7 @@ def keras_file_variables(path: str) -> tuple[ModelVariable, ...]:
     except CheckpointError as error:
         raise ModelError(str(error)) from None
     try:
-        if resolved.kind not in ("zip", "hdf5"):
+        if resolved.storage not in (Storage.ZIP, Storage.HDF5):
             raise ModelError(f"{path}: --model takes a .keras file or package.module:builder, not a checkpoint")
         tensors = [t for t in reader.tensors() if not t.optimizer_state]
         if len(tensors) > MAX_MODEL_VARIABLES:

@@ -23,12 +23,6 @@ class Resolved:
     format: Format | None = None  # set where the path says more than the bytes, e.g. a SavedModel
     note: str | None = None  # one line telling the user what was chosen
 
-    def __post_init__(self) -> None:
-        # A caller may still name the storage by its value ("bundle"): store the member, or fail on a typo.
-        object.__setattr__(self, "storage", Storage(self.storage))
-        if self.format is not None:
-            object.__setattr__(self, "format", Format(self.format))
-
 
 def read_state_file(directory: Path) -> protos.Message | None:
     """The directory's `checkpoint` state file (a CheckpointState), or None where there is none."""

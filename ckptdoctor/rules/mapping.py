@@ -149,9 +149,9 @@ def findings(result: MatchResult) -> tuple[Finding, ...]:
         out.append(
             dtype.finding(model.name, f"{model.name}: the model has {model.dtype}, the checkpoint {stored.dtype}")
         )
-    for variable in result.unexpected:
-        text = f"{variable.name} ({variable.dtype}{_shape(variable.shape)}) is restored into no model variable"
-        out.append(unexpected.finding(variable.name, text))
+    for stored in result.unexpected:
+        text = f"{stored.name} ({stored.dtype}{_shape(stored.shape)}) is restored into no model variable"
+        out.append(unexpected.finding(stored.name, text))
     if result.missing_training_state:
         names = [v.name for v in result.missing_training_state]
         text = f"{len(names)} optimizer slots or counters start fresh, e.g. {', '.join(names[:_EXAMPLES])}"

@@ -13,6 +13,7 @@ from ckptdoctor import dtypes
 from ckptdoctor.errors import OutputError
 from ckptdoctor.formats import protos
 from ckptdoctor.formats.crc import crc32c, mask
+from ckptdoctor.formats.object_graph import ATTRIBUTE_SUFFIX
 from ckptdoctor.formats.ordered_code import slice_key
 from ckptdoctor.formats.tf_bundle import (
     OBJECT_GRAPH_KEY,
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
     from ckptdoctor.analysis.checkpoint import Checkpoint
     from ckptdoctor.formats.object_graph import ObjectGraph
 
-ATTRIBUTE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 
 Encoded = tuple[int, tuple[int, ...], bytes, int]  # dtype code, shape, stored bytes, masked CRC
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from ckptdoctor.errors import OutputError
 from ckptdoctor.formats.keras_common import import_h5py, string_list_attr
 from ckptdoctor.formats.keras_v3 import WEIGHTS_MEMBER
-from ckptdoctor.model import BatchNormLayer, Storage
+from ckptdoctor.model import BATCHNORM_PARTS, BatchNormLayer, Storage
 from ckptdoctor.names import encode_name
 from ckptdoctor.writer.atomic import atomic_output, create_exclusive, temp_beside
 from ckptdoctor.writer.base import (
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
     from ckptdoctor.analysis.checkpoint import Checkpoint
 
-BN_ORDER = ("gamma", "beta", "moving_mean", "moving_variance")  # Keras's weight order in BatchNormalization
 COPY_CHUNK = 8 << 20
 
 
@@ -150,7 +149,7 @@ def _replace_member(archive: str, out: str, member: str, data_path: str) -> None
 def _batchnorm_layer(source: Checkpoint, tensor: NewTensor) -> BatchNormLayer:
     """Keras files get only BatchNorm variables added: elsewhere the weight order is the layer's own code."""
     layer = next((layer for layer in source.batchnorm if layer.layer == tensor.layer), None)
-    if layer is None or tensor.variable not in BN_ORDER:
+    if layer is None or tensor.variable not in BATCHNORM_PARTS:
         raise UnsupportedEdit(
             f"{source.reader.location}: cannot add {tensor.variable} to {tensor.layer}: "
             "only BatchNorm variables can be added to Keras files"
@@ -191,7 +190,7 @@ class KerasV3Writer(_SingleFile):
             group = reader.vars_groups.get(tensor.layer)
             if group is None:
                 raise OutputError(f"{reader.location}: no weight group for layer {tensor.layer}")
-            before = BN_ORDER[: BN_ORDER.index(tensor.variable)]
+            before = BATCHNORM_PARTS[: BATCHNORM_PARTS.index(tensor.variable)]
             added = {t.variable for t in edits.add if t.layer == tensor.layer}
             index = sum(1 for part in before if getattr(layer, part) or part in added)
             path = f"{group}/{index}"
@@ -206,7 +205,7 @@ class KerasV3Writer(_SingleFile):
 def _bn_rank(name: str) -> int:
     """Where a legacy weight name sorts among its layer's: parameters, then statistics, others first."""
     part = name.split(":")[0].rsplit("/", 1)[-1]
-    return BN_ORDER.index(part) if part in BN_ORDER else -1
+    return BATCHNORM_PARTS.index(part) if part in BATCHNORM_PARTS else -1
 
 
 class KerasLegacyWriter(_SingleFile):
