@@ -16,7 +16,7 @@ from ckptdoctor import __version__, watchdog
 from ckptdoctor.errors import CkptDoctorError, OutputError
 from ckptdoctor.model import Severity
 from ckptdoctor.names import shown
-from ckptdoctor.policy import ExitCode, exit_code
+from ckptdoctor.policy import ExitCode, exit_code, outcome_exit_code
 from ckptdoctor.report import OutputFormat
 from ckptdoctor.report import render as render_report
 
@@ -399,7 +399,7 @@ def verify(
             console.print(f"the restore failed: {shown(result.tf_error)}", markup=False, soft_wrap=True)
         if result.ok:
             console.print("[bold green]restored for real: every variable matched[/]")
-    raise typer.Exit(ExitCode.OK if result.ok else ExitCode.FINDINGS)
+    raise typer.Exit(outcome_exit_code(result.ok))
 
 
 class DiffFormat(str, Enum):

@@ -25,15 +25,15 @@ from ckptdoctor.analysis.batchnorm import PARTS
 from ckptdoctor.analysis.checkpoint import Checkpoint, opened
 from ckptdoctor.analysis.matching import MatchedBy, identity, match_batchnorm, match_variables
 from ckptdoctor.errors import ConfigError
-from ckptdoctor.model import BatchNormLayer, Role, Variable
-from ckptdoctor.policy import ExitCode
+from ckptdoctor.model import BATCHNORM_PARTS, BATCHNORM_STATISTICS, BatchNormLayer, Role, Variable
+from ckptdoctor.policy import ExitCode, outcome_exit_code
 
 if TYPE_CHECKING:
     import numpy as np
 
 CHUNK_ELEMENTS = 1 << 16  # elements compared at a time: a few MiB of float64 temporaries, whatever the tensor
-PARAMETERS = ("gamma", "beta")  # trained by the optimizer
-STATISTICS = ("moving_mean", "moving_variance")  # updated only by the update ops
+PARAMETERS = tuple(p for p in BATCHNORM_PARTS if p not in BATCHNORM_STATISTICS)  # trained by the optimizer
+STATISTICS = BATCHNORM_STATISTICS  # updated only by the update ops
 
 Progress = Callable[[int, int], None]  # (tensors done, tensors in all)
 
@@ -175,7 +175,7 @@ class DiffReport:
 
     @property
     def exit_code(self) -> ExitCode:
-        return ExitCode.OK if self.identical else ExitCode.FINDINGS
+        return outcome_exit_code(self.identical)
 
 
 # ---- comparing values ------------------------------------------------------------------------------

@@ -440,19 +440,13 @@ def match(
 
     expected = load_model(meta_graph, model)
     with opened(path) as checkpoint:
-        if _family(checkpoint.reader.format) == FormatFamily.TF2:
+        if checkpoint.reader.format.family is FormatFamily.TF2:
             raise ModelError(
                 f"{checkpoint.resolved.location}: a TF2 object-based checkpoint restores by its object graph, not "
                 "by name: use `ckptdoctor verify --model` for it"
             )
         result = match_variables(expected, checkpoint.variables)
         return result, _report(path, checkpoint, findings(result))
-
-
-def _family(format_name: str):
-    from ckptdoctor.model import Format
-
-    return Format(format_name).family
 
 
 def input_files(path: str | os.PathLike[str], meta_graph: str | None, model: str | None) -> list[str]:

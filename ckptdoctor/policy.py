@@ -28,6 +28,11 @@ def exit_code(findings: Iterable[Finding], fail_on: Severity = Severity.ERROR) -
     return ExitCode.FINDINGS if failing else ExitCode.OK
 
 
+def outcome_exit_code(passed: bool) -> ExitCode:
+    """Commands without findings to weigh (diff, verify): OK when they passed, FINDINGS when not."""
+    return ExitCode.OK if passed else ExitCode.FINDINGS
+
+
 def combined_exit_code(
     findings_per_checkpoint: Iterable[Iterable[Finding]], fail_on: Severity, any_unreadable: bool
 ) -> ExitCode:

@@ -5,14 +5,12 @@ JSON schema, and peak memory bounded by the largest tensor rather than the check
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURE_BUNDLES, KERAS, ROOT, file_bytes
+from conftest import FIXTURE_BUNDLES, KERAS, ROOT, file_bytes, run_cli
 from synthetic import write_synthetic
 from test_bounds import measured
 
@@ -35,13 +33,7 @@ HEALTHY = KERAS / "healthy"
 
 
 def run(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ckptdoctor", "diff", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CKPTDOCTOR_DEBUG": ""},
-    )
+    return run_cli("diff", *args)
 
 
 def write_bundle(prefix: Path, tensors: dict[bytes, np.ndarray | list[bytes]]) -> Path:

@@ -7,17 +7,15 @@ import importlib.util
 import json
 import os
 import subprocess
-import sys
 
 import pytest
-from conftest import FIXTURES, KERAS, ROOT
+from conftest import FIXTURES, KERAS, ROOT, run_cli
 
 from ckptdoctor.match import Rename, RenameKind, assignment_map, match, match_variables, saver_var_list
 from ckptdoctor.model import Role, Variable
 
 MATCH = FIXTURES / "match"
 META = MATCH / "model.meta"
-CLI = [sys.executable, "-m", "ckptdoctor", "match"]
 
 # How scripts/make_match_fixtures.py saved each checkpoint, as the renames that undo it.
 EXPECTED_RENAMES = {
@@ -68,11 +66,7 @@ def assignment_map_models(mapping: dict[str, str]) -> list[str]:
 @pytest.mark.parametrize(("case", "code"), [("prefix", 1), ("head", 1), ("ambiguous", 1)])
 def test_cli_is_a_gate_and_writes_the_map(tmp_path, case, code):
     out = tmp_path / "map.json"
-    run = subprocess.run(
-        [*CLI, str(MATCH / case), "--meta-graph", str(META), "--assignment-map", str(out), "-f", "json"],
-        capture_output=True,
-        text=True,
-    )
+    run = run_cli("match", MATCH / case, "--meta-graph", META, "--assignment-map", out, "-f", "json")
     assert run.returncode == code, run.stderr
     findings = json.loads(run.stdout)[0]["findings"] if isinstance(json.loads(run.stdout), list) else None
     assert findings is None or findings
@@ -82,13 +76,9 @@ def test_cli_is_a_gate_and_writes_the_map(tmp_path, case, code):
 def test_policy_applies_like_check(tmp_path):
     config = tmp_path / "policy.toml"
     config.write_text('ignore = ["match-renamed"]\n')
-    run = subprocess.run(
-        [*CLI, str(MATCH / "leaf"), "--meta-graph", str(META), "--config", str(config)], capture_output=True
-    )
+    run = run_cli("match", str(MATCH / "leaf"), "--meta-graph", str(META), "--config", str(config))
     assert run.returncode == 0, run.stdout
-    sarif = subprocess.run(
-        [*CLI, str(MATCH / "head"), "--meta-graph", str(META), "-f", "sarif"], capture_output=True, text=True
-    )
+    sarif = run_cli("match", str(MATCH / "head"), "--meta-graph", str(META), "-f", "sarif")
     assert sarif.returncode == 1 and "MAP002" in sarif.stdout
 
 
@@ -96,33 +86,25 @@ def _blocked_env(tmp_path) -> dict[str, str]:
     blocker = tmp_path / "blocked" / "tensorflow"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text("raise ImportError('tensorflow is not installed here')\n")
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker.parent), os.environ.get("PYTHONPATH", "")])}
+    return {"PYTHONPATH": os.pathsep.join([str(blocker.parent), os.environ.get("PYTHONPATH", "")])}
 
 
 def test_match_works_without_tensorflow_for_meta_graphs_and_keras_files(tmp_path):
     env = _blocked_env(tmp_path)
     model = str(KERAS / "healthy" / "model.keras")
-    healthy = subprocess.run(
-        [*CLI, str(KERAS / "healthy/model.weights.h5"), "--model", model], env=env, capture_output=True, text=True
-    )
+    healthy = run_cli("match", str(KERAS / "healthy/model.weights.h5"), "--model", model, env=env)
     assert healthy.returncode == 0, healthy.stderr
     assert "18 matched by name" in healthy.stdout
-    lost = subprocess.run(
-        [*CLI, str(KERAS / "stats_removed/model.weights.h5"), "--model", model], env=env, capture_output=True, text=True
-    )
+    lost = run_cli("match", str(KERAS / "stats_removed/model.weights.h5"), "--model", model, env=env)
     assert lost.returncode == 1 and "MAP001" in lost.stdout and "ckptdoctor patch" in lost.stdout  # BN stats: patch
-    meta = subprocess.run(
-        [*CLI, str(MATCH / "counter"), "--meta-graph", str(META)], env=env, capture_output=True, text=True
-    )
+    meta = run_cli("match", str(MATCH / "counter"), "--meta-graph", str(META), env=env)
     assert meta.returncode == 1 and "counter of 'dense' layers is +1" in meta.stdout, meta.stderr
-    builder = subprocess.run(
-        [*CLI, str(MATCH / "counter"), "--model", "no_such.module:build"], env=env, capture_output=True, text=True
-    )
+    builder = run_cli("match", str(MATCH / "counter"), "--model", "no_such.module:build", env=env)
     assert builder.returncode == 2 and builder.stderr.count("\n") == 1 and "pip install" in builder.stderr
 
 
 def _run(args) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60)
+    return run_cli("match", *args)
 
 
 def test_bad_meta_graphs_are_one_line_exit_2(tmp_path):
