@@ -49,7 +49,7 @@ def summarize(values: np.ndarray) -> StatisticSummary:
         median=_quantile(ordered, 0.5),
         q3=_quantile(ordered, 0.75),
         max=float(ordered[-1]),
-        mean=float(ordered.mean()),
+        mean=float(ordered.sum()) / ordered.size,  # np.mean costs twice as much per call; both sum pairwise
     )
 
 

@@ -26,6 +26,7 @@ LAYER_ROWS = 300  # layers drawn one row each; more layers: the LAYER_ROWS that 
 OVERVIEW_BINS = 500  # columns of the overview chart; consecutive layers share a column beyond that
 OVERVIEW_FROM = 30  # more layers than fit a screen as rows: an overview chart of all of them comes first
 FINDINGS_PER_RULE = 50  # findings listed under each rule; the rest are counted
+OPEN_FINDINGS = 20  # up to this many findings the rules are shown open; more: closed, so the charts stay in view
 
 _BOX_WIDTH, _BOX_HEIGHT = 300, 16  # one layer's distribution chart
 _CHANGE_WIDTH = 140  # one layer's "moved from the reference" bar
@@ -42,7 +43,7 @@ h3{font-size:15px;margin:18px 0 6px}.meta{color:#5f6b73;margin:0 0 12px}
 table{border-collapse:collapse}td,th{padding:2px 8px;text-align:left;vertical-align:middle}
 .summary td:first-child{color:#5f6b73}.layers td,.layers th{border-bottom:1px solid #eceff1}
 .layers th{position:sticky;top:0;background:#fff;font-weight:600;vertical-align:bottom}
-.name{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;word-break:break-all;max-width:420px}
+.name{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;overflow-wrap:anywhere;min-width:200px;max-width:420px}
 .badge{display:inline-block;border-radius:3px;padding:0 6px;color:#fff;font-size:12px;font-weight:600}
 .pass{background:#2e7d32}.fail{background:#c62828}.error{background:#c62828}.warning{background:#ef6c00}
 .info{background:#1565c0}details{margin:6px 0;border:1px solid #dfe3e6;border-radius:4px;padding:4px 10px}
@@ -130,13 +131,12 @@ def _variance_scale(summaries: Sequence[StatisticSummary], width: float) -> _Sca
 
 
 def _thin(ticks: Sequence[float], transform: Callable[[float], float], low: float, high: float) -> tuple[float, ...]:
-    """At most 7 ticks, none closer than a sixth of the axis to the previous one kept."""
+    """At most 6 ticks a sixth of the axis apart: 0 first, then the round values of largest magnitude."""
     kept: list[float] = []
-    for tick in ticks:
-        if not kept or transform(tick) - transform(kept[-1]) >= (high - low) / 6:
+    for tick in sorted(ticks, key=lambda t: (t != 0, -abs(t))):
+        if len(kept) < 6 and all(abs(transform(tick) - transform(k)) >= (high - low) / 6 for k in kept):
             kept.append(tick)
-    step = max(1, math.ceil(len(kept) / 7))
-    return tuple(kept[::step])
+    return tuple(sorted(kept))
 
 
 def _tick_label(value: float) -> str:
@@ -190,9 +190,13 @@ def _change_bar(change: float | None, largest: float, what: str) -> str:
 
 def _axis(scale: _Scale, width: float, label: str) -> str:
     """The column header of a distribution column: its name and tick labels on the shared axis."""
+
+    def anchor(x: float) -> str:  # labels near an edge extend inwards, so none is clipped
+        return "start" if x < 20 else "end" if x > width - 20 else "middle"
+
     ticks = "".join(
         f'<line x1="{scale.x(t):.1f}" y1="14" x2="{scale.x(t):.1f}" y2="20" stroke="#90a4ae"/>'
-        f'<text x="{min(max(scale.x(t), 8), width - 8):.1f}" y="11" text-anchor="middle">{_tick_label(t)}</text>'
+        f'<text x="{scale.x(t):.1f}" y="11" text-anchor="{anchor(scale.x(t))}">{_tick_label(t)}</text>'
         for t in scale.ticks
     )
     return f'{label}<br/><svg class="axis" width="{width}" height="20">{ticks}</svg>'
@@ -430,6 +434,7 @@ def _findings(report: Report) -> str:
     for finding in report.findings:
         groups[finding.code].append(finding)
     parts = ["<h3>Findings by rule</h3>"]
+    opened = ' open="open"' if len(report.findings) <= OPEN_FINDINGS else ""
     ordered = sorted(groups.items(), key=lambda item: (-max(f.severity.rank for f in item[1]), item[0]))
     for code, findings in ordered:
         rule = BY_NAME.get(code)
@@ -449,7 +454,7 @@ def _findings(report: Report) -> str:
         if more > 0:
             items += f'<li class="muted">… and {more} more (<code>--format json</code> lists every one)</li>'
         parts.append(
-            f'<details open="open"><summary><span class="badge {worst.value}">{_text(code)}</span> '
+            f'<details{opened}><summary><span class="badge {worst.value}">{_text(code)}</span> '
             f"{_text(findings[0].name)}{title} · {counts}</summary>"
             f'<p class="fix"><b>Fix:</b> {_text(fix)}</p><ul>{items}</ul></details>'
         )
