@@ -115,7 +115,7 @@ def _scale(
     candidates inside it, or at the extremes where fewer than two fall inside."""
     values = [v for s in summaries for v in (s.min, s.max) if v is not None and math.isfinite(transform(v))]
     low, high = _domain(map(transform, values))
-    ticks = [v for v in candidates if low <= transform(v) <= high]
+    ticks = [v for v in candidates if low <= transform(v) <= high] if values else []  # no data: a bare axis
     if len(ticks) < 2 and values:
         ticks = sorted({min(values), max(values)})
     return _Scale(transform, low, high, width, _thin(ticks, transform, low, high))
@@ -341,15 +341,15 @@ def _most_notable(stats: Sequence[BatchNormStats], worst: dict[str, Severity]) -
     def median_of(units: list[float]) -> float:
         return sorted(units)[len(units) // 2] if units else 0.0
 
-    def units(pick: Callable[[BatchNormStats], StatisticSummary | None], transform: Callable[[float], float]) -> dict:
-        return {
-            s.layer: transform(summary.median)
-            for s in stats
-            if (summary := pick(s)) is not None and summary.median is not None and summary.median > -math.inf
-        }
+    def units(
+        pick: Callable[[BatchNormStats], StatisticSummary | None], transform: Callable[[float], float]
+    ) -> dict[str, float]:
+        """Each layer's median on the axis (a non-positive variance has no place on a log axis: left out)."""
+        medians = {s.layer: summary.median for s in stats if (summary := pick(s)) and summary.median is not None}
+        return {layer: unit for layer, median in medians.items() if math.isfinite(unit := transform(median))}
 
     means = units(lambda s: s.moving_mean, _symlog)
-    variances = {k: v for k, v in units(lambda s: s.moving_variance, _log10).items() if math.isfinite(v)}
+    variances = units(lambda s: s.moving_variance, _log10)
     typical_mean, typical_variance = median_of(list(means.values())), median_of(list(variances.values()))
 
     def rank(layer: BatchNormStats) -> tuple[int, int, float]:
