@@ -8,7 +8,7 @@ from collections.abc import Callable
 from ckptdoctor.analysis.checkpoint import Checkpoint, opened
 from ckptdoctor.analysis.staleness import DEFAULT_STALE_THRESHOLD, find_updates
 from ckptdoctor.formats import Resolved
-from ckptdoctor.model import Finding, Report, StatisticsUpdates, Storage
+from ckptdoctor.model import BatchNormStats, Finding, Report, StatisticsUpdates, Storage
 
 
 def _report(
@@ -16,6 +16,7 @@ def _report(
     checkpoint: Checkpoint,
     findings: tuple[Finding, ...] = (),
     updates: StatisticsUpdates | None = None,
+    batchnorm_stats: tuple[BatchNormStats, ...] | None = None,
 ) -> Report:
     return Report(
         path=path.location if isinstance(path, Resolved) else os.fspath(path),
@@ -27,6 +28,7 @@ def _report(
         batchnorm=checkpoint.batchnorm,
         findings=findings,
         updates=updates,
+        batchnorm_stats=batchnorm_stats,
     )
 
 
@@ -51,12 +53,15 @@ def check(
     `progress(done, total)` is called with byte counts as the scan advances. `decay` and `steps` override
     what the files record for bn-stats-stale; it fires where a share of at least `stale_threshold` of the
     starting statistics is left."""
+    from ckptdoctor.analysis.bnstats import batchnorm_stats
     from ckptdoctor.rules import CheckContext, run_rules  # inspect never needs the rule catalogue
 
     def diagnosed(checkpoint: Checkpoint, reference_checkpoint: Checkpoint | None) -> Report:
         scan = checkpoint.reader.scan(progress)
         ctx = CheckContext(checkpoint, scan, reference_checkpoint, decay, steps, stale_threshold)
-        return _report(path, checkpoint, run_rules(ctx), ctx.updates)
+        findings = run_rules(ctx)
+        stats = batchnorm_stats(checkpoint, ctx.values, reference_checkpoint)
+        return _report(path, checkpoint, findings, ctx.updates, stats)
 
     with opened(path) as checkpoint:
         if reference is None:

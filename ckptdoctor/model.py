@@ -11,6 +11,7 @@ __all__ = [
     "BATCHNORM_PARTS",
     "BATCHNORM_STATISTICS",
     "BatchNormLayer",
+    "BatchNormStats",
     "CheckpointError",
     "Finding",
     "Format",
@@ -21,6 +22,7 @@ __all__ = [
     "Report",
     "Role",
     "Severity",
+    "StatisticSummary",
     "Storage",
     "TensorInfo",
     "Variable",
@@ -225,6 +227,35 @@ class StatisticsUpdates:
 
 
 @dataclass(frozen=True)
+class StatisticSummary:
+    """One moving statistic of one layer in a fixed handful of numbers (what the HTML report draws).
+
+    min, max, mean and the quartiles are over the finite values; None where there are none."""
+
+    count: int
+    nonfinite: int  # NaN and Inf values
+    min: float | None
+    q1: float | None
+    median: float | None
+    q3: float | None
+    max: float | None
+    mean: float | None
+
+
+@dataclass(frozen=True)
+class BatchNormStats:
+    """A BatchNorm layer's moving statistics summarised (None: not stored, unreadable or not numeric), and with
+    a reference how far each moved from the reference's layer: max|a - b| / max(max|a|, max|b|), from 0
+    (identical) to 2 (None: no matching layer, different shapes, or no finite pair)."""
+
+    layer: str
+    moving_mean: StatisticSummary | None
+    moving_variance: StatisticSummary | None
+    mean_change: float | None = None
+    variance_change: float | None = None
+
+
+@dataclass(frozen=True)
 class Report:
     """The result of inspect and check: one schema for both, serialised as the JSON report."""
 
@@ -237,3 +268,4 @@ class Report:
     batchnorm: tuple[BatchNormLayer, ...]
     findings: tuple[Finding, ...] = field(default=())
     updates: StatisticsUpdates | None = None  # decay and steps found (None: neither)
+    batchnorm_stats: tuple[BatchNormStats, ...] | None = None  # check only (inspect reads no values)

@@ -25,6 +25,8 @@ class OutputFormat(str, Enum):
     SARIF = "sarif"
     JUNIT = "junit"
     GITHUB = "github"
+    HTML = "html"
+    MARKDOWN = "markdown"
 
 
 def _module_render(module: str) -> Renderer:
@@ -44,6 +46,8 @@ RENDERERS: dict[OutputFormat, Renderer] = {
     OutputFormat.SARIF: _module_render("sarif"),
     OutputFormat.JUNIT: _module_render("junit"),
     OutputFormat.GITHUB: _module_render("github"),
+    OutputFormat.HTML: _module_render("html"),
+    OutputFormat.MARKDOWN: _module_render("markdown"),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import Counter
@@ -10,7 +11,7 @@ from typing import Any
 
 from ckptdoctor import __version__
 from ckptdoctor.analysis.batchnorm import PARTS
-from ckptdoctor.model import Report, Role, Severity, Variable
+from ckptdoctor.model import BatchNormStats, Report, Role, Severity, StatisticSummary, Variable
 from ckptdoctor.names import encode_name, needs_escaping, shown
 
 SCHEMA_VERSION = "1.1"  # 1.1: names shown escaped, name_hex where that changed them
@@ -54,6 +55,21 @@ def to_dict(report: Report) -> dict[str, Any]:
             }
             for f in report.findings
         ],
+        **({} if report.batchnorm_stats is None else {"batchnorm_stats": list(map(_stats, report.batchnorm_stats))}),
+    }
+
+
+def _summary(summary: StatisticSummary | None) -> dict[str, Any] | None:
+    return None if summary is None else dataclasses.asdict(summary)
+
+
+def _stats(stats: BatchNormStats) -> dict[str, Any]:
+    return {
+        "layer": shown(stats.layer),
+        "moving_mean": _summary(stats.moving_mean),
+        "moving_variance": _summary(stats.moving_variance),
+        "mean_change": stats.mean_change,
+        "variance_change": stats.variance_change,
     }
 
 
