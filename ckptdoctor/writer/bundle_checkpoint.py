@@ -7,7 +7,7 @@ import glob
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ckptdoctor import dtypes
 from ckptdoctor.errors import OutputError
@@ -76,7 +76,7 @@ def _graph_without(graph: ObjectGraph, dropped: frozenset[str], location: str) -
     optimizer means removing its node, every variable under it, each slot variable and each link to them;
     node ids are renumbered and `slot_variables` that name a removed node go. A node left holding a value
     that is not dropped, or whose values are dropped only in part, makes the edit refuse."""
-    proto = graph.proto
+    proto: Any = graph.proto  # a TrackableObjectGraph (protos are built at run time, typed Any)
     count = len(proto.nodes)
     children = [[c.node_id for c in node.children if 0 <= c.node_id < count] for node in proto.nodes]
     parents: dict[int, list[int]] = {}
@@ -131,9 +131,9 @@ def _graph_without(graph: ObjectGraph, dropped: frozenset[str], location: str) -
     return out.SerializeToString()
 
 
-def _reachable(proto: object, removed: set[int]) -> set[int]:
+def _reachable(proto: Any, removed: set[int]) -> set[int]:
     """Nodes the root reaches through children and optimizers' slot references, avoiding `removed`."""
-    nodes = proto.nodes  # type: ignore[attr-defined]
+    nodes = proto.nodes
     seen, queue = {0} if nodes else set(), [0] if nodes else []
     while queue:
         node = nodes[queue.pop()]

@@ -12,7 +12,7 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
+from typing import IO, TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ckptdoctor.errors import OutputError
 from ckptdoctor.formats.keras_common import import_h5py, string_list_attr
@@ -29,7 +29,6 @@ from ckptdoctor.writer.base import (
     Written,
     check_drops_and_renames,
     check_replacements,
-    refuse_unsupported,
     values_of,
 )
 
@@ -129,7 +128,7 @@ class KerasPlan:
         placed = tuple(Placed(new.tensor.layer, new.tensor.variable, prefix + new.path) for new in self.new)
         return Written((out,), placed)
 
-    def _weights(self, source: BinaryIO, path: str, out: str) -> None:
+    def _weights(self, source: IO[bytes], path: str, out: str) -> None:
         """The edited weights file at `path`: a copy edited in place, rebuilt from a scratch copy when pruned."""
         copy_path = temp_beside(out) if self.pruning else path
         try:
@@ -328,7 +327,6 @@ class KerasV3Writer(_SingleFile):
         reader = source.reader
         if not isinstance(reader, KerasV3Source):
             raise OutputError(f"{reader.location}: not a Keras 3 weights file")
-        refuse_unsupported(edits, reader.location, f"{reader.format} files", drop=True)
         if edits.rename:
             raise UnsupportedEdit(
                 f"{reader.location}: Keras 3 weights are stored by each layer's position (layers/<class>_N/vars), "
@@ -372,7 +370,6 @@ class KerasLegacyWriter(_SingleFile):
         reader = source.reader
         if not isinstance(reader, KerasLegacySource):
             raise OutputError(f"{reader.location}: not a legacy Keras HDF5 file")
-        refuse_unsupported(edits, reader.location, f"{reader.format} files", drop=True, rename=True)
         check_replacements(source, edits)
         check_drops_and_renames(source, edits)
         root = reader.weights_root
