@@ -536,6 +536,9 @@ def match(
     raise typer.Exit(exit_code(report.findings, threshold))
 
 
+LISTED = 50  # tensors strip and rename name one per line; a large model's hundreds of slots are counted
+
+
 def _recheck(resolved: object, out: str) -> ExitCode:
     """Check what a writing command wrote, read as exactly what was written, under the project's policy."""
     import dataclasses
@@ -579,8 +582,10 @@ def strip(
         kinds = Counter(dropped.what for dropped in plan.dropped)
         summary = ", ".join(f"{count} {what}" for what, count in sorted(kinds.items())) or "nothing"
         console.print(f"dropped {len(plan.dropped)} tensors ({summary}):", markup=False)
-        for dropped in plan.dropped:
+        for dropped in plan.dropped[:LISTED]:
             console.print(f"  - {shown(dropped.name)}  ({dropped.what}, {human_bytes(dropped.nbytes)})", markup=False)
+        if len(plan.dropped) > LISTED:
+            console.print(f"  … and {len(plan.dropped) - LISTED} more", markup=False)
         if plan.from_ema:
             console.print(f"{len(plan.from_ema)} variables written from their ExponentialMovingAverage shadows")
         if plan.without_shadow:
@@ -616,8 +621,10 @@ def rename(
     console = _stdout()
     with _reader_may_stop():
         console.print(f"renamed {len(result.renamed)} tensors:", markup=False)
-        for old, new in result.renamed:
+        for old, new in result.renamed[:LISTED]:
             console.print(f"  {shown(old)} -> {shown(new)}", markup=False)
+        if len(result.renamed) > LISTED:
+            console.print(f"  … and {len(result.renamed) - LISTED} more", markup=False)
         console.print(f"wrote {' and '.join(shown(path) for path in result.written)}", markup=False)
         if result.state_change:
             console.print(shown(result.state_change), markup=False)
