@@ -23,6 +23,8 @@ from ckptdoctor.report import render as render_report
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from ckptdoctor.model import Report
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -539,21 +541,25 @@ def match(
 LISTED = 50  # tensors strip and rename name one per line; a large model's hundreds of slots are counted
 
 
-def _recheck(resolved: object, out: str) -> ExitCode:
+def _recheck(resolved: object, out: str) -> tuple[Report, ExitCode]:
     """Check what a writing command wrote, read as exactly what was written, under the project's policy."""
     import dataclasses
 
     from ckptdoctor.diagnose import check as run_check
     from ckptdoctor.policy import load_policy
-    from ckptdoctor.report.text import render_check
 
     with _one_line_errors():
         policy = load_policy()
         report = run_check(resolved)  # type: ignore[arg-type]
     report = dataclasses.replace(report, findings=policy.apply(out, report.findings))
+    return report, exit_code(report.findings, policy.threshold())
+
+
+def _show_recheck(report: Report) -> None:
+    from ckptdoctor.report.text import render_check
+
     _stdout().print("re-checking the result:")
     render_check(_stdout(), report)
-    return exit_code(report.findings, policy.threshold())
 
 
 @app.command()
@@ -576,6 +582,7 @@ def strip(
     _supervise(checkpoint)
     with _one_line_errors():
         result = run_strip(checkpoint, out, use_ema=use_ema, keep_step=keep_step, force=force)
+    report, code = _recheck(result.resolved, result.out)
     console = _stdout()
     with _reader_may_stop():
         plan = result.plan
@@ -596,7 +603,7 @@ def strip(
         console.print(f"wrote {' and '.join(shown(path) for path in result.written)}", markup=False)
         if result.state_change:
             console.print(shown(result.state_change), markup=False)
-        code = _recheck(result.resolved, result.out)
+        _show_recheck(report)
     raise typer.Exit(code)
 
 
@@ -618,6 +625,7 @@ def rename(
     _supervise(checkpoint)
     with _one_line_errors():
         result = run_rename(checkpoint, name_map, out, force=force)
+    report, code = _recheck(result.resolved, result.out)
     console = _stdout()
     with _reader_may_stop():
         console.print(f"renamed {len(result.renamed)} tensors:", markup=False)
@@ -628,5 +636,5 @@ def rename(
         console.print(f"wrote {' and '.join(shown(path) for path in result.written)}", markup=False)
         if result.state_change:
             console.print(shown(result.state_change), markup=False)
-        code = _recheck(result.resolved, result.out)
+        _show_recheck(report)
     raise typer.Exit(code)

@@ -174,8 +174,9 @@ def test_tf2_strip_of_a_keras_model_and_optimizer_passes_assert_consumed(tmp_pat
         tf.train.Checkpoint(model=keras.models.clone_model(model)).read(source).assert_consumed()
 
 
-def test_tf2_strip_removes_slot_variables_and_their_optimizer(tmp_path, tf):
-    """A TF1-style optimizer in TF2 keeps its slots as `slot_variables` of its object graph node."""
+def _net_with_v1_adam(tf, prefix: Path):
+    """A tf.Module trained one step by a TF1-style Adam, which keeps its slots as `slot_variables` of its
+    object graph node; returns the module class, the module and the checkpoint's path."""
 
     class Net(tf.Module):
         def __init__(self):
@@ -185,10 +186,14 @@ def test_tf2_strip_removes_slot_variables_and_their_optimizer(tmp_path, tf):
     net = Net()
     optimizer = tf.compat.v1.train.AdamOptimizer(0.1)
     optimizer.minimize(lambda: tf.reduce_sum(net.w * net.w) + net.b, var_list=[net.w, net.b])
-    source = tf.train.Checkpoint(net=net, optimizer=optimizer).write(str(tmp_path / "in" / "ckpt"))
+    return Net, net, tf.train.Checkpoint(net=net, optimizer=optimizer).write(str(prefix))
+
+
+def test_tf2_strip_removes_slot_variables_and_their_optimizer(tmp_path, tf):
+    net_class, net, source = _net_with_v1_adam(tf, tmp_path / "in" / "ckpt")
     out = tmp_path / "out" / "ckpt"
     strip(source, out)
-    fresh = Net()
+    fresh = net_class()
     tf.train.Checkpoint(net=fresh).read(str(out)).assert_consumed()
     np.testing.assert_array_equal(fresh.w.numpy(), net.w.numpy(), strict=True)
     assert fresh.b.numpy() == net.b.numpy()
@@ -197,6 +202,18 @@ def test_tf2_strip_removes_slot_variables_and_their_optimizer(tmp_path, tf):
         "net/w/.ATTRIBUTES/VARIABLE_VALUE",
         "net/b/.ATTRIBUTES/VARIABLE_VALUE",
     }
+
+
+def test_tf2_drop_that_would_orphan_a_slot_is_refused(tmp_path, tf):
+    """Dropping a variable but not its slots would leave the slots' values without an object to restore into."""
+    from ckptdoctor.writer import Edits, write_checkpoint
+
+    _, _, source = _net_with_v1_adam(tf, tmp_path / "in" / "ckpt")
+    with opened(source) as checkpoint:
+        edits = Edits(drop=frozenset({"net/w/.ATTRIBUTES/VARIABLE_VALUE"}))
+        with pytest.raises(OutputError, match="outside the object graph; drop it too"):
+            write_checkpoint(checkpoint, edits, tmp_path / "out" / "ckpt")
+    assert not (tmp_path / "out").exists()
 
 
 KERAS_FILES = {
