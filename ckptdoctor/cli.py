@@ -587,8 +587,11 @@ def strip(
     with _reader_may_stop():
         plan = result.plan
         kinds = Counter(dropped.what for dropped in plan.dropped)
-        summary = ", ".join(f"{count} {what}" for what, count in sorted(kinds.items())) or "nothing"
-        console.print(f"dropped {len(plan.dropped)} tensors ({summary}):", markup=False)
+        summary = ", ".join(f"{count} {what}" for what, count in sorted(kinds.items()))
+        if plan.dropped:
+            console.print(f"dropped {len(plan.dropped)} tensors ({summary}):", markup=False)
+        else:
+            console.print("no training state to drop: the output holds every tensor of the input")
         for dropped in plan.dropped[:LISTED]:
             console.print(f"  - {shown(dropped.name)}  ({dropped.what}, {human_bytes(dropped.nbytes)})", markup=False)
         if len(plan.dropped) > LISTED:

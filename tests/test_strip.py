@@ -260,3 +260,14 @@ def test_keras_refuses_dropping_a_layer_weight(tmp_path):
         with pytest.raises(OutputError, match="only the optimizer's state can be dropped"):
             write_checkpoint(checkpoint, Edits(drop=frozenset({name})), tmp_path / "x.h5")
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_nothing_to_drop_is_a_copy_not_an_error(tmp_path):
+    from test_rule_coverage import healthy_tensors, write_bundle
+
+    (tmp_path / "in").mkdir()
+    source = write_bundle(tmp_path / "in" / "model.ckpt", healthy_tensors())
+    result = run_cli("strip", source, "--out", tmp_path / "out" / "model.ckpt")
+    assert result.returncode == 0, result.stderr
+    assert "no training state to drop" in result.stdout
+    assert set(roles(tmp_path / "out" / "model.ckpt")) == set(healthy_tensors())

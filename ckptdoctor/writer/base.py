@@ -175,7 +175,7 @@ def check_drops_and_renames(source: Checkpoint, edits: Edits) -> None:
         if new in kept:
             raise OutputError(f"{location}: cannot rename {old} to {new}, which is already taken")
         targets[new] = old
-    if not (kept | set(targets)) - {OBJECT_GRAPH_KEY}:
+    if edits.drop and not (kept | set(targets)) - {OBJECT_GRAPH_KEY}:
         raise OutputError(f"{location}: the edits would leave no tensor in the output")
 
 
