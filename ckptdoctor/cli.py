@@ -23,6 +23,8 @@ from ckptdoctor.report import render as render_report
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from ckptdoctor.model import Report
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -318,6 +320,14 @@ def patch(
     donor: Annotated[str, typer.Option("--from", help="A full save holding the statistics.", show_default=False)],
     out: Annotated[str, typer.Option("--out", "-o", help="Prefix of the new checkpoint.", show_default=False)],
     force: Annotated[bool, typer.Option("--force", help="Replace a checkpoint already at --out.")] = False,
+    name_map: Annotated[
+        str | None,
+        typer.Option(
+            "--map",
+            help="Assignment map (JSON, as match --assignment-map writes) from the donor's names to the target's.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Write a new checkpoint: TARGET plus the moving statistics its BatchNorm layers lack, from DONOR."""
     import dataclasses
@@ -337,7 +347,7 @@ def patch(
             if bar:
                 bar(f"writing {shown(out)}", done, total)
 
-        result = run_patch(target, donor, out, force=force, progress=progress)
+        result = run_patch(target, donor, out, force=force, progress=progress, name_map=name_map)
     console = _stdout()  # every path and name below is escaped and printed as plain text, never as markup
     with _reader_may_stop():
         if result.added:
@@ -526,3 +536,108 @@ def match(
             sys.stdout.write(render_report([report], output_format, threshold))
             sys.stdout.flush()
     raise typer.Exit(exit_code(report.findings, threshold))
+
+
+LISTED = 50  # tensors strip and rename name one per line; a large model's hundreds of slots are counted
+
+
+def _recheck(resolved: object, out: str) -> tuple[Report, ExitCode]:
+    """Check what a writing command wrote, read as exactly what was written, under the project's policy."""
+    import dataclasses
+
+    from ckptdoctor.diagnose import check as run_check
+    from ckptdoctor.policy import load_policy
+
+    with _one_line_errors():
+        policy = load_policy()
+        report = run_check(resolved)  # type: ignore[arg-type]
+    report = dataclasses.replace(report, findings=policy.apply(out, report.findings))
+    return report, exit_code(report.findings, policy.threshold())
+
+
+def _show_recheck(report: Report) -> None:
+    from ckptdoctor.report.text import render_check
+
+    _stdout().print("re-checking the result:")
+    render_check(_stdout(), report)
+
+
+@app.command()
+def strip(
+    checkpoint: PathArg,
+    out: Annotated[str, typer.Option("--out", "-o", help="The deployment checkpoint to write.", show_default=False)],
+    use_ema: Annotated[
+        bool, typer.Option("--use-ema", help="Write each variable from its ExponentialMovingAverage shadow.")
+    ] = False,
+    keep_step: Annotated[bool, typer.Option("--keep-step", help="Keep global_step and save_counter.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace a checkpoint already at --out.")] = False,
+) -> None:
+    """Write a deployment checkpoint: weights and BatchNorm statistics kept; optimizer state, learning rates,
+    EMA shadows and step counters dropped."""
+    from collections import Counter
+
+    from ckptdoctor.report.text import human_bytes
+    from ckptdoctor.strip import strip as run_strip
+
+    _supervise(checkpoint)
+    with _one_line_errors():
+        result = run_strip(checkpoint, out, use_ema=use_ema, keep_step=keep_step, force=force)
+    report, code = _recheck(result.resolved, result.out)
+    console = _stdout()
+    with _reader_may_stop():
+        plan = result.plan
+        kinds = Counter(dropped.what for dropped in plan.dropped)
+        summary = ", ".join(f"{count} {what}" for what, count in sorted(kinds.items()))
+        if plan.dropped:
+            console.print(f"dropped {len(plan.dropped)} tensors ({summary}):", markup=False)
+        else:
+            console.print("no training state to drop: the output holds every tensor of the input")
+        for dropped in plan.dropped[:LISTED]:
+            console.print(f"  - {shown(dropped.name)}  ({dropped.what}, {human_bytes(dropped.nbytes)})", markup=False)
+        if len(plan.dropped) > LISTED:
+            console.print(f"  … and {len(plan.dropped) - LISTED} more", markup=False)
+        if plan.from_ema:
+            console.print(f"{len(plan.from_ema)} variables written from their ExponentialMovingAverage shadows")
+        if plan.without_shadow:
+            first = shown(plan.without_shadow[0])
+            more = f" and {len(plan.without_shadow) - 1} more" if len(plan.without_shadow) > 1 else ""
+            console.print(f"kept as stored, without a shadow: {first}{more}", markup=False)
+        console.print(f"size: {human_bytes(result.size_before)} -> {human_bytes(result.size_after)}", markup=False)
+        console.print(f"wrote {' and '.join(shown(path) for path in result.written)}", markup=False)
+        if result.state_change:
+            console.print(shown(result.state_change), markup=False)
+        _show_recheck(report)
+    raise typer.Exit(code)
+
+
+@app.command()
+def rename(
+    checkpoint: PathArg,
+    name_map: Annotated[
+        str,
+        typer.Option(
+            "--map", help="Assignment map (JSON): {'old_scope/': 'new_scope/'} or exact names.", show_default=False
+        ),
+    ],
+    out: Annotated[str, typer.Option("--out", "-o", help="The renamed checkpoint to write.", show_default=False)],
+    force: Annotated[bool, typer.Option("--force", help="Replace a checkpoint already at --out.")] = False,
+) -> None:
+    """Write CHECKPOINT with its names following MAP (TF1 keys, legacy Keras layer names), bytes as stored."""
+    from ckptdoctor.rename import rename as run_rename
+
+    _supervise(checkpoint)
+    with _one_line_errors():
+        result = run_rename(checkpoint, name_map, out, force=force)
+    report, code = _recheck(result.resolved, result.out)
+    console = _stdout()
+    with _reader_may_stop():
+        console.print(f"renamed {len(result.renamed)} tensors:", markup=False)
+        for old, new in result.renamed[:LISTED]:
+            console.print(f"  {shown(old)} -> {shown(new)}", markup=False)
+        if len(result.renamed) > LISTED:
+            console.print(f"  … and {len(result.renamed) - LISTED} more", markup=False)
+        console.print(f"wrote {' and '.join(shown(path) for path in result.written)}", markup=False)
+        if result.state_change:
+            console.print(shown(result.state_change), markup=False)
+        _show_recheck(report)
+    raise typer.Exit(code)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ckptdoctor.analysis.checkpoint import Checkpoint, opened
 from ckptdoctor.errors import OutputError
 from ckptdoctor.formats import Resolved
-from ckptdoctor.model import TensorInfo
+from ckptdoctor.model import BatchNormLayer, TensorInfo
 
 # The patch cannot be made as asked; nothing was written. Every refusal of a write is an OutputError, whether
 # patch's own validation or the writer's (an existing output, an input as the output): one kind to catch.
@@ -40,11 +40,28 @@ class PatchResult:
     state_change: str | None = None  # what changed in the directory's `checkpoint` state file
 
 
-def plan(target: Checkpoint, donor: Checkpoint) -> list[Addition]:
-    """What to take from the donor, validated against the target's layers; raises PatchError naming gaps."""
+def _donor_layers(donor: Checkpoint, name_map: Mapping[str, str] | None) -> dict[str, BatchNormLayer]:
+    """The donor's BatchNorm layers by path; with a map, by the target's path the map gives them."""
+    if name_map is None:
+        return {layer.layer: layer for layer in donor.batchnorm}
+    from ckptdoctor.rename import map_name
+
+    paths = {v.name: v.path for v in donor.variables}
+    out = {}
+    for layer in donor.batchnorm:
+        key = layer.moving_mean or layer.moving_variance or layer.beta or layer.gamma
+        mapped = map_name(name_map, paths.get(key, key)) if key else None
+        out[mapped[0].rpartition("/")[0] if mapped else layer.layer] = layer
+    return out
+
+
+def plan(target: Checkpoint, donor: Checkpoint, name_map: Mapping[str, str] | None = None) -> list[Addition]:
+    """What to take from the donor, validated against the target's layers; raises PatchError naming gaps.
+
+    `name_map` (an assignment map, donor names to target names) pairs layers the two name differently."""
     infos: dict[str, TensorInfo] = {t.name: t for t in target.reader.tensors()}
     donor_infos: dict[str, TensorInfo] = {t.name: t for t in donor.reader.tensors()}
-    by_layer = {layer.layer: layer for layer in donor.batchnorm}
+    by_layer = _donor_layers(donor, name_map)
     by_name = {donor.layer_name(layer): layer for layer in donor.batchnorm}
     additions, missing, mismatched = [], [], []
     for layer in target.batchnorm:
@@ -81,18 +98,25 @@ def patch(
     out: str | os.PathLike[str],
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    name_map: str | os.PathLike[str] | None = None,
 ) -> PatchResult:
     """Write TARGET plus the statistics its BatchNorm layers lack, taken from DONOR, to OUT.
 
     Everything that can refuse the patch is checked before the first byte is written. The write holds
     OUT's lock, and SIGTERM or SIGHUP during it removes the temporaries as Ctrl-C does.
-    `progress(done_bytes, total_bytes)` is called after each tensor of a TF bundle is written."""
+    `progress(done_bytes, total_bytes)` is called after each tensor of a TF bundle is written. `name_map` is
+    an assignment map file (JSON, as `match --assignment-map` writes) from the donor's names to the target's."""
     from ckptdoctor.writer.base import Edits, NewTensor, Stored
     from ckptdoctor.writer.checkpoint import refuse_external_data, write_checkpoint
 
+    assignment = None
+    if name_map is not None:
+        from ckptdoctor.rename import load_map
+
+        assignment = load_map(name_map)
     with opened(target_path) as target, opened(donor_path) as donor:
         refuse_external_data([target.reader, donor.reader])  # before planning reads any value of theirs
-        additions = plan(target, donor)
+        additions = plan(target, donor, assignment)
         full_names = {v.name: v.full_name for v in donor.variables}
         edits = Edits(
             add=tuple(

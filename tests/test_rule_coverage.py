@@ -106,6 +106,12 @@ def nonfinite_values(tmp: Path) -> Case:
     return write_bundle(tmp / "model.ckpt", tensors), {}, WEIGHTS
 
 
+def ema_partial_coverage(tmp: Path) -> Case:
+    tensors = healthy_tensors()  # the conv's weights are averaged; the BatchNorm layer's variables are not
+    tensors[f"{WEIGHTS}/ExponentialMovingAverage"] = tensors[WEIGHTS] * 0.9
+    return write_bundle(tmp / "model.ckpt", tensors), {}, BN
+
+
 def crc_mismatch(tmp: Path) -> Case:
     return write_bundle(tmp / "model.ckpt", healthy_tensors(), bad_crc=WEIGHTS), {}, WEIGHTS
 
@@ -202,6 +208,7 @@ CASES: dict[str, Callable[[Path], Case]] = {
     "BN005": bn_stats_stale,
     "BN006": bn_variance_all_zero,
     "VAL001": nonfinite_values,
+    "EMA001": ema_partial_coverage,
     "INT001": crc_mismatch,
     "INT002": missing_data_shard,
     "INT003": tensor_out_of_bounds,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from ckptdoctor.model import Finding
-from ckptdoctor.rules import batchnorm, integrity, mapping, values
+from ckptdoctor.rules import batchnorm, ema, integrity, mapping, values
 from ckptdoctor.rules.base import CheckContext, Rule
 
-CATALOGUE: tuple[Rule, ...] = batchnorm.RULES + values.RULES + integrity.RULES + mapping.RULES
+CATALOGUE: tuple[Rule, ...] = batchnorm.RULES + values.RULES + ema.RULES + integrity.RULES + mapping.RULES
 BY_NAME = {rule.name: rule for rule in CATALOGUE} | {rule.code: rule for rule in CATALOGUE}
 
 __all__ = ["BY_NAME", "CATALOGUE", "CheckContext", "Rule", "run_rules"]

@@ -7,6 +7,7 @@ write (guard, lock, debris, signals, state file) once for every command."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol
 
 from ckptdoctor.errors import OutputError
+from ckptdoctor.formats.object_graph import OBJECT_GRAPH_KEY
 from ckptdoctor.model import Storage
 
 if TYPE_CHECKING:
@@ -140,6 +142,41 @@ def refuse_unsupported(edits: Edits, location: str, what: str, drop: bool = Fals
         raise UnsupportedEdit(f"{location}: dropping tensors from {what} is not supported yet")
     if edits.rename and not rename:
         raise UnsupportedEdit(f"{location}: renaming tensors in {what} is not supported yet")
+
+
+# Characters a new name may not hold: controls (a newline splits every listing and log line), surrogates
+# from undecodable bytes, and the characters `names.shown` escapes for reordering text. A name read from a
+# checkpoint may hold anything (it is data); a name ckptdoctor writes is one a person chose, in a map file.
+_UNWRITABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029\u202a-\u202e\u2066-\u2069\ufffe\uffff]")
+
+
+def check_drops_and_renames(source: Checkpoint, edits: Edits) -> None:
+    """Every dropped or renamed tensor exists; no new name is empty, holds a control character, or lands on
+    a name the output already has; and the output keeps at least one tensor. Raises OutputError."""
+    location = source.reader.location
+    names = {info.name for info in source.reader.tensors()}
+    for name in sorted(edits.drop | set(edits.rename)):
+        if name not in names:
+            raise OutputError(f"{location}: no tensor {name} to {'drop' if name in edits.drop else 'rename'}")
+    if OBJECT_GRAPH_KEY in edits.drop | set(edits.rename):
+        raise OutputError(f"{location}: the object graph ({OBJECT_GRAPH_KEY}) cannot be dropped or renamed")
+    both = edits.drop & set(edits.rename)
+    if both:
+        raise OutputError(f"{location}: {min(both)} is both dropped and renamed")
+    kept = names - edits.drop - set(edits.rename)
+    targets: dict[str, str] = {}
+    for old, new in sorted(edits.rename.items()):
+        if not new or _UNWRITABLE.search(new):
+            raise OutputError(
+                f"{location}: cannot rename {old} to '{new}': a new name is non-empty text without control characters"
+            )
+        if new in targets:
+            raise OutputError(f"{location}: {targets[new]} and {old} would both be renamed to {new}")
+        if new in kept:
+            raise OutputError(f"{location}: cannot rename {old} to {new}, which is already taken")
+        targets[new] = old
+    if edits.drop and not (kept | set(targets)) - {OBJECT_GRAPH_KEY}:
+        raise OutputError(f"{location}: the edits would leave no tensor in the output")
 
 
 def check_replacements(source: Checkpoint, edits: Edits) -> None:

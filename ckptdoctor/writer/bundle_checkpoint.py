@@ -7,13 +7,13 @@ import glob
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ckptdoctor import dtypes
 from ckptdoctor.errors import OutputError
 from ckptdoctor.formats import protos
 from ckptdoctor.formats.crc import crc32c, mask
-from ckptdoctor.formats.object_graph import ATTRIBUTE_SUFFIX
+from ckptdoctor.formats.object_graph import ATTRIBUTE_SUFFIX, NodesByPath
 from ckptdoctor.formats.ordered_code import slice_key
 from ckptdoctor.formats.tf_bundle import (
     OBJECT_GRAPH_KEY,
@@ -31,7 +31,9 @@ from ckptdoctor.writer.base import (
     Progress,
     Stored,
     TensorSource,
+    UnsupportedEdit,
     Written,
+    check_drops_and_renames,
     check_replacements,
     refuse_unsupported,
     values_of,
@@ -65,6 +67,85 @@ def _with_graph_nodes(graph: ObjectGraph, added: Sequence[tuple[NewTensor, str]]
         node.has_checkpoint_values.value = True
         proto.nodes[parent].children.add(node_id=len(proto.nodes) - 1, local_name=tensor.variable)
     return proto.SerializeToString()
+
+
+def _graph_without(graph: ObjectGraph, dropped: frozenset[str], location: str) -> bytes:
+    """The object graph without the objects whose every value is dropped, nor what only they lead to.
+
+    A node that still holds attributes must be matched on restore (assert_consumed), so dropping the
+    optimizer means removing its node, every variable under it, each slot variable and each link to them;
+    node ids are renumbered and `slot_variables` that name a removed node go. A node left holding a value
+    that is not dropped, or whose values are dropped only in part, makes the edit refuse."""
+    proto: Any = graph.proto  # a TrackableObjectGraph (protos are built at run time, typed Any)
+    count = len(proto.nodes)
+    children = [[c.node_id for c in node.children if 0 <= c.node_id < count] for node in proto.nodes]
+    parents: dict[int, list[int]] = {}
+    for node_id, linked in enumerate(children):
+        for child in linked:
+            parents.setdefault(child, []).append(node_id)
+    removed: set[int] = set()
+    for node_id, node in enumerate(proto.nodes):
+        keys = [attribute.checkpoint_key for attribute in node.attributes]
+        gone = [key for key in keys if key in dropped]
+        if gone and len(gone) < len(keys):
+            raise UnsupportedEdit(f"{location}: {gone[0]} cannot be dropped without the other values of its object")
+        if gone:
+            removed.add(node_id)
+    # Containers the drop emptied (the optimizer, its variable lists) go too: attribute-less nodes other
+    # than the root whose every child is removed.
+    pending = [parent for node_id in removed for parent in parents.get(node_id, [])]
+    while pending:
+        node_id = pending.pop()
+        node = proto.nodes[node_id]
+        if node_id == 0 or node_id in removed or node.attributes or not children[node_id]:
+            continue
+        if all(child in removed for child in children[node_id]):
+            removed.add(node_id)
+            pending.extend(parents.get(node_id, []))
+    before, after = _reachable(proto, set()), _reachable(proto, removed)
+    for node_id in sorted(before - after - removed):
+        keys = [a.checkpoint_key for a in proto.nodes[node_id].attributes if a.checkpoint_key not in dropped]
+        if keys:
+            raise OutputError(
+                f"{location}: dropping these tensors leaves {keys[0]} outside the object graph; drop it too"
+            )
+        removed.add(node_id)
+    kept = [node_id for node_id in range(count) if node_id not in removed]
+    new_id = {old: new for new, old in enumerate(kept)}
+    out = protos.TrackableObjectGraph()
+    for old in kept:
+        node = out.nodes.add()
+        node.CopyFrom(proto.nodes[old])
+        del node.children[:]
+        del node.slot_variables[:]
+        for child in proto.nodes[old].children:
+            if child.node_id in new_id:
+                node.children.add(node_id=new_id[child.node_id], local_name=child.local_name)
+        for slot in proto.nodes[old].slot_variables:
+            if slot.original_variable_node_id in new_id and slot.slot_variable_node_id in new_id:
+                node.slot_variables.add(
+                    original_variable_node_id=new_id[slot.original_variable_node_id],
+                    slot_name=slot.slot_name,
+                    slot_variable_node_id=new_id[slot.slot_variable_node_id],
+                )
+    return out.SerializeToString()
+
+
+def _reachable(proto: Any, removed: set[int]) -> set[int]:
+    """Nodes the root reaches through children and optimizers' slot references, avoiding `removed`."""
+    nodes = proto.nodes
+    seen, queue = {0} if nodes else set(), [0] if nodes else []
+    while queue:
+        node = nodes[queue.pop()]
+        linked = [child.node_id for child in node.children]
+        linked += [
+            slot.slot_variable_node_id for slot in node.slot_variables if slot.original_variable_node_id not in removed
+        ]
+        for node_id in linked:
+            if 0 <= node_id < len(nodes) and node_id not in seen and node_id not in removed:
+                seen.add(node_id)
+                queue.append(node_id)
+    return seen
 
 
 def _with_slices(reader: BundleSource, entry: BundleEntry, key: bytes) -> dict[bytes, tuple[BundleSource, BundleEntry]]:
@@ -178,11 +259,11 @@ class BundleCheckpointWriter:
         if not isinstance(reader, BundleSource):
             raise OutputError(f"{reader.location}: not a TF bundle")
         graph = reader.object_graph
-        # In a TF2 checkpoint the object graph names every key: dropping or renaming means editing it too.
-        refuse_unsupported(
-            edits, reader.location, f"{reader.format} checkpoints", drop=graph is None, rename=graph is None
-        )
+        # In a TF2 checkpoint the object graph names every key: dropping means removing its objects too;
+        # renaming would mean renaming objects, which restore matches by the model's attribute names.
+        refuse_unsupported(edits, reader.location, f"{reader.format} checkpoints", drop=True, rename=graph is None)
         check_replacements(source, edits)
+        check_drops_and_renames(source, edits)
         planner = _Planner(reader)
         for replacement in edits.replace:
             entry = planner.source_entry(replacement.name)
@@ -206,7 +287,11 @@ class BundleCheckpointWriter:
                 raise OutputError(f"{reader.location}: {key} is already stored")
             planner.put(encode_name(key), tensor.source)
             added.append((tensor, key))
-        if graph is not None and added:
+        if graph is not None and (added or edits.drop):
+            if edits.drop:
+                pruned = _graph_without(graph, edits.drop, reader.location)
+                graph = dataclasses.replace(graph, proto=protos.TrackableObjectGraph.FromString(pruned))
+                graph = dataclasses.replace(graph, nodes_by_path=NodesByPath(graph.proto))
             raw, crc = encode_string_tensor([_with_graph_nodes(graph, added)])
             planner.copies.pop(OBJECT_GRAPH_KEY.encode(), None)
             planner.encoded[OBJECT_GRAPH_KEY.encode()] = (dtypes.BY_NAME["string"].code, (), raw, crc)
