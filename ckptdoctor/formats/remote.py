@@ -18,23 +18,25 @@ from ckptdoctor.formats.bytesource import MissingFile
 from ckptdoctor.model import CheckpointError
 
 # A small read is extended to this many bytes, so an index's blocks or HDF5's scattered metadata cost one
-# request instead of one each; a file no larger than this is fetched whole by its first read.
+# request instead of one each; a file no larger than this is fetched whole by its first read. Only a read
+# that looks like the start of a run is extended: the first, one that goes on where the last ended, or a
+# tiny one (metadata); a scan that jumps between tensors fetches exactly what it reads.
 READ_AHEAD = 256 << 10
-MAX_CACHED_BYTES = 8 << 20  # fetched windows kept for re-reads, least recently used dropped first
+TINY_READ = 4 << 10
+MAX_CACHED_BYTES = 32 << 20  # fetched windows kept for re-reads, least recently used dropped first
 COALESCE_GAP = 4 << 10  # missing ranges closer than this are fetched as one request
 HTTP_PROTOCOLS = frozenset({"http", "https"})
-# Which extra brings the library a protocol needs (fsspec itself is a dependency).
-EXTRAS = {
-    "s3": "s3",
-    "s3a": "s3",
-    "gs": "gcs",
-    "gcs": "gcs",
-    "az": "azure",
-    "abfs": "azure",
-    "abfss": "azure",
-    "adl": "azure",
-    "http": "http",
-    "https": "http",
+# The library a protocol needs and the extra that installs it (fsspec itself is a dependency).
+LIBRARIES = {
+    "s3": ("s3fs", "s3"),
+    "s3a": ("s3fs", "s3"),
+    "gs": ("gcsfs", "gcs"),
+    "gcs": ("gcsfs", "gcs"),
+    "az": ("adlfs", "azure"),
+    "abfs": ("adlfs", "azure"),
+    "abfss": ("adlfs", "azure"),
+    "http": ("aiohttp", "http"),
+    "https": ("aiohttp", "http"),
 }
 
 
@@ -141,13 +143,12 @@ def _options(protocol: str) -> dict[str, Any]:
 def filesystem(url: str) -> tuple[Any, str]:
     """The fsspec filesystem for a URL and the path it knows the file by; a missing library is one line."""
     protocol = protocol_of(url)
-    extra = EXTRAS.get(protocol)
     try:
         import fsspec.core
 
         return fsspec.core.url_to_fs(_with_secrets(url), **_options(protocol))
     except ImportError as error:
-        package = error.name or "fsspec"
+        package, extra = LIBRARIES.get(protocol, (error.name or "fsspec", None))
         install = f"pip install 'ckptdoctor[{extra}]'" if extra else f"pip install {package}"
         raise CheckpointError(f"{shown_url(url)}: reading {protocol}:// needs {package} ({install})") from None
     except ValueError as error:  # fsspec: "Protocol not known"
@@ -157,17 +158,19 @@ def filesystem(url: str) -> tuple[Any, str]:
 def _failure(url: str, error: BaseException) -> CheckpointError:
     """A remote error as one line naming the file, never the secrets in its URL."""
     cause: BaseException | None = error
-    while cause is not None:  # fsspec turns a refused redirect into "not found"; say what happened
+    while cause is not None:  # fsspec turns a refused redirect or an HTTP 403 into "not found": say which
         if isinstance(cause, CheckpointError):
             return cause
+        status = getattr(cause, "status", None)
+        if isinstance(status, int) and status != 404:
+            return CheckpointError(f"{shown_url(url)}: cannot be read (HTTP {status})")
         cause = cause.__cause__ or cause.__context__
     if isinstance(error, FileNotFoundError):
         return MissingFile(f"{shown_url(url)}: file not found")
     if isinstance(error, PermissionError):
         return CheckpointError(f"{shown_url(url)}: access denied (check the store's credentials)")
-    status = getattr(error, "status", None)
-    detail = f"HTTP {status}" if isinstance(status, int) else f"{type(error).__name__}: {first_line(error)}"
-    return CheckpointError(f"{shown_url(url)}: cannot be read ({hide_secrets(detail)})")
+    detail = hide_secrets(f"{type(error).__name__}: {first_line(error)}")
+    return CheckpointError(f"{shown_url(url)}: cannot be read ({detail})")
 
 
 class Store:
@@ -225,6 +228,13 @@ def _modified(entry: dict[str, Any]) -> object:
     return entry.get("LastModified") or entry.get("mtime") or entry.get("updated") or entry.get("last_modified") or ""
 
 
+# Fetched windows by object (shown URL, size, version tag), least recently used first; bounded in bytes.
+_WINDOWS: OrderedDict[tuple[str, int, str], OrderedDict[int, bytes]] = OrderedDict()
+_VERSION_FIELDS = ("ETag", "etag", "LastModified", "Last-Modified", "mtime", "updated", "last_modified")
+_cached_bytes = 0
+_LOCK = threading.Lock()
+
+
 def _stats(url: str) -> ReadStats:
     return STATS.setdefault(shown_url(url), ReadStats())
 
@@ -238,9 +248,6 @@ class RemoteFile:
         self._url = url
         self._fs, self._path = filesystem(url)
         self._stats = _stats(url)
-        self._windows: OrderedDict[int, bytes] = OrderedDict()  # start -> bytes, least recently used first
-        self._cached = 0
-        self._lock = threading.Lock()
         self._stats.requests += 1
         try:
             info = self._fs.info(self._path)
@@ -254,6 +261,12 @@ class RemoteFile:
             raise CheckpointError(f"{self.name}: the server refuses byte ranges (Accept-Ranges: none)")
         self._size = int(info["size"])
         self._stats.size = self._size
+        # Windows are shared by every opening of the same object as it is now (resolution, sniffing and the
+        # reader each open it): the version tag changes when the object does, so nothing stale is read.
+        version = next((str(info[k]) for k in _VERSION_FIELDS if info.get(k) is not None), "")
+        self._key = (self.name, self._size, version)
+        self._last_end: int | None = None  # where this opening's last read ended
+        self._windows = _WINDOWS.setdefault(self._key, OrderedDict())
 
     def size(self) -> int:
         return self._size
@@ -263,9 +276,11 @@ class RemoteFile:
         end = min(offset + max(length, 0), self._size)
         if offset >= end:
             return b""
-        with self._lock:
+        with _LOCK:
             cached = self._cached_windows(offset, end)
-            missing = self._missing(offset, end, cached, small=length < READ_AHEAD)
+            in_run = self._last_end is None or abs(offset - self._last_end) <= COALESCE_GAP or length <= TINY_READ
+            missing = self._missing(offset, end, cached, small=length < READ_AHEAD and in_run)
+            self._last_end = end
             fetched = self._fetch(missing)
             for start, data in fetched:
                 if len(data) <= READ_AHEAD:
@@ -331,16 +346,21 @@ class RemoteFile:
         return out
 
     def _keep(self, start: int, data: bytes) -> None:
-        self._cached -= len(self._windows.pop(start, b""))
+        global _cached_bytes
+        self._windows = _WINDOWS.setdefault(self._key, self._windows)  # back in, if it had been dropped
+        _WINDOWS.move_to_end(self._key)
+        _cached_bytes -= len(self._windows.pop(start, b""))
         self._windows[start] = data
-        self._cached += len(data)
-        while self._cached > MAX_CACHED_BYTES:
-            _, dropped = self._windows.popitem(last=False)
-            self._cached -= len(dropped)
+        _cached_bytes += len(data)
+        while _cached_bytes > MAX_CACHED_BYTES:  # the oldest windows of the least recently used objects go
+            key, oldest = next(iter(_WINDOWS.items()))
+            if oldest:
+                _cached_bytes -= len(oldest.popitem(last=False)[1])
+            if not oldest:
+                del _WINDOWS[key]
 
     def close(self) -> None:
-        self._windows.clear()
-        self._cached = 0
+        pass  # nothing is held open: the windows stay for the next opening of the same object
 
     def __enter__(self) -> RemoteFile:
         return self

@@ -220,14 +220,24 @@ def resolve_url(url: str) -> Resolved:
             raise CheckpointError(f"{url}: file not found")
         raise CheckpointError(f"{url}: its checkpoint index {_name(prefix)}.index is missing")
     if not store.is_file(url):
-        raise CheckpointError(f"{url}: no such file or checkpoint prefix")
+        return _url_directory_else(store, url, CheckpointError(f"{url}: no such file or checkpoint prefix"))
     with closing(open_source(url)) as source:
-        if not_a_checkpoint(source.read(0, 512)) and not store.listable:
-            try:  # an HTTP server's page for a directory: read it as the directory it stands for
-                return _url_directory(store, url)
-            except CheckpointError:
-                pass
+        if not_a_checkpoint(source.read(0, 512)):  # e.g. an HTTP server's page for a directory
+            return _url_directory_else(store, url, None, lambda: _sniff_source(url, source))
         return _sniff_source(url, source)
+
+
+def _url_directory_else(store, url: str, error: CheckpointError | None, otherwise=None) -> Resolved:
+    """Plain HTTP cannot say whether a URL is a directory: try it as one (its state file), and where that
+    finds nothing, fail as a file would."""
+    if not store.listable:
+        try:
+            return _url_directory(store, url)
+        except CheckpointError:
+            pass
+    if otherwise is not None:
+        return otherwise()
+    raise error or CheckpointError(f"{url}: no such file or checkpoint prefix")
 
 
 def _name(url: str) -> str:
