@@ -225,3 +225,45 @@ def test_patch_reads_and_writes_s3(bucket):
     )
     assert onto_input.returncode == 2 and "must not be one of the inputs" in onto_input.stderr
     assert fs.cat(f"{name}/trainable/model.ckpt-20.index") == before
+
+
+def test_upload_puts_every_file_at_a_temporary_key_then_the_index_last(tmp_path):
+    """What a store sees during a remote write, recorded by the store itself (fsspec's memory filesystem)."""
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from ckptdoctor.patch import patch
+    from ckptdoctor.writer.atomic import TEMP_MARKER
+
+    class RecordingFileSystem(MemoryFileSystem):
+        protocol = "recording"
+        store: dict = {}  # noqa: RUF012 - fsspec's memory filesystems keep their files on the class
+        pseudo_dirs = [""]  # noqa: RUF012
+        log: list[tuple[str, str]] = []  # noqa: RUF012
+
+        @classmethod
+        def _strip_protocol(cls, path):
+            return super()._strip_protocol(path.replace("recording://", "memory://", 1))
+
+        def put_file(self, lpath, rpath, *args, **kwargs):
+            self.log.append(("put", rpath))
+            return super().put_file(lpath, rpath, *args, **kwargs)
+
+        def mv(self, path1, path2, *args, **kwargs):
+            self.log.append(("mv", path2))
+            return super().mv(path1, path2, *args, **kwargs)
+
+    fsspec.register_implementation("recording", RecordingFileSystem, clobber=True)
+    result = patch(
+        FIXTURE_BUNDLES["finetune_trainable"], FIXTURE_BUNDLES["finetune_full"], "recording://out/model.ckpt"
+    )
+    log = RecordingFileSystem.log
+    puts, moves = [path for op, path in log if op == "put"], [path for op, path in log if op == "mv"]
+    assert [op for op, _ in log] == ["put"] * len(puts) + ["mv"] * len(moves)  # every upload before any move
+    assert all(TEMP_MARKER in path for path in puts)
+    assert moves[-1].endswith("model.ckpt.index") and len(moves) == 2  # data first, the index last
+    assert sorted(RecordingFileSystem().find("/out")) == [
+        "/out/model.ckpt.data-00000-of-00001",
+        "/out/model.ckpt.index",
+    ]
+    assert result.out == "recording://out/model.ckpt"
