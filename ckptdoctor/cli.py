@@ -109,8 +109,23 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
     ] = False,
+    stats: Annotated[
+        bool, typer.Option("--stats", help="Afterwards, print on stderr the requests and bytes of each remote read.")
+    ] = False,
 ) -> None:
-    pass
+    if stats:
+        import atexit
+
+        atexit.register(_print_remote_stats)
+
+
+def _print_remote_stats() -> None:
+    """One line per remote file read (URLs without their secrets), then the total; the work's own process
+    prints it (the stall watchdog's waiting parent leaves with os._exit)."""
+    remote = sys.modules.get("ckptdoctor.formats.remote")  # never imported: nothing was read remotely
+    lines = [] if remote is None else remote.stats_lines()
+    for line in lines or ["no remote reads"]:
+        sys.stderr.write(f"ckptdoctor: stats: {shown(line)}\n")
 
 
 PathArg = Annotated[

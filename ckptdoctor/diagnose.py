@@ -8,6 +8,7 @@ from collections.abc import Callable
 from ckptdoctor.analysis.checkpoint import Checkpoint, opened
 from ckptdoctor.analysis.staleness import DEFAULT_STALE_THRESHOLD, find_updates
 from ckptdoctor.formats import Resolved
+from ckptdoctor.formats.bytesource import without_secrets
 from ckptdoctor.model import BatchNormStats, Finding, Report, StatisticsUpdates, Storage
 
 
@@ -19,7 +20,7 @@ def _report(
     batchnorm_stats: tuple[BatchNormStats, ...] | None = None,
 ) -> Report:
     return Report(
-        path=path.location if isinstance(path, Resolved) else os.fspath(path),
+        path=path.location if isinstance(path, Resolved) else without_secrets(os.fspath(path)),
         format=checkpoint.reader.format.value,
         resolved=checkpoint.resolved.location,
         note=checkpoint.resolved.note,

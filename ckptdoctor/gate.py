@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ckptdoctor.errors import CheckpointError
+from ckptdoctor.formats.bytesource import without_secrets
 from ckptdoctor.model import Report, Severity
 from ckptdoctor.policy import ExitCode, Policy, combined_exit_code
 
@@ -52,7 +53,7 @@ def gate(
     reports: list[Report] = []
     unreadable: list[Unreadable] = []
     for path in paths:
-        shown = os.fspath(path)
+        shown = without_secrets(os.fspath(path))  # a URL's token never reaches a report
         scan_progress = None if progress is None else _bind(progress, shown)
         try:
             report = check(

@@ -33,7 +33,7 @@ def test_listing_imports_neither_numpy_nor_tensorflow():
         "from ckptdoctor import inspect\n"
         f"report = inspect({str(TF1 / 'finetune_full')!r})\n"
         "assert len(report.variables) == 35\n"
-        "print(sorted(m for m in ('numpy', 'h5py', 'tensorflow', 'rich') if m in sys.modules))\n"
+        "print(sorted(m for m in ('numpy', 'h5py', 'tensorflow', 'rich', 'fsspec', 'aiohttp') if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import stat
 from typing import Protocol
 
@@ -25,10 +27,78 @@ class ByteSource(Protocol):
     def close(self) -> None: ...
 
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+
+
+def is_url(path: str | os.PathLike[str]) -> bool:
+    """Whether a path is a URL (`s3://`, `gs://`, `https://`, any protocol fsspec knows) rather than a file."""
+    return isinstance(path, str) and _URL.match(path) is not None
+
+
+def without_secrets(path: str) -> str:
+    """A path as reports and messages may show it: a URL loses its userinfo, query and fragment (tokens)."""
+    if not is_url(path):
+        return path
+    from ckptdoctor.formats.remote import shown_url
+
+    return shown_url(path)
+
+
+def local_path(path: str) -> str:
+    """A `file://` URL as the plain path it names (read as any local file is); anything else unchanged."""
+    if path[:7].lower() == "file://":
+        from urllib.parse import unquote, urlsplit
+
+        return unquote(urlsplit(path).path)
+    return path
+
+
 def open_source(path: str) -> ByteSource:
-    """The byte source for a path. Readers open files only through here, so a remote store (an fsspec
-    filesystem for gs:// or s3:// URLs) can be added in this one place without touching any reader."""
+    """The byte source for a path or URL. Readers open files only through here: a URL is read by byte range
+    through fsspec (formats/remote.py, imported only then), anything else with pread."""
+    path = local_path(path)
+    if is_url(path):
+        from ckptdoctor.formats.remote import RemoteFile
+
+        return RemoteFile(path)
     return LocalFile(path)
+
+
+class SourceFile(io.RawIOBase):
+    """A read-only, seekable file object over `size` bytes of a byte source from `start`: for libraries that
+    want a file (h5py, zipfile), reading remote files by range and a stored zip member in place."""
+
+    def __init__(self, source: ByteSource, start: int = 0, size: int | None = None, owns: bool = True) -> None:
+        self.name = source.name
+        self._source, self._start, self._owns = source, start, owns
+        self._size = source.size() - start if size is None else size
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def readinto(self, buffer) -> int:
+        length = max(0, min(len(buffer), self._size - self._position))
+        data = self._source.read(self._start + self._position, length)
+        buffer[: len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        if self._owns and not self.closed:
+            self._source.close()
+        super().close()
 
 
 def copy_range(source: ByteSource, offset: int, length: int, out_fd: int, chunk: int = 8 << 20) -> None:
@@ -70,8 +140,10 @@ def open_regular(path: str | os.PathLike[str]) -> int:
 
 
 def require_regular(path: str | os.PathLike[str]) -> None:
-    """Refuse a path that is not a regular file before a library (h5py, zipfile) opens it by name."""
-    os.close(open_regular(path))
+    """Refuse a path that is not a regular file before a library (h5py, zipfile) opens it by name (a URL is
+    opened as a file object over its byte source, never by name)."""
+    if not is_url(path):
+        os.close(open_regular(path))
 
 
 def _file_kind(mode: int) -> str:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ckptdoctor import dtypes
 from ckptdoctor.errors import first_line
 from ckptdoctor.formats.base import MAX_EXPANDED_BYTES, SCAN_CHUNK, Progress, ScanResult
-from ckptdoctor.formats.bytesource import require_regular
+from ckptdoctor.formats.bytesource import SourceFile, is_url, open_source, require_regular
 from ckptdoctor.formats.resolve import HDF5_SIGNATURE
 from ckptdoctor.model import CheckpointError, IntegrityProblem, LayerConfig, ProblemKind, TensorInfo
 from ckptdoctor.names import decode_name
@@ -30,11 +30,11 @@ def hdf5_truncation(path: str) -> str | None:
 
     The HDF5 library refuses such files with a cryptic "truncated file: eof = …"; a partial download is the
     usual cause, and saying so is more useful."""
-    import os
     import struct
+    from contextlib import closing
 
-    with open(path, "rb") as file:
-        head = file.read(96)
+    with closing(open_source(path)) as source:
+        head, size = source.read(0, 96), source.size()
     if not head.startswith(HDF5_SIGNATURE) or len(head) < 16:
         return None
     version, offset_size = head[8], head[13] if head[8] in (0, 1) else head[9]
@@ -53,7 +53,6 @@ def hdf5_truncation(path: str) -> str | None:
         return "superblock is cut short"
     (base,) = struct.unpack_from(fmt, head, base_at)
     (eof,) = struct.unpack_from(fmt, head, eof_at)
-    size = os.path.getsize(path)
     if base + eof > size:
         return f"file is truncated: {size} bytes of the {base + eof} its superblock records (partial download?)"
     return None
@@ -352,6 +351,8 @@ def open_hdf5(source, path: str):
         truncated = hdf5_truncation(source)
         if truncated:
             raise CheckpointError(f"{path}: HDF5 {truncated}")
+        if is_url(source):  # libhdf5 reads through a file object, by range
+            source = SourceFile(open_source(source))
     try:
         return h5py.File(source, "r")
     except Exception as error:  # HDF5 reports damage as OSError, ValueError or RuntimeError

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import re
 import struct
 import zipfile
+from contextlib import closing
 from typing import TYPE_CHECKING
 
 from ckptdoctor.formats.base import Progress, ScanResult
-from ckptdoctor.formats.bytesource import require_regular
+from ckptdoctor.formats.bytesource import SourceFile, is_url, open_source, require_regular
 from ckptdoctor.formats.keras_common import (
     Hdf5Reader,
     decode_text,
@@ -60,53 +60,20 @@ def class_from_container(container: str) -> str:
     return special.get(base) or "".join(part.capitalize() for part in base.split("_"))
 
 
-class _StoredMember(io.RawIOBase):
-    """A stored (uncompressed) zip member read in place, by offset: HDF5 seeks freely and reads what it
-    needs, and a damaged byte shows up in the data instead of failing the whole archive's CRC check."""
-
-    def __init__(self, path: str, start: int, size: int) -> None:
-        self._file = open(path, "rb")  # noqa: SIM115 - closed with this object
-        self._start, self._size, self._position = start, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
-        self._position = max(0, base + offset)
-        return self._position
-
-    def tell(self) -> int:
-        return self._position
-
-    def readinto(self, buffer) -> int:
-        length = max(0, min(len(buffer), self._size - self._position))
-        self._file.seek(self._start + self._position)
-        data = self._file.read(length)
-        buffer[: len(data)] = data
-        self._position += len(data)
-        return len(data)
-
-    def close(self) -> None:
-        self._file.close()
-        super().close()
-
-
 def _member_file(path: str, info: zipfile.ZipInfo, archive: zipfile.ZipFile):
     """A file object over one member: in place when stored uncompressed (as Keras writes), else unzipped."""
     if info.compress_type != zipfile.ZIP_STORED:
         _refuse_inflating(path, info, MAX_INFLATED_MEMBER)
         return archive.open(info)
-    with open(path, "rb") as file:
-        file.seek(info.header_offset)
-        header = file.read(30)
+    # A stored member is read in place, by offset: HDF5 seeks freely and reads what it needs, and a damaged
+    # byte shows up in the data instead of failing the whole archive's CRC check.
+    source = open_source(path)
+    header = source.read(info.header_offset, 30)
     if len(header) < 30 or header[:4] != b"PK\x03\x04":
+        source.close()
         raise zipfile.BadZipFile(f"bad local header for {info.filename}")
     name_length, extra_length = struct.unpack_from("<HH", header, 26)
-    return _StoredMember(path, info.header_offset + 30 + name_length + extra_length, info.file_size)
+    return SourceFile(source, info.header_offset + 30 + name_length + extra_length, info.file_size)
 
 
 def _refuse_inflating(path: str, info: zipfile.ZipInfo, cap: int) -> None:
@@ -132,10 +99,10 @@ def read_member(path: str, archive: zipfile.ZipFile, name: str, cap: int) -> byt
 def damaged_member(path: str, archive: zipfile.ZipFile) -> tuple[str, str] | None:
     """(member, why) for the first member whose bytes fail their CRC-32, as Keras's own unzip would find;
     checked a megabyte at a time, with compressed members capped and overlapping members refused."""
-    import os
-
+    with closing(open_source(path)) as source:
+        size = source.size()
     infos = archive.infolist()
-    if sum(info.compress_size for info in infos) > os.path.getsize(path):
+    if sum(info.compress_size for info in infos) > size:
         return path, "members claim more bytes than the archive holds (overlapping members)"
     for info in infos:
         if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_INFLATED_MEMBER:
@@ -210,7 +177,7 @@ class KerasV3Reader(Hdf5Reader):
     def _open_archive(self, path: str) -> h5py.File:
         try:
             require_regular(path)
-            self._zip = zipfile.ZipFile(path)
+            self._zip = zipfile.ZipFile(SourceFile(open_source(path)) if is_url(path) else path)
             names = set(self._zip.namelist())
             if WEIGHTS_MEMBER not in names:
                 raise CheckpointError(f"{path}: .keras archive has no {WEIGHTS_MEMBER}")

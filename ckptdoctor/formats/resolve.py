@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
 from ckptdoctor.formats import protos
-from ckptdoctor.formats.bytesource import MissingFile, open_regular
+from ckptdoctor.formats.bytesource import ByteSource, MissingFile, is_url, local_path, open_regular, open_source
 from ckptdoctor.model import CheckpointError, Format, Storage
 
 STATE_FILE = "checkpoint"
@@ -112,7 +113,9 @@ def _resolve_prefix(prefix: str, note: str | None = None) -> Resolved:
 
 def resolve(path: str | os.PathLike[str]) -> Resolved:
     """Find the checkpoint a path means, or raise CheckpointError with a one-line reason."""
-    text = os.fspath(path)
+    text = local_path(os.fspath(path))
+    if is_url(text):
+        return resolve_url(text)
     if os.path.isdir(text):
         return _in_directory(Path(text))
     if _has_index(text):
@@ -160,30 +163,157 @@ def read_head(path: str, length: int = 2048) -> bytes:
 
 def _sniff_file(path: str) -> Resolved:
     """Decide a single file's format from its bytes, never from its name."""
-    head = read_head(path)
+    read_head(path)  # refuses what is not a regular file, with one line saying what it is
+    with closing(open_source(path)) as source:
+        return _sniff_source(path, source)
+
+
+def _sniff_source(path: str, source: ByteSource) -> Resolved:
+    head = source.read(0, 2048)
     if not head:
         raise CheckpointError(f"{path}: file is empty")
     # HDF5 allows a user block before the superblock, at 512, 1024, 2048 … bytes.
-    if head.startswith(HDF5_SIGNATURE) or _hdf5_after_user_block(path):
+    if head.startswith(HDF5_SIGNATURE) or _hdf5_after_user_block(source):
         return Resolved(Storage.HDF5, path)
     if head.startswith(ZIP_SIGNATURE):
         return Resolved(Storage.ZIP, path)
     stand_in = not_a_checkpoint(head)
     if stand_in:
         raise CheckpointError(f"{path}: {stand_in}")
-    if _is_v1_file(path):
+    from ckptdoctor.formats.tf_v1 import is_v1_table
+
+    if is_v1_table(path):
         return Resolved(Storage.V1, path)
     raise CheckpointError(f"{path}: not a recognised checkpoint format")
 
 
-def _hdf5_after_user_block(path: str) -> bool:
-    with open(path, "rb") as file:
-        offset = 512
-        while True:
-            file.seek(offset)
-            head = file.read(8)
-            if len(head) < 8:
-                return False
-            if head == HDF5_SIGNATURE:
-                return True
-            offset *= 2
+def _hdf5_after_user_block(source: ByteSource) -> bool:
+    offset = 512
+    while offset + 8 <= source.size():
+        if source.read(offset, 8) == HDF5_SIGNATURE:
+            return True
+        offset *= 2
+    return False
+
+
+# ---- URLs: the same resolution through a store's requests (formats/remote.py) ---------------------------
+
+
+def resolve_url(url: str) -> Resolved:
+    """Find the checkpoint a URL means, as `resolve` does for a path: a prefix, a member file, a single file,
+    or a directory (SavedModel, the `checkpoint` state file, else the newest `.index` where the store lists;
+    plain HTTP cannot list, so there a directory needs its state file)."""
+    from ckptdoctor.formats.remote import Store, remember_secrets
+
+    url = remember_secrets(url)  # userinfo and query stay out of every name, message and report
+    store = Store(url)
+    if url.endswith("/") or store.is_directory(url):
+        return _url_directory(store, url.rstrip("/"))
+    if store.is_file(url + ".index"):
+        return _url_prefix(store, url)
+    member = _MEMBER_SUFFIX.search(url)
+    if member:
+        prefix = url[: member.start()]
+        if store.is_file(prefix + ".index") or _url_is_v1(store, prefix):
+            return _url_prefix(store, prefix, f"reading checkpoint {_name(prefix)} (given {_name(url)})")
+        if not store.is_file(url):
+            raise CheckpointError(f"{url}: file not found")
+        raise CheckpointError(f"{url}: its checkpoint index {_name(prefix)}.index is missing")
+    if not store.is_file(url):
+        return _url_directory_else(store, url, CheckpointError(f"{url}: no such file or checkpoint prefix"))
+    with closing(open_source(url)) as source:
+        if not_a_checkpoint(source.read(0, 512)):  # e.g. an HTTP server's page for a directory
+            return _url_directory_else(store, url, None, lambda: _sniff_source(url, source))
+        return _sniff_source(url, source)
+
+
+def _url_directory_else(store, url: str, error: CheckpointError | None, otherwise=None) -> Resolved:
+    """Plain HTTP cannot say whether a URL is a directory: try it as one (its state file), and where that
+    finds nothing, fail as a file would."""
+    if not store.listable:
+        try:
+            return _url_directory(store, url)
+        except CheckpointError:
+            pass
+    if otherwise is not None:
+        return otherwise()
+    raise error or CheckpointError(f"{url}: no such file or checkpoint prefix")
+
+
+def _name(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _url_is_v1(store, url: str) -> bool:
+    from ckptdoctor.formats.tf_v1 import is_v1_table
+
+    return store.is_file(url) and is_v1_table(url)
+
+
+def _url_prefix(store, prefix: str, note: str | None = None) -> Resolved:
+    if store.is_file(prefix + ".index"):
+        if prefix.endswith("/variables/variables"):
+            return Resolved(Storage.BUNDLE, prefix, Format.TF_SAVEDMODEL, note)
+        return Resolved(Storage.BUNDLE, prefix, note=note)
+    if _url_is_v1(store, prefix):
+        return Resolved(Storage.V1, prefix, note=note)
+    raise CheckpointError(f"{prefix}: no checkpoint here")
+
+
+def _url_directory(store, directory: str) -> Resolved:
+    variables = f"{directory}/variables/variables"
+    if store.is_file(variables + ".index"):
+        return Resolved(Storage.BUNDLE, variables, Format.TF_SAVEDMODEL)
+    if store.is_file(f"{directory}/saved_model.pb"):
+        raise CheckpointError(f"{directory}: SavedModel without variables (no variables/variables.index)")
+    state = _url_state(f"{directory}/{STATE_FILE}")
+    if state is not None and state.model_checkpoint_path:
+        chosen = f"{directory}/{_state_member(state.model_checkpoint_path)}"
+        if store.is_file(chosen + ".index") or _url_is_v1(store, chosen):
+            note = f"using {_name(chosen)}, the latest in {directory}/{STATE_FILE}"
+            return _url_prefix(store, chosen, note)
+    why = "the state file names no existing checkpoint" if state is not None else "no checkpoint state file"
+    if not store.listable:
+        raise CheckpointError(
+            f"{directory}: no checkpoint found ({why}; plain HTTP cannot list a directory: give the checkpoint "
+            "prefix, e.g. …/model.ckpt-1000)"
+        )
+    indexes = store.indexes(directory)
+    if indexes:
+        prefix = indexes[-1][: -len(".index")]
+        return Resolved(Storage.BUNDLE, prefix, note=f"using {_name(prefix)}, the newest in {directory} ({why})")
+    raise CheckpointError(f"{directory}: no checkpoint in this directory (no .index files, no {STATE_FILE} file)")
+
+
+def _state_member(stored: str) -> str:
+    """Where a state file's checkpoint lies relative to its directory. A training job wrote absolute paths
+    of its own machine (or another bucket): only the name is taken, so a state file never sends a read
+    outside its directory."""
+    parts = stored.replace("\\", "/").split("/")
+    if is_url(stored) or os.path.isabs(stored) or ".." in parts or "" in parts:
+        return parts[-1]
+    return "/".join(parts)
+
+
+def _url_state(url: str) -> protos.Message | None:
+    try:
+        source = open_source(url)
+    except MissingFile:
+        return None
+    with closing(source):
+        if source.size() > MAX_STATE_FILE_SIZE:
+            raise CheckpointError(f"{url}: over {MAX_STATE_FILE_SIZE} bytes, not a checkpoint state file")
+        text = source.read(0, MAX_STATE_FILE_SIZE)
+    return parse_state(text, url)
+
+
+def parse_state(text: bytes, where: str) -> protos.Message:
+    """A CheckpointState from a state file's text; damage is one line naming the file."""
+    from google.protobuf import text_format  # only directories need it: keep it off the listing path
+
+    state = protos.CheckpointState()
+    try:
+        text_format.Parse(text.decode("utf-8"), state)
+    except (text_format.ParseError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{where}: not a valid checkpoint state file ({error})") from None
+    return state

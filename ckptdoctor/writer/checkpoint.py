@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from ckptdoctor.errors import OutputError
 from ckptdoctor.formats import Resolved
+from ckptdoctor.formats.bytesource import is_url
 from ckptdoctor.model import Storage
 from ckptdoctor.writer.atomic import clear_debris
 from ckptdoctor.writer.base import CheckpointWriter, Edits, Placed, Progress
@@ -66,7 +67,12 @@ def write_checkpoint(
     `also_read` are other checkpoints the edits were planned from (a donor): their files are protected like
     the source's even where no tensor is taken from them. Everything that can refuse the write is checked
     before the first byte is written; the write holds OUT's lock, and SIGTERM or SIGHUP during it removes
-    the temporaries as Ctrl-C does. `progress(done_bytes, total_bytes)` follows a bundle's tensors."""
+    the temporaries as Ctrl-C does. `progress(done_bytes, total_bytes)` follows a bundle's tensors.
+    An output URL is written locally, then uploaded (writer/remote.py)."""
+    if is_url(os.fspath(out)):
+        from ckptdoctor.writer.remote import write_remote
+
+        return write_remote(source, edits, os.fspath(out), also_read=also_read, force=force, progress=progress)
     reader = source.reader
     writer = writer_for(reader.format, reader.location)
     out_text = writer.output_path(os.fspath(out))
