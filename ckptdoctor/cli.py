@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Any
@@ -23,6 +23,8 @@ from ckptdoctor.report import render as render_report
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from ckptdoctor.patch import Addition
 
 app = typer.Typer(
     add_completion=False,
@@ -320,17 +322,11 @@ def _emit(text: str, output: str | None) -> None:
 @app.command()
 def rules() -> None:
     """List every rule: code, name, severity and what it finds."""
-    from rich.table import Table
-
+    from ckptdoctor.report.text import render_rules
     from ckptdoctor.rules import CATALOGUE
 
-    table = Table(show_edge=False)
-    for column in ("code", "name", "severity", "what it finds"):
-        table.add_column(column, overflow="fold")
-    for rule in CATALOGUE:
-        table.add_row(rule.code, rule.name, rule.severity.value, rule.title)
     with _reader_may_stop():
-        _stdout().print(table)
+        render_rules(_stdout(), CATALOGUE)
 
 
 @app.command()
@@ -385,24 +381,45 @@ def patch(
     console = _stdout()  # every path and name below is escaped and printed as plain text, never as markup
     with _reader_may_stop():
         if result.added:
-            layers = len({a.layer for a in result.added})
-            console.print(
-                f"added {len(result.added)} tensors to {layers} BatchNorm layers from {shown(result.donor)}:",
-                markup=False,
-            )
-            for addition in result.added:
-                console.print(f"  + {shown(addition.key)}  {addition.dtype}{list(addition.shape)}", markup=False)
+            for line in _additions_by_layer(result.added, result.donor):
+                console.print(line, markup=False, soft_wrap=True)
         else:
-            console.print("nothing was missing: the output is a copy of the target")
-        console.print(f"wrote {' and '.join(shown(path) for path in result.written)}", markup=False)
+            console.print("nothing was missing: the output is a copy of the target", soft_wrap=True)
+        for path in result.written:  # one per line: two long paths on one line would not fit a terminal
+            console.print(f"wrote {shown(path)}", markup=False, soft_wrap=True)
         if result.state_change:
-            console.print(shown(result.state_change), markup=False)
+            console.print(shown(result.state_change), markup=False, soft_wrap=True)
         console.print("re-checking the result:")
         with _one_line_errors():
             report = run_check(result.resolved)  # read as what was written, not as its name suggests
         report = dataclasses.replace(report, findings=policy.apply(result.out, report.findings))
         render_check(console, report)
     raise typer.Exit(exit_code(report.findings, policy.threshold()))
+
+
+MAX_PATCHED_LAYERS_SHOWN = 20  # patch's summary: one line per layer up to this many, then a count
+
+
+def _additions_by_layer(added: Sequence[Addition], donor: str) -> list[str]:
+    """`added 8 tensors to 4 BatchNorm layers from DONOR:`, then one line per layer with what it got."""
+    by_layer: dict[str, list[Addition]] = {}
+    for addition in added:
+        by_layer.setdefault(addition.layer, []).append(addition)
+    layers = len(by_layer)
+    lines = [f"donor {shown(donor)}", f"added {_plural(len(added), 'tensor')} to {_plural(layers, 'BatchNorm layer')}:"]
+    for layer, members in list(by_layer.items())[:MAX_PATCHED_LAYERS_SHOWN]:
+        parts = ", ".join(a.statistic for a in members)
+        kinds = {f"{a.dtype}{list(a.shape)}" for a in members}
+        lines.append(shown(f"  + {layer}: {parts}  {' / '.join(sorted(kinds))}"))
+    if layers > MAX_PATCHED_LAYERS_SHOWN:
+        lines.append(f"  … and {layers - MAX_PATCHED_LAYERS_SHOWN} more layers")
+    return lines
+
+
+def _plural(count: int, noun: str) -> str:
+    from ckptdoctor.report.text import plural
+
+    return plural(count, noun)
 
 
 @app.command()

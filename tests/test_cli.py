@@ -77,7 +77,7 @@ def test_check_exit_codes():
 def test_check_text_names_rule_and_hint():
     result = run_cli("check", TRAINABLE)
     assert result.returncode == 1
-    assert "error BN001 bn-missing-moving-stats (4): BatchNorm layer lacks" in result.stdout
+    assert "error BN001 bn-missing-moving-stats (4)\n  BatchNorm layer lacks" in result.stdout
     assert result.stdout.count("fix: repair with: ckptdoctor patch") == 1  # once for the rule, not per layer
     assert "    net/conv1/BatchNorm        no moving_mean or moving_variance\n" in result.stdout
     assert "4 findings: 4 errors" in result.stdout
@@ -92,7 +92,7 @@ def test_patch_then_check_passes(tmp_path):
     result = run_cli("patch", TRAINABLE, "--from", FULL, "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "added 8 tensors to 4 BatchNorm layers" in result.stdout
-    assert "+ net/conv1/BatchNorm/moving_mean  float32[8]" in result.stdout
+    assert "+ net/conv1/BatchNorm: moving_mean, moving_variance  float32[8]" in result.stdout
     assert "no findings" in result.stdout
     assert run_cli("check", str(out)).returncode == 0
     again = run_cli("patch", TRAINABLE, "--from", FULL, "--out", str(out))

@@ -87,13 +87,21 @@ def _prose_width(console: Console) -> int | None:
     return None
 
 
-def _paragraph(console: Console, text: str, indent: str = "", style: str = "") -> None:
-    """Prose (never a name from the file) wrapped at `_prose_width`."""
+def _paragraph(console: Console, text: str, indent: str = "", style: str = "", continuation: str | None = None) -> None:
+    """Prose wrapped at `_prose_width` between words, never inside one (a path or `--from` stays whole)."""
     width = _prose_width(console)
-    lines = (
-        textwrap.wrap(text, width=width, initial_indent=indent, subsequent_indent=indent) if width else [indent + text]
+    if width is None:
+        _line(console, Text(indent + text, style=style))
+        return
+    wrapped = textwrap.wrap(
+        text,
+        width=width,
+        initial_indent=indent,
+        subsequent_indent=indent if continuation is None else continuation,
+        break_long_words=False,
+        break_on_hyphens=False,
     )
-    for line in lines:
+    for line in wrapped:
         _line(console, Text(line, style=style))
 
 
@@ -120,8 +128,8 @@ def _table(console: Console, header: Sequence[str], rows: Sequence[Sequence[Text
 
 def _header(console: Console, report: Report) -> None:
     _line(console, ("checkpoint ", "bold"), _shown(report.resolved), ("  format ", "bold"), _shown(report.format))
-    if report.note:
-        _line(console, _shown(f"note: {report.note}", style="dim"))
+    if report.note:  # wrapped between words only: a name in it stays whole
+        _paragraph(console, f"note: {shown(report.note)}", style="dim", continuation=" " * 6)
 
 
 def _framework_layer(members: Sequence) -> str | None:
@@ -252,9 +260,9 @@ def _print_by_rule(console: Console, findings: Sequence[Finding], family: Format
             (f"{severity.value} ", _SEVERITY_STYLE[severity]),
             (f"{code} {first.name}", "bold"),
             f" ({len(members)})" if len(members) > 1 else "",
-            f": {rule.title}" if rule else "",
         )
         if rule:
+            _paragraph(console, rule.title, "  ", style="bold")
             _paragraph(console, rule.cause_for(family), "  ", style="dim")
         _paragraph(console, f"fix: {shown(hint)}", "  ")
         column = min(max(len(shown(f.subject)) for f in members), _MAX_SUBJECT_COLUMN)
@@ -295,3 +303,11 @@ def render_explanation(console: Console, rule: Rule) -> None:
         if family in rule.causes:
             _paragraph(console, f"Cause: {rule.cause_for(family)}", "  ")
         _paragraph(console, f"Fix: {rule.hint_for(family)}", "  ")
+
+
+def render_rules(console: Console, rules: Sequence[Rule]) -> None:
+    """`rules`: the catalogue, one line per rule."""
+    rows: list[Sequence[Text] | Text] = [
+        [Text(rule.code), Text(rule.name), Text(rule.severity.value), Text(rule.title)] for rule in rules
+    ]
+    _table(console, ["code", "name", "severity", "what it finds"], rows, right=set())
