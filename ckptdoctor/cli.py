@@ -5,12 +5,13 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from enum import Enum
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from ckptdoctor import __version__, watchdog
 from ckptdoctor.errors import CkptDoctorError, OutputError
@@ -24,13 +25,35 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from ckptdoctor.model import Report
+    from ckptdoctor.patch import Addition
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help text is plain: `[default: error]` and `[tool.ckptdoctor]` are text, not markup
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Inspect, check, repair and verify TensorFlow and Keras checkpoints.",
 )
+
+
+class _Command(TyperCommand):
+    """Usage lines name arguments by their metavar (`check [OPTIONS] PATH...`), not typer's `{paths}`."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                metavar = param.metavar or (param.name or "").upper()
+                pieces.append(metavar if param.required else f"[{metavar}]")
+        return pieces
+
+
+def _plain_usage(typer_app: typer.Typer) -> None:
+    """Every command, including those registered after this module's own, gets `_Command`'s usage line."""
+    for info in typer_app.registered_commands:
+        if info.cls in (None, TyperCommand):
+            info.cls = _Command
 
 
 @functools.cache
@@ -43,10 +66,9 @@ def _stdout() -> Console:
             self.quiet = True
             raise BrokenPipeError
 
-    console = StdoutConsole(highlight=False)
-    if not console.is_terminal:  # pipes and CI logs: wide enough that long variable names stay on one line
-        console = StdoutConsole(highlight=False, width=160)
-    return console
+    # The terminal's width on a TTY; in a pipe COLUMNS or 80, used only to wrap prose: the text reporter prints
+    # every other line whole and unpadded, so nothing is cut or filled with trailing spaces.
+    return StdoutConsole(highlight=False)
 
 
 class InspectFormat(str, Enum):
@@ -129,7 +151,10 @@ def _print_remote_stats() -> None:
 
 
 PathArg = Annotated[
-    str, typer.Argument(help="Checkpoint prefix, any of its files, or a directory.", show_default=False)
+    str,
+    typer.Argument(
+        metavar="CHECKPOINT", help="Checkpoint prefix, any of its files, or a directory.", show_default=False
+    ),
 ]
 FormatOpt = Annotated[InspectFormat, typer.Option("--format", "-f", help="Output format.")]
 
@@ -157,11 +182,17 @@ def inspect(path: PathArg, output_format: FormatOpt = InspectFormat.text) -> Non
 @app.command()
 def check(
     paths: Annotated[
-        list[str], typer.Argument(help="Checkpoints (prefixes, files or directories).", show_default=False)
+        list[str],
+        typer.Argument(metavar="PATH...", help="Checkpoints (prefixes, files or directories).", show_default=False),
     ],
     reference: Annotated[
         str | None,
-        typer.Option("--reference", "-r", help="The checkpoint training started from (e.g. the pretrained model)."),
+        typer.Option(
+            "--reference",
+            "-r",
+            metavar="CHECKPOINT",
+            help="The checkpoint training started from (e.g. the pretrained model).",
+        ),
     ] = None,
     fail_on: Annotated[
         FailOn | None,
@@ -172,18 +203,28 @@ def check(
     output_format: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = OutputFormat.TEXT,
     output: Annotated[
         str | None,
-        typer.Option("--output", "-o", help="Write the report to this file instead of stdout.", show_default=False),
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="Write the report to this file instead of stdout.",
+            show_default=False,
+        ),
     ] = None,
     config: Annotated[
         str | None,
         typer.Option(
-            "--config", help="Policy file (TOML); default: [tool.ckptdoctor] in ./pyproject.toml.", show_default=False
+            "--config",
+            metavar="FILE",
+            help="Policy file (TOML); default: [tool.ckptdoctor] in ./pyproject.toml.",
+            show_default=False,
         ),
     ] = None,
     decay: Annotated[
         float | None,
         typer.Option(
             "--decay",
+            metavar="D",
             min=0.0,
             max=1.0,
             help="BatchNorm decay (momentum) for every layer, over what the files say.",
@@ -194,11 +235,15 @@ def check(
         int | None,
         typer.Option(
             "--steps",
+            metavar="N",
             min=0,
             help="Training steps since the statistics started, over what the files say.",
             show_default=False,
         ),
     ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Text: every finding in full, not one line per subject.")
+    ] = False,
 ) -> None:
     """Diagnose checkpoints; exit 0 healthy, 1 findings at or above --fail-on, 2 unreadable."""
     from ckptdoctor.gate import gate
@@ -233,7 +278,7 @@ def check(
 
         with _reader_may_stop():
             for report in reports:
-                render_check(_stdout(), report)
+                render_check(_stdout(), report, verbose=verbose)
     else:
         with _one_line_errors(), _reader_may_stop():
             _emit(render_report(reports, output_format, verdict.fail_on), output)
@@ -293,47 +338,41 @@ def _emit(text: str, output: str | None) -> None:
 @app.command()
 def rules() -> None:
     """List every rule: code, name, severity and what it finds."""
-    from rich.table import Table
-
+    from ckptdoctor.report.text import render_rules
     from ckptdoctor.rules import CATALOGUE
 
-    table = Table(show_edge=False)
-    for column in ("code", "name", "severity", "what it finds"):
-        table.add_column(column, overflow="fold")
-    for rule in CATALOGUE:
-        table.add_row(rule.code, rule.name, rule.severity.value, rule.title)
     with _reader_may_stop():
-        _stdout().print(table)
+        render_rules(_stdout(), CATALOGUE)
 
 
 @app.command()
 def explain(
-    rule: Annotated[str, typer.Argument(help="A rule code (BN001) or name (bn-missing-moving-stats).")],
+    rule: Annotated[str, typer.Argument(metavar="RULE", help="A rule code (BN001) or name (bn-missing-moving-stats).")],
 ) -> None:
-    """What a rule means, why it happens (with the TF/Keras error it explains) and how to fix it."""
-    from rich.text import Text
-
+    """What a rule means, why it happens (with the TF/Keras error it explains) and how to fix it, per format."""
     from ckptdoctor.rules import BY_NAME
 
     found = BY_NAME.get(rule) or BY_NAME.get(rule.upper())
     if found is None:
         _error(f"{rule}: no such rule (see `ckptdoctor rules`)")
         raise typer.Exit(ExitCode.ERROR)
-    console = _stdout()
+    from ckptdoctor.report.text import render_explanation
+
     with _reader_may_stop():
-        console.print(Text(f"{found.code} {found.name} ({found.severity.value})", style="bold"))
-        console.print(found.title)
-        console.print()
-        console.print(Text(found.explanation))
-        console.print()
-        console.print(Text(f"Fix: {found.hint}"))
+        render_explanation(_stdout(), found)
 
 
 @app.command()
 def patch(
-    target: Annotated[str, typer.Argument(help="The checkpoint that lacks statistics.", show_default=False)],
-    donor: Annotated[str, typer.Option("--from", help="A full save holding the statistics.", show_default=False)],
-    out: Annotated[str, typer.Option("--out", "-o", help="Prefix of the new checkpoint.", show_default=False)],
+    target: Annotated[
+        str, typer.Argument(metavar="TARGET", help="The checkpoint that lacks statistics.", show_default=False)
+    ],
+    donor: Annotated[
+        str, typer.Option("--from", metavar="DONOR", help="A full save holding the statistics.", show_default=False)
+    ],
+    out: Annotated[
+        str, typer.Option("--out", "-o", metavar="OUT", help="Prefix of the new checkpoint.", show_default=False)
+    ],
     force: Annotated[bool, typer.Option("--force", help="Replace a checkpoint already at --out.")] = False,
     name_map: Annotated[
         str | None,
@@ -366,18 +405,14 @@ def patch(
     console = _stdout()  # every path and name below is escaped and printed as plain text, never as markup
     with _reader_may_stop():
         if result.added:
-            layers = len({a.layer for a in result.added})
-            console.print(
-                f"added {len(result.added)} tensors to {layers} BatchNorm layers from {shown(result.donor)}:",
-                markup=False,
-            )
-            for addition in result.added:
-                console.print(f"  + {shown(addition.key)}  {addition.dtype}{list(addition.shape)}", markup=False)
+            for line in _additions_by_layer(result.added, result.donor):
+                console.print(line, markup=False, soft_wrap=True)
         else:
-            console.print("nothing was missing: the output is a copy of the target")
-        console.print(f"wrote {' and '.join(shown(path) for path in result.written)}", markup=False)
+            console.print("nothing was missing: the output is a copy of the target", soft_wrap=True)
+        for path in result.written:  # one per line: two long paths on one line would not fit a terminal
+            console.print(f"wrote {shown(path)}", markup=False, soft_wrap=True)
         if result.state_change:
-            console.print(shown(result.state_change), markup=False)
+            console.print(shown(result.state_change), markup=False, soft_wrap=True)
         console.print("re-checking the result:")
         with _one_line_errors():
             report = run_check(result.resolved)  # read as what was written, not as its name suggests
@@ -386,16 +421,45 @@ def patch(
     raise typer.Exit(exit_code(report.findings, policy.threshold()))
 
 
+MAX_PATCHED_LAYERS_SHOWN = 20  # patch's summary: one line per layer up to this many, then a count
+
+
+def _additions_by_layer(added: Sequence[Addition], donor: str) -> list[str]:
+    """`added 8 tensors to 4 BatchNorm layers from DONOR:`, then one line per layer with what it got."""
+    by_layer: dict[str, list[Addition]] = {}
+    for addition in added:
+        by_layer.setdefault(addition.layer, []).append(addition)
+    layers = len(by_layer)
+    lines = [f"donor {shown(donor)}", f"added {_plural(len(added), 'tensor')} to {_plural(layers, 'BatchNorm layer')}:"]
+    for layer, members in list(by_layer.items())[:MAX_PATCHED_LAYERS_SHOWN]:
+        parts = ", ".join(a.statistic for a in members)
+        kinds = {f"{a.dtype}{list(a.shape)}" for a in members}
+        lines.append(shown(f"  + {layer}: {parts}  {' / '.join(sorted(kinds))}"))
+    if layers > MAX_PATCHED_LAYERS_SHOWN:
+        lines.append(f"  … and {layers - MAX_PATCHED_LAYERS_SHOWN} more layers")
+    return lines
+
+
+def _plural(count: int, noun: str) -> str:
+    from ckptdoctor.report.text import plural
+
+    return plural(count, noun)
+
+
 @app.command()
 def verify(
     checkpoint: PathArg,
     meta_graph: Annotated[
         str | None,
-        typer.Option("--meta-graph", help="TF1: the evaluation graph's .meta (MetaGraphDef).", show_default=False),
+        typer.Option(
+            "--meta-graph", metavar="META", help="TF1: the evaluation graph's .meta (MetaGraphDef).", show_default=False
+        ),
     ] = None,
     model: Annotated[
         str | None,
-        typer.Option("--model", help="Keras/TF2: MODEL.keras or package.module:builder.", show_default=False),
+        typer.Option(
+            "--model", metavar="MODEL", help="Keras/TF2: MODEL.keras or package.module:builder.", show_default=False
+        ),
     ] = None,
 ) -> None:
     """Restore CHECKPOINT into the real model in TensorFlow or Keras (needs the tf extra)."""
@@ -434,12 +498,15 @@ class DiffFormat(str, Enum):
 
 @app.command()
 def diff(
-    a: Annotated[str, typer.Argument(help="The checkpoint before.", show_default=False)],
-    b: Annotated[str, typer.Argument(help="The checkpoint after.", show_default=False)],
+    a: Annotated[str, typer.Argument(metavar="A", help="The checkpoint before.", show_default=False)],
+    b: Annotated[str, typer.Argument(metavar="B", help="The checkpoint after.", show_default=False)],
     output_format: Annotated[DiffFormat, typer.Option("--format", "-f", help="Output format.")] = DiffFormat.text,
-    atol: Annotated[float, typer.Option("--atol", min=0.0, help="Absolute tolerance for float values.")] = 0.0,
+    atol: Annotated[
+        float, typer.Option("--atol", metavar="ATOL", min=0.0, help="Absolute tolerance for float values.")
+    ] = 0.0,
     rtol: Annotated[
-        float, typer.Option("--rtol", min=0.0, help="Relative tolerance for float values, of max(|a|, |b|).")
+        float,
+        typer.Option("--rtol", metavar="RTOL", min=0.0, help="Relative tolerance for float values, of max(|a|, |b|)."),
     ] = 0.0,
 ) -> None:
     """Compare two checkpoints tensor by tensor, in any formats; exit 0 identical, 1 differences, 2 unreadable."""
@@ -460,6 +527,7 @@ def diff(
 
 def _run_app() -> int:
     """The command, as an exit code; any exception is one line on stderr, never a traceback."""
+    _plain_usage(app)
     try:
         app()
     except SystemExit as exit:
@@ -485,16 +553,24 @@ def match(
     checkpoint: PathArg,
     meta_graph: Annotated[
         str | None,
-        typer.Option("--meta-graph", help="TF1: the graph's .meta (MetaGraphDef).", show_default=False),
+        typer.Option("--meta-graph", metavar="META", help="TF1: the graph's .meta (MetaGraphDef).", show_default=False),
     ] = None,
     model: Annotated[
         str | None,
-        typer.Option("--model", help="Keras: MODEL.keras, or package.module:builder (tf extra).", show_default=False),
+        typer.Option(
+            "--model",
+            metavar="MODEL",
+            help="Keras: MODEL.keras, or package.module:builder (tf extra).",
+            show_default=False,
+        ),
     ] = None,
     assignment_map: Annotated[
         str | None,
         typer.Option(
-            "--assignment-map", help="Write the init_from_checkpoint assignment map (JSON) here.", show_default=False
+            "--assignment-map",
+            metavar="FILE",
+            help="Write the init_from_checkpoint assignment map (JSON) here.",
+            show_default=False,
         ),
     ] = None,
     fail_on: Annotated[
@@ -506,7 +582,7 @@ def match(
     output_format: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = OutputFormat.TEXT,
     config: Annotated[
         str | None,
-        typer.Option("--config", help="Policy file (TOML), as for check.", show_default=False),
+        typer.Option("--config", metavar="FILE", help="Policy file (TOML), as for check.", show_default=False),
     ] = None,
 ) -> None:
     """Match CHECKPOINT against the model that restores it: matched, missing, unexpected, shape and dtype

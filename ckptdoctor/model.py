@@ -190,9 +190,11 @@ class Finding:
     code: str
     name: str
     severity: Severity
-    subject: str
+    subject: str  # what `inspect` shows: the layer's or variable's model path or framework name
     message: str
-    hint: str
+    hint: str  # the next step, written for the checkpoint's format family
+    key: str | None = None  # the raw checkpoint key or layer path, where it differs from the subject
+    detail: str | None = None  # the message without what the rule's title already says, for one line per subject
 
 
 @dataclass(frozen=True)

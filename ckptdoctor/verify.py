@@ -131,6 +131,12 @@ def _first_line(error: BaseException) -> str:
     return first_line(error, ESSENTIAL_LINE_LIMIT, _ESSENTIAL)
 
 
+def _variable_leaf(variable) -> str:
+    """`moving_mean` of a Keras 3 variable (`.path`) or a tf.keras one (a tf.Variable: `.name` `bn/moving_mean:0`)."""
+    path = getattr(variable, "path", None) or variable.name
+    return path.rsplit("/", 1)[-1].split(":", 1)[0]
+
+
 def _compare_keras_layers(reader, model) -> tuple[list[str], list[Mismatch]]:
     """Layer by layer: variables the model expects that the file lacks, and shape disagreements."""
     stored: dict[str, list] = {}
@@ -142,7 +148,7 @@ def _compare_keras_layers(reader, model) -> tuple[list[str], list[Mismatch]]:
         expected = list(layer.weights)
         found = stored.get(layer.name, [])
         for index, variable in enumerate(expected):
-            label = f"{layer.name}/{variable.path.rsplit('/', 1)[-1]}"
+            label = f"{layer.name}/{_variable_leaf(variable)}"
             if index >= len(found):
                 missing.append(label)
                 continue

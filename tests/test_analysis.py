@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 from conftest import FIXTURE_BUNDLES, realworld
 
@@ -106,3 +107,40 @@ def test_real_slim_resnet_has_19_complete_bn_layers():
     roles = Counter(v.role for v in report.variables)
     assert roles[Role.BN_STATISTIC] == 38
     assert roles[Role.OPTIMIZER_SLOT] == roles[Role.WEIGHT] == 59
+
+
+def _write_float_bundle(prefix: Path, shapes: dict[str, tuple[int, ...]]) -> None:
+    import numpy as np
+
+    from ckptdoctor import dtypes
+    from ckptdoctor.formats.crc import crc32c, mask
+    from ckptdoctor.writer.bundle import BundleWriter
+
+    writer = BundleWriter(str(prefix))
+    for key in sorted(shapes):
+        raw = np.ones(shapes[key], "<f4").tobytes()
+        writer.add(key.encode(), dtypes.BY_NAME["float32"].code, shapes[key], raw, mask(crc32c(raw)))
+    writer.commit()
+
+
+def test_keras_metric_state_is_other_in_savedmodels_and_keras3_files(tmp_path):
+    """tf.keras SavedModels keep a Mean's total/count under keras_api/metrics/N (as tf.train.list_variables
+    shows for a compiled model saved with save_format="tf"); Keras 3 files under metrics/. Neither is a weight."""
+    (tmp_path / "variables").mkdir()
+    suffix = "/.ATTRIBUTES/VARIABLE_VALUE"
+    _write_float_bundle(
+        tmp_path / "variables" / "variables",
+        {
+            f"keras_api/metrics/0/count{suffix}": (),
+            f"keras_api/metrics/0/total{suffix}": (),
+            f"layer_with_weights-0/kernel{suffix}": (3, 2),
+        },
+    )
+    roles = {v.path: v.role for v in inspect(tmp_path).variables}
+    assert roles == {
+        "keras_api/metrics/0/count": Role.OTHER,
+        "keras_api/metrics/0/total": Role.OTHER,
+        "layer_with_weights-0/kernel": Role.WEIGHT,
+    }
+    keras3 = inspect(realworld("medmnist_keras_v3_zip/model.keras")).variables
+    assert {v.role for v in keras3 if v.path.startswith("metrics/")} == {Role.OTHER}

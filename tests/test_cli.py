@@ -27,7 +27,7 @@ def test_inspect_json_is_the_documented_report():
     result = run_cli("inspect", TRAINABLE, "--format", "json")
     assert result.returncode == 0
     report = json.loads(result.stdout)
-    assert report["schema_version"] == "1.1"
+    assert report["schema_version"] == "1.2"
     assert report["format"] == "tf1-name-based"
     assert report["findings"] == []
     variable = next(v for v in report["variables"] if v["name"] == "net/conv1/weights")
@@ -77,9 +77,13 @@ def test_check_exit_codes():
 def test_check_text_names_rule_and_hint():
     result = run_cli("check", TRAINABLE)
     assert result.returncode == 1
-    assert "BN001 bn-missing-moving-stats net/conv1/BatchNorm" in result.stdout
-    assert "hint: repair with: ckptdoctor patch" in result.stdout
-    assert "4 findings: 4 error" in result.stdout
+    assert "error BN001 bn-missing-moving-stats (4)\n  BatchNorm layer lacks" in result.stdout
+    assert result.stdout.count("fix: repair with: ckptdoctor patch") == 1  # once for the rule, not per layer
+    assert "    net/conv1/BatchNorm        no moving_mean or moving_variance\n" in result.stdout
+    assert "4 findings: 4 errors" in result.stdout
+    verbose = run_cli("check", TRAINABLE, "--verbose").stdout
+    assert "BN001 bn-missing-moving-stats net/conv1/BatchNorm" in verbose
+    assert verbose.count("hint: repair with: ckptdoctor patch") == 4
 
 
 def test_patch_then_check_passes(tmp_path):
@@ -88,7 +92,7 @@ def test_patch_then_check_passes(tmp_path):
     result = run_cli("patch", TRAINABLE, "--from", FULL, "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "added 8 tensors to 4 BatchNorm layers" in result.stdout
-    assert "+ net/conv1/BatchNorm/moving_mean  float32[8]" in result.stdout
+    assert "+ net/conv1/BatchNorm: moving_mean, moving_variance  float32[8]" in result.stdout
     assert "no findings" in result.stdout
     assert run_cli("check", str(out)).returncode == 0
     again = run_cli("patch", TRAINABLE, "--from", FULL, "--out", str(out))

@@ -50,8 +50,16 @@ def _assert_nothing_unsafe(text: str) -> None:
     assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\ufffe\uffff]", text), repr(text)
 
 
-def test_text_check_prints_one_finding_line_per_finding(hostile):
+def test_text_check_grouped_by_rule_is_as_safe(hostile):
     result = run_cli("check", hostile)
+    assert result.returncode == 1 and result.stderr == ""
+    _assert_nothing_unsafe(result.stdout)
+    assert "x\\x0a::error file=x::forged" in result.stdout and "[blink red]x[/]" in result.stdout
+    assert not any(line.startswith(("::", "BN001")) for line in result.stdout.splitlines())
+
+
+def test_text_check_prints_one_finding_line_per_finding(hostile):
+    result = run_cli("check", hostile, "--verbose")
     assert result.returncode == 1
     assert result.stderr == ""
     _assert_nothing_unsafe(result.stdout)

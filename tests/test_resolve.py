@@ -6,12 +6,14 @@ import os
 import shutil
 
 import pytest
-from conftest import TF1, copy_checkpoint, realworld
+from conftest import KERAS, TF1, copy_checkpoint, realworld
 
 from ckptdoctor.formats.resolve import resolve
 from ckptdoctor.model import CheckpointError, Storage
 
 PREFIX = TF1 / "finetune_full" / "model.ckpt-20"
+KERAS_HEALTHY = KERAS / "healthy"
+SAVEDMODEL = KERAS_HEALTHY / "savedmodel"
 
 
 @pytest.mark.parametrize(
@@ -86,3 +88,40 @@ def test_unreadable_paths_give_one_line_errors(tmp_path, setup, message):
     with pytest.raises(CheckpointError, match=message) as error:
         resolve(target)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("form", ["", "variables", "variables/variables", "saved_model.pb"])
+def test_every_path_form_of_a_savedmodel_gets_one_format(form):
+    resolved = resolve(SAVEDMODEL / form if form else SAVEDMODEL)
+    assert (resolved.format, resolved.location) == ("tf-savedmodel", str(SAVEDMODEL / "variables" / "variables"))
+    if form != "variables/variables":  # the prefix itself is what was asked for: nothing to explain
+        assert str(SAVEDMODEL) in resolved.note
+
+
+@pytest.mark.parametrize("name", ["model.h5", "model.weights.h5", "model.keras"])
+def test_folder_with_one_keras_file_resolves_to_it_with_a_note(tmp_path, name):
+    shutil.copy(KERAS_HEALTHY / name, tmp_path / name)
+    (tmp_path / "notes.txt").write_text("not a checkpoint")  # sniffed and passed over
+    resolved = resolve(tmp_path)
+    assert resolved.location == str(tmp_path / name)
+    assert resolved.note == f"using {name}, the only checkpoint file in {tmp_path}"
+
+
+def test_folder_with_one_v1_file_resolves_to_it(tmp_path):
+    shutil.copy(realworld("serving_v1_half_plus_two/export-00000-of-00001"), tmp_path / "export")
+    resolved = resolve(tmp_path)
+    assert (resolved.storage, resolved.location) == (Storage.V1, str(tmp_path / "export"))
+
+
+def test_folder_with_several_checkpoint_files_names_them(tmp_path):
+    for name in ("a.weights.h5", "b.keras"):
+        shutil.copy(KERAS_HEALTHY / name.replace("a.", "model.").replace("b.", "model."), tmp_path / name)
+    with pytest.raises(CheckpointError, match=r"2 checkpoint files here \(a.weights.h5, b.keras\): name one"):
+        resolve(tmp_path)
+
+
+def test_folder_file_reached_by_symlink_is_not_followed(tmp_path):
+    (tmp_path / "inside").mkdir()
+    (tmp_path / "inside" / "model.keras").symlink_to(KERAS_HEALTHY / "model.keras")
+    with pytest.raises(CheckpointError, match="no checkpoint in this directory"):
+        resolve(tmp_path / "inside")

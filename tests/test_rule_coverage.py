@@ -277,7 +277,8 @@ MATCH_CASES: dict[str, Callable[[Path], tuple[Report, str]]] = {
 
 
 def _fired(report: Report, code: str) -> set[str]:
-    return {finding.subject for finding in report.findings if finding.code == code}
+    """Each finding of the rule by its subject and by its raw key: the cases name what the file stores."""
+    return {name for f in report.findings if f.code == code for name in (f.subject, f.key) if name is not None}
 
 
 @pytest.mark.parametrize("rule", CATALOGUE, ids=[rule.code for rule in CATALOGUE])

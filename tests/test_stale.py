@@ -108,11 +108,11 @@ def test_step_in_the_prefix_when_no_counter(tf, tmp_path):
 
 def test_cli_check_options_and_policy(tmp_path):
     before = file_bytes(prefix(3))
-    result = run_cli("check", str(prefix(3)), "--fail-on", "warning")
+    result = run_cli("check", str(prefix(3)), "--fail-on", "warning", "--verbose")
     assert result.returncode == 1 and "73% of these statistics" in result.stdout
     assert run_cli("check", str(prefix(3)), "--fail-on", "warning", "--steps", "1000").returncode == 0
     assert run_cli("check", str(prefix(3)), "--fail-on", "warning", "--decay", "0.5").returncode == 0  # 12.5%
-    result = run_cli("check", str(prefix(100)), "--fail-on", "warning", "--decay", "0.99")  # 0.99^100 = 37%
+    result = run_cli("check", str(prefix(100)), "--fail-on", "warning", "--decay", "0.99", "-v")  # 0.99^100 = 37%
     assert result.returncode == 1 and "37% of these statistics" in result.stdout and "at decay 0.99" in result.stdout
     (tmp_path / "pyproject.toml").write_text('[tool.ckptdoctor]\nstale-threshold = 0.5\nfail-on = "warning"\n')
     assert run_cli("check", str(prefix(10)), cwd=tmp_path).returncode == 0  # 35% < 0.5

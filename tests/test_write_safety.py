@@ -139,7 +139,7 @@ def test_donor_path_with_markup_is_printed_literally(tmp_path):
     donor = copy_checkpoint(FULL, tmp_path / "don[/]or [bold]x")
     result = patch_cli(TRAINABLE, donor, tmp_path / "out" / "fixed")
     assert result.returncode == 0, result.stderr
-    assert f"from {donor}:" in result.stdout
+    assert f"donor {donor}\n" in result.stdout
 
 
 @pytest.mark.parametrize("kind", ["binary", "directory", "fifo", "not-a-state"])

@@ -45,6 +45,15 @@ def object_path(name: str) -> str:
     return name[: -len(ATTRIBUTE_SUFFIX)] if name.endswith(ATTRIBUTE_SUFFIX) else name
 
 
+# Keras metric state (a Mean's total and count): `metrics/...` in Keras 3 files, `keras_api/metrics/N/...` in the
+# object graph of a tf.keras SavedModel. It is neither a weight nor restored by evaluation.
+METRIC_SCOPES = (("metrics",), ("keras_api", "metrics"))
+
+
+def _is_metric_state(parts: list[str]) -> bool:
+    return any(tuple(parts[: len(scope)]) == scope and len(parts) > len(scope) for scope in METRIC_SCOPES)
+
+
 def analysis_path(info: TensorInfo) -> str:
     return info.path or object_path(info.name)
 
@@ -69,7 +78,7 @@ def role_of(info: TensorInfo) -> Role:
         return Role.OPTIMIZER_SLOT
     if info.optimizer_state or parts[0] == "optimizer":
         return Role.OPTIMIZER_SLOT
-    if parts[0] == "metrics":  # Keras 3 keeps metric state (totals, counts) beside the weights
+    if _is_metric_state(parts):
         return Role.OTHER
     if leaf in BN_STATISTICS and is_float:
         return Role.BN_STATISTIC

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from contextlib import closing
@@ -13,7 +14,9 @@ from ckptdoctor.formats.bytesource import ByteSource, MissingFile, is_url, local
 from ckptdoctor.model import CheckpointError, Format, Storage
 
 STATE_FILE = "checkpoint"
+SAVED_MODEL_FILE = "saved_model.pb"
 MAX_STATE_FILE_SIZE = 16 << 20  # TF's state file lists a few paths; more than this is not one
+MAX_FILES_TO_SNIFF = 64  # a folder of one checkpoint file: beyond this many files, ask for the file
 _MEMBER_SUFFIX = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
 
 
@@ -76,15 +79,26 @@ def _is_v1_file(path: str) -> bool:
 
 def _savedmodel(directory: Path) -> Resolved | None:
     prefix = directory / "variables" / "variables"
-    if (directory / "saved_model.pb").is_file() or os.path.isfile(f"{prefix}.index"):
+    if (directory / SAVED_MODEL_FILE).is_file() or os.path.isfile(f"{prefix}.index"):
         if not os.path.isfile(f"{prefix}.index"):
             raise CheckpointError(f"{directory}: SavedModel without variables (no variables/variables.index)")
-        return Resolved(Storage.BUNDLE, str(prefix), Format.TF_SAVEDMODEL)
+        return Resolved(
+            Storage.BUNDLE, str(prefix), Format.TF_SAVEDMODEL, f"reading the SavedModel's variables in {directory}"
+        )
+    return None
+
+
+def _savedmodel_variables(directory: Path) -> Resolved | None:
+    """`dir/variables` of a SavedModel: the same checkpoint, with the same format, as `dir` itself."""
+    if directory.name == "variables" and _has_index(str(directory / "variables")):
+        found = _savedmodel(directory.parent)
+        if found is not None:
+            return found
     return None
 
 
 def _in_directory(directory: Path) -> Resolved:
-    savedmodel = _savedmodel(directory)
+    savedmodel = _savedmodel(directory) or _savedmodel_variables(directory)
     if savedmodel:
         return savedmodel
     state = read_state_file(directory)
@@ -97,7 +111,37 @@ def _in_directory(directory: Path) -> Resolved:
         prefix = str(indexes[-1])[: -len(".index")]
         why = "the state file names no existing checkpoint" if state is not None else "no checkpoint state file"
         return Resolved(Storage.BUNDLE, prefix, note=f"using {Path(prefix).name}, the newest in {directory} ({why})")
-    raise CheckpointError(f"{directory}: no checkpoint in this directory (no .index files, no {STATE_FILE} file)")
+    return _single_file(directory)
+
+
+def _single_file(directory: Path) -> Resolved:
+    """A folder holding one checkpoint file (`.h5`, `.weights.h5`, `.keras`, a V1 checkpoint): that file.
+
+    Files are sniffed by their bytes, never by their name; symlinks are not followed (they may lead out of the
+    folder), and a folder of many files is not sniffed one by one."""
+    files = sorted(entry for entry in directory.iterdir() if entry.is_file() and not entry.is_symlink())
+    if len(files) > MAX_FILES_TO_SNIFF:
+        raise CheckpointError(
+            f"{directory}: no .index or state file, and {len(files)} files to choose from (over "
+            f"{MAX_FILES_TO_SNIFF}): name the checkpoint file"
+        )
+    found = [(entry, resolved) for entry in files if (resolved := _sniffed_or_none(str(entry))) is not None]
+    if not found:
+        raise CheckpointError(
+            f"{directory}: no checkpoint in this directory (no .index, {STATE_FILE}, Keras or V1 checkpoint file)"
+        )
+    if len(found) > 1:
+        names = ", ".join(entry.name for entry, _ in found)
+        raise CheckpointError(f"{directory}: {len(found)} checkpoint files here ({names}): name one of them")
+    entry, resolved = found[0]
+    return dataclasses.replace(resolved, note=f"using {entry.name}, the only checkpoint file in {directory}")
+
+
+def _sniffed_or_none(path: str) -> Resolved | None:
+    try:
+        return _sniff_file(path)
+    except CheckpointError:
+        return None
 
 
 def _resolve_prefix(prefix: str, note: str | None = None) -> Resolved:
@@ -118,6 +162,8 @@ def resolve(path: str | os.PathLike[str]) -> Resolved:
         return resolve_url(text)
     if os.path.isdir(text):
         return _in_directory(Path(text))
+    if Path(text).name == SAVED_MODEL_FILE and os.path.isfile(text):
+        return _in_directory(Path(text).parent)
     if _has_index(text):
         return _resolve_prefix(text)
     member = _MEMBER_SUFFIX.search(text)

@@ -14,7 +14,7 @@ from ckptdoctor.analysis.batchnorm import PARTS
 from ckptdoctor.model import BatchNormStats, Report, Role, Severity, StatisticSummary, Variable
 from ckptdoctor.names import encode_name, needs_escaping, shown
 
-SCHEMA_VERSION = "1.1"  # 1.1: names shown escaped, name_hex where that changed them
+SCHEMA_VERSION = "1.2"  # 1.1: names shown escaped, name_hex where that changed them; 1.2: findings' key
 
 
 def to_dict(report: Report) -> dict[str, Any]:
@@ -50,6 +50,7 @@ def to_dict(report: Report) -> dict[str, Any]:
                 "name": f.name,
                 "severity": f.severity.value,
                 "subject": shown(f.subject),
+                **({"key": shown(f.key)} if f.key is not None else {}),
                 "message": shown(f.message),
                 "hint": shown(f.hint),
             }

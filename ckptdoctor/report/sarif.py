@@ -27,8 +27,17 @@ def artifact_uri(path: str) -> str:
     return quote(os.fsencode(candidate.as_posix()), safe="/")
 
 
-def _result(file: str, finding: Finding, rule_index: int) -> dict[str, Any]:
+def _logical_location(finding: Finding) -> dict[str, str]:
+    """The subject as inspect names it; the raw checkpoint key, where it differs, as its decorated (machine)
+    name, the way SARIF pairs a readable name with a mangled one."""
     subject = shown(finding.subject)
+    location = {"name": subject, "fullyQualifiedName": subject, "kind": "variable"}
+    if finding.key is not None:
+        location["decoratedName"] = shown(finding.key)
+    return location
+
+
+def _result(file: str, finding: Finding, rule_index: int) -> dict[str, Any]:
     return {
         "ruleId": finding.code,
         "ruleIndex": rule_index,
@@ -37,7 +46,7 @@ def _result(file: str, finding: Finding, rule_index: int) -> dict[str, Any]:
         "locations": [
             {
                 "physicalLocation": {"artifactLocation": {"uri": artifact_uri(file)}},
-                "logicalLocations": [{"name": subject, "fullyQualifiedName": subject, "kind": "variable"}],
+                "logicalLocations": [_logical_location(finding)],
             }
         ],
     }

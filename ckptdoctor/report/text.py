@@ -1,22 +1,33 @@
-"""Text output for a person: variables grouped by layer, role totals, BatchNorm summary, findings."""
+"""Text output for a person: variables grouped by layer, role totals, BatchNorm summary, findings by rule.
+
+Every line is printed whole (`soft_wrap`) and never padded: tables are plain aligned text without trailing
+spaces (cheap for a listing of any length, and clean in a pipe), and only prose (a rule's explanation) is wrapped,
+at the console's width: the terminal's on a TTY, `COLUMNS` or 80 in a pipe. A name is never wrapped, so a long
+one cannot start a line that reads as a finding."""
 
 from __future__ import annotations
 
+import os
 import re
+import textwrap
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from itertools import groupby
+from typing import TYPE_CHECKING
 
+from rich.cells import cell_len
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from ckptdoctor.analysis.batchnorm import PARTS
-from ckptdoctor.model import Finding, Report, Role, Severity
+from ckptdoctor.model import Finding, Format, FormatFamily, Report, Role, Severity
 from ckptdoctor.names import encode_name, shown
 
+if TYPE_CHECKING:
+    from ckptdoctor.rules import Rule
+
 _SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
-_INDENT = " " * 8  # finding details sit under the finding line
+_INDENT = " " * 8  # --verbose: finding details sit under the finding line
 _ROLE_STYLE = {
     Role.WEIGHT: "",
     Role.BN_STATISTIC: "magenta",
@@ -25,6 +36,14 @@ _ROLE_STYLE = {
     Role.COUNTER: "cyan",
     Role.OTHER: "dim",
 }
+_GAP = "  "  # between table columns
+_MAX_SUBJECT_COLUMN = 48  # longer subjects are not padded: one long name does not push every detail aside
+_FAMILY_TITLES = {
+    FormatFamily.TF1: "TF1 graphs (tf.train.Saver checkpoints, V1 files)",
+    FormatFamily.KERAS: "Keras files (.keras, .weights.h5, .h5; Keras 3 and tf.keras)",
+    FormatFamily.TF2: "TF2 object checkpoints and SavedModels",
+}
+_MIN_PROSE_WIDTH = 40  # a very narrow terminal still gets readable paragraphs
 
 
 def human_bytes(n: int) -> str:
@@ -38,6 +57,11 @@ def human_bytes(n: int) -> str:
     return f"{value:.1f} GiB"
 
 
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """`1 finding`, `4 findings`, `1 BatchNorm layer`."""
+    return f"{count} {noun if count == 1 else plural_form or noun + 's'}"
+
+
 def _natural(text: str) -> tuple:
     """Sort `vars/2` before `vars/10`."""
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text))
@@ -48,36 +72,101 @@ def _shown(text: str, style: str = "") -> Text:
     return Text(shown(text), style=style)
 
 
-def _header(console: Console, report: Report) -> None:
-    console.print(
-        Text.assemble(("checkpoint ", "bold"), _shown(report.resolved), ("  format ", "bold"), _shown(report.format)),
-        soft_wrap=True,
+def _line(console: Console, *parts: Text | str | tuple[str, str]) -> None:
+    """One whole line: never wrapped, never padded."""
+    text = Text.assemble(*parts)
+    text.rstrip()
+    console.print(text, soft_wrap=True)
+
+
+def _prose_width(console: Console) -> int | None:
+    """Where prose wraps: the terminal's width, or COLUMNS where a pipe's reader set it; otherwise nowhere, so
+    that a pipe or a file gets each paragraph on one line for grep and for the reader's own wrapping."""
+    if console.is_terminal or os.environ.get("COLUMNS", "").isdigit():
+        return max(console.width, _MIN_PROSE_WIDTH)
+    return None
+
+
+def _paragraph(console: Console, text: str, indent: str = "", style: str = "", continuation: str | None = None) -> None:
+    """Prose wrapped at `_prose_width` between words, never inside one (a path or `--from` stays whole)."""
+    width = _prose_width(console)
+    if width is None:
+        _line(console, Text(indent + text, style=style))
+        return
+    wrapped = textwrap.wrap(
+        text,
+        width=width,
+        initial_indent=indent,
+        subsequent_indent=indent if continuation is None else continuation,
+        break_long_words=False,
+        break_on_hyphens=False,
     )
-    if report.note:
-        console.print(_shown(f"note: {report.note}", style="dim"), soft_wrap=True)
+    for line in wrapped:
+        _line(console, Text(line, style=style))
+
+
+def _table(console: Console, header: Sequence[str], rows: Sequence[Sequence[Text] | Text], right: set[int]) -> None:
+    """Plain aligned columns; a row that is a single Text (a group heading) spans the line."""
+    cells = [row for row in rows if not isinstance(row, Text)]
+    widths = [max([cell_len(title)] + [row[i].cell_len for row in cells]) for i, title in enumerate(header)]
+
+    def aligned(row: Sequence[Text]) -> list[Text | str]:
+        out: list[Text | str] = []
+        for i, cell in enumerate(row):
+            pad = " " * (widths[i] - cell.cell_len)
+            out += [_GAP] if i else []
+            out += [pad, cell] if i in right else [cell, pad]
+        return out
+
+    _line(console, *aligned([Text(title, style="bold") for title in header]))
+    for row in rows:
+        if isinstance(row, Text):
+            _line(console, row)
+        else:
+            _line(console, *aligned(row))
+
+
+def _header(console: Console, report: Report) -> None:
+    _line(console, ("checkpoint ", "bold"), _shown(report.resolved), ("  format ", "bold"), _shown(report.format))
+    if report.note:  # wrapped between words only: a name in it stays whole
+        _paragraph(console, f"note: {shown(report.note)}", style="dim", continuation=" " * 6)
+
+
+def _framework_layer(members: Sequence) -> str | None:
+    """The framework's name of a group's layer (`bn_default` for `model/_operations/2`), where every member's
+    full name agrees on it."""
+    scopes = {v.full_name.rpartition("/")[0] for v in members if v.full_name}
+    return scopes.pop() if len(scopes) == 1 else None
 
 
 def render_inspect(console: Console, report: Report) -> None:
     _header(console, report)
     named = any(v.full_name for v in report.variables)
-    table = Table(show_edge=False, pad_edge=False, expand=False)
-    table.add_column("variable", overflow="fold")
-    if named:
-        table.add_column("full name", overflow="fold", style="dim")
-    for column in ("dtype", "shape"):
-        table.add_column(column)
-    table.add_column("size", justify="right")
-    table.add_column("role")
+    header = ["variable", *(["full name"] if named else []), "dtype", "shape", "size", "role"]
+    size_column = len(header) - 2
+    rows: list[Sequence[Text] | Text] = []
     by_layer = sorted(report.variables, key=lambda v: (encode_name(v.layer), _natural(v.path)))
-    for layer, members in groupby(by_layer, key=lambda v: v.layer):
-        table.add_row(_shown(f"{layer or '(top level)'}/", style="bold"), *[""] * (len(table.columns) - 1))
+    for layer, group in groupby(by_layer, key=lambda v: v.layer):
+        members = list(group)
+        heading = _shown(f"{layer or '(top level)'}/", style="bold")
+        framework = _framework_layer(members) if layer else None
+        if framework and framework != layer:
+            heading.append_text(_shown(f"  ({framework})", style="dim"))
+        rows.append(heading)
         for var in members:
             local = var.path[len(layer) + 1 :] if layer and var.path.startswith(layer + "/") else var.path
-            cells = [_shown(f"  {local}"), *([_shown(var.full_name or "")] if named else [])]
             shape = "[" + ", ".join(map(str, var.shape)) + "]"
-            role = Text(var.role.value, style=_ROLE_STYLE[var.role])
-            table.add_row(*cells, _shown(var.dtype), shape, human_bytes(var.nbytes), role)
-    console.print(table)
+            rows.append(
+                [
+                    _shown(f"  {local}"),
+                    *([_shown(var.full_name or "", style="dim")] if named else []),
+                    _shown(var.dtype),
+                    Text(shape),
+                    Text(human_bytes(var.nbytes)),
+                    Text(var.role.value, style=_ROLE_STYLE[var.role]),
+                ]
+            )
+    _table(console, header, rows, right={size_column})
     _role_totals(console, report)
     _batchnorm_summary(console, report)
 
@@ -88,72 +177,137 @@ def _role_totals(console: Console, report: Report) -> None:
     for var in report.variables:
         counts[var.role] += 1
         sizes[var.role] += var.nbytes
-    table = Table(title="totals by role", show_edge=False, title_justify="left")
-    table.add_column("role")
-    table.add_column("tensors", justify="right")
-    table.add_column("size", justify="right")
-    for role in Role:
-        if counts[role]:
-            table.add_row(role.value, str(counts[role]), human_bytes(sizes[role]))
-    table.add_row(Text("all", style="bold"), str(len(report.variables)), human_bytes(sum(sizes.values())))
-    console.print(table)
+    rows: list[Sequence[Text] | Text] = [
+        [Text(role.value), Text(str(counts[role])), Text(human_bytes(sizes[role]))] for role in Role if counts[role]
+    ]
+    rows.append([Text("all", style="bold"), Text(str(len(report.variables))), Text(human_bytes(sum(sizes.values())))])
+    console.print()
+    _line(console, ("totals by role", "bold"))
+    _table(console, ["role", "tensors", "size"], rows, right={1, 2})
 
 
 def _batchnorm_summary(console: Console, report: Report) -> None:
+    console.print()
     layers = report.batchnorm
     if not layers:
-        console.print("BatchNorm: no BatchNorm layers found")
+        _line(console, "BatchNorm: no BatchNorm layers found")
         return
     incomplete = [layer for layer in layers if layer.missing_statistics]
     held = Counter(part for layer in layers for part in PARTS if getattr(layer, part))
     parts = ", ".join(f"{part} {held[part]}" for part in PARTS)
     status = Text(f"{len(incomplete)} lack moving statistics", style="bold red") if incomplete else Text("all complete")
-    console.print(Text.assemble(("BatchNorm: ", "bold"), f"{len(layers)} layers ({parts}); ", status))
+    _line(console, ("BatchNorm: ", "bold"), f"{plural(len(layers), 'layer')} ({parts}); ", status)
     for layer in incomplete[:10]:
-        console.print(_shown(f"  {layer.layer}: no {' or '.join(layer.missing_statistics)}"), soft_wrap=True)
+        _line(console, _shown(f"  {layer.layer}: no {' or '.join(layer.missing_statistics)}"))
     if len(incomplete) > 10:
-        console.print(f"  … and {len(incomplete) - 10} more")
+        _line(console, f"  … and {len(incomplete) - 10} more")
 
 
 def render(reports: Sequence[Report], threshold: Severity | None = None) -> str:
-    """`check`'s text without colour, for --output: wide enough that long names stay on one line."""
+    """`check`'s text without colour, for --output: grouped by rule, each paragraph on one line."""
     import io
 
     if not reports:
         return ""
     buffer = io.StringIO()
-    console = Console(file=buffer, width=160, highlight=False, no_color=True)
+    console = Console(file=buffer, highlight=False, no_color=True)
     for report in reports:
         render_check(console, report)
     return buffer.getvalue()
 
 
-def render_check(console: Console, report: Report) -> None:
-    """One report as `check` prints it, in colour where the console has colour."""
+def _family(report: Report) -> FormatFamily | None:
+    try:
+        return Format(report.format).family
+    except ValueError:
+        return None
+
+
+def render_check(console: Console, report: Report, verbose: bool = False) -> None:
+    """One report as `check` prints it, in colour where the console has colour: the findings of each rule
+    under its title, explanation and fix, one line per subject; `verbose` prints every finding in full."""
     _header(console, report)
-    console.print(
-        f"{len(report.variables)} variables, {len(report.batchnorm)} BatchNorm layers, "
-        f"{human_bytes(sum(v.nbytes for v in report.variables))}"
+    _line(
+        console,
+        f"{plural(len(report.variables), 'variable')}, {plural(len(report.batchnorm), 'BatchNorm layer')}, "
+        f"{human_bytes(sum(v.nbytes for v in report.variables))}",
     )
-    for finding in report.findings:
-        _print_finding(console, finding)
+    if verbose:
+        for finding in report.findings:
+            _print_finding(console, finding)
+    else:
+        _print_by_rule(console, report.findings, _family(report))
     counts = Counter(f.severity for f in report.findings)
     if not report.findings:
-        console.print(Text("no findings", style="bold green"))
+        _line(console, Text("no findings", style="bold green"))
     else:
-        summary = ", ".join(f"{counts[s]} {s.value}" for s in reversed(Severity) if counts[s])
-        console.print(Text(f"{len(report.findings)} findings: {summary}", style="bold"))
+        summary = ", ".join(plural(counts[s], s.value) for s in reversed(Severity) if counts[s])
+        _line(console, Text(f"{plural(len(report.findings), 'finding')}: {summary}", style="bold"))
+
+
+def _print_by_rule(console: Console, findings: Sequence[Finding], family: FormatFamily | None) -> None:
+    from ckptdoctor.rules import BY_NAME
+
+    groups: dict[tuple[str, Severity, str], list[Finding]] = {}
+    for finding in findings:  # in the order rules ran: the catalogue's
+        groups.setdefault((finding.code, finding.severity, finding.hint), []).append(finding)
+    for (code, severity, hint), members in groups.items():
+        rule = BY_NAME.get(code)
+        first = members[0]
+        console.print()
+        _line(
+            console,
+            (f"{severity.value} ", _SEVERITY_STYLE[severity]),
+            (f"{code} {first.name}", "bold"),
+            f" ({len(members)})" if len(members) > 1 else "",
+        )
+        if rule:
+            _paragraph(console, rule.title, "  ", style="bold")
+            _paragraph(console, rule.cause_for(family), "  ", style="dim")
+        _paragraph(console, f"fix: {shown(hint)}", "  ")
+        column = min(max(len(shown(f.subject)) for f in members), _MAX_SUBJECT_COLUMN)
+        for finding in members:
+            subject = shown(finding.subject)
+            detail = finding.detail if finding.detail is not None else finding.message
+            _line(console, "    ", Text(subject.ljust(column)), _GAP, _shown(detail))
+    if groups:
+        console.print()
 
 
 def _print_finding(console: Console, finding: Finding) -> None:
-    """Each line whole (soft_wrap): a long name wrapped by rich could start a line that reads as a finding."""
-    console.print(
-        Text.assemble(
-            (f"{finding.severity.value:<7} ", _SEVERITY_STYLE[finding.severity]),
-            (f"{finding.code} {finding.name} ", "bold"),
-            _shown(finding.subject),
-        ),
-        soft_wrap=True,
+    """Each line whole: a long name wrapped could start a line that reads as a finding."""
+    _line(
+        console,
+        (f"{finding.severity.value:<7} ", _SEVERITY_STYLE[finding.severity]),
+        (f"{finding.code} {finding.name} ", "bold"),
+        _shown(finding.subject),
     )
-    console.print(Text.assemble(_INDENT, _shown(finding.message)), soft_wrap=True)
-    console.print(Text.assemble(_INDENT, _shown(f"hint: {finding.hint}", style="dim")), soft_wrap=True)
+    if finding.key is not None:
+        _line(console, _INDENT, _shown(f"key: {finding.key}", style="dim"))
+    _line(console, _INDENT, _shown(finding.message))
+    _line(console, _INDENT, _shown(f"hint: {finding.hint}", style="dim"))
+
+
+def render_explanation(console: Console, rule: Rule) -> None:
+    """`explain`: what a rule finds, why, and the fix for each format family where they differ."""
+    _line(console, Text(f"{rule.code} {rule.name} ({rule.severity.value})", style="bold"))
+    _paragraph(console, rule.title)
+    console.print()
+    _paragraph(console, rule.explanation)
+    families = [family for family in FormatFamily if family in rule.causes or family in rule.fixes]
+    console.print()
+    if not families:
+        _paragraph(console, f"Fix: {rule.hint}")
+    for family in families:
+        _line(console, Text(f"{_FAMILY_TITLES[family]}:", style="bold"))
+        if family in rule.causes:
+            _paragraph(console, f"Cause: {rule.cause_for(family)}", "  ")
+        _paragraph(console, f"Fix: {rule.hint_for(family)}", "  ")
+
+
+def render_rules(console: Console, rules: Sequence[Rule]) -> None:
+    """`rules`: the catalogue, one line per rule."""
+    rows: list[Sequence[Text] | Text] = [
+        [Text(rule.code), Text(rule.name), Text(rule.severity.value), Text(rule.title)] for rule in rules
+    ]
+    _table(console, ["code", "name", "severity", "what it finds"], rows, right=set())

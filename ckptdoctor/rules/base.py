@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
 from ckptdoctor.analysis.checkpoint import Checkpoint
 from ckptdoctor.analysis.staleness import DEFAULT_STALE_THRESHOLD, find_updates
 from ckptdoctor.formats.base import ScanResult
-from ckptdoctor.model import Finding, ProblemKind, Severity, StatisticsUpdates
+from ckptdoctor.model import BatchNormLayer, Finding, FormatFamily, ProblemKind, Severity, StatisticsUpdates
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,6 +39,34 @@ class CheckContext:
     def values(self, name: str) -> np.ndarray | None:
         return None if name in self.damaged else self.target.values(name)
 
+    @property
+    def family(self) -> FormatFamily:
+        return self.target.reader.format.family
+
+    @cached_property
+    def _tensor_subjects(self) -> dict[str, str]:
+        """Each stored tensor as `inspect` shows it: the framework's full name where the file records one that
+        is unique (`bn_default/moving_mean` for `model/_operations/2/moving_mean/.ATTRIBUTES/VARIABLE_VALUE`),
+        else its model path (`bn_default/moving_mean` for a `.weights.h5`'s `layers/.../vars/2`)."""
+        variables = self.target.variables
+        full_names = Counter(v.full_name for v in variables if v.full_name)
+        return {v.name: v.full_name if v.full_name and full_names[v.full_name] == 1 else v.path for v in variables}
+
+    def tensor_subject(self, key: str) -> str:
+        """A stored tensor's name for people; a subject that is not a tensor (a shard, a block) stays as it is."""
+        return self._tensor_subjects.get(key, key)
+
+    @cached_property
+    def _layer_subjects(self) -> dict[str, str]:
+        """Each BatchNorm layer by the framework's name (`bn_default`) where it is unique, else by its path."""
+        names = {layer.layer: self.target.layer_name(layer) for layer in self.target.batchnorm}
+        counts = Counter(names.values())
+        return {path: name if counts[name] == 1 else path for path, name in names.items()}
+
+    def layer_subject(self, layer: BatchNormLayer | str) -> str:
+        path = layer if isinstance(layer, str) else layer.layer
+        return self._layer_subjects.get(path, path)
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -50,6 +79,35 @@ class Rule:
     run: Callable[[Rule, CheckContext], Iterable[Finding]]
     needs_reference: bool = False
     reports: ProblemKind | None = None  # an integrity rule: the one kind of reader problem it turns into findings
+    # Per format family, where the cause and the repair differ: a TF1 graph's UPDATE_OPS advice is no use for a
+    # `.keras` file. A family without an entry gets `explanation` and `hint`.
+    causes: Mapping[FormatFamily, str] = field(default_factory=dict)
+    fixes: Mapping[FormatFamily, str] = field(default_factory=dict)
 
-    def finding(self, subject: str, message: str, hint: str | None = None) -> Finding:
-        return Finding(self.code, self.name, self.severity, subject, message, hint or self.hint)
+    def hint_for(self, family: FormatFamily | None) -> str:
+        return self.fixes.get(family, self.hint) if family is not None else self.hint
+
+    def cause_for(self, family: FormatFamily | None) -> str:
+        """Why this happens in this format family: a short cause where one is written, else the explanation."""
+        return self.causes.get(family, self.explanation) if family is not None else self.explanation
+
+    def finding(
+        self,
+        subject: str,
+        message: str,
+        hint: str | None = None,
+        *,
+        key: str | None = None,
+        detail: str | None = None,
+        family: FormatFamily | None = None,
+    ) -> Finding:
+        return Finding(
+            self.code,
+            self.name,
+            self.severity,
+            subject,
+            message,
+            hint or self.hint_for(family),
+            key=key if key != subject else None,
+            detail=detail,
+        )

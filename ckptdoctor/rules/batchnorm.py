@@ -21,12 +21,81 @@ _MISSING_CAUSE = {
 }
 
 
+_RECALIBRATE = "ckptdoctor recalibrate CKPT --data SAMPLES --out FIXED"
+_PATCH = "ckptdoctor patch CKPT --from FULL_SAVE --out FIXED"
+
+_MISSING_FIX = {
+    FormatFamily.TF1: f"repair with: {_PATCH} (FULL_SAVE: a save of the same run with every variable); from now "
+    "on save with tf.compat.v1.train.Saver() (all global variables), not var_list=tf.trainable_variables()",
+    FormatFamily.KERAS: f"repair with: {_PATCH} (FULL_SAVE: a .keras, .weights.h5 or .h5 of the same model that "
+    "has them); from now on save from the model itself (model.save('model.keras') or "
+    "model.save_weights('model.weights.h5')), which keeps the non-trainable weights",
+    FormatFamily.TF2: f"repair with: {_PATCH} (FULL_SAVE: a checkpoint of the same model that has them); from now "
+    "on save tf.train.Checkpoint(model=model), which tracks every variable, not a list of trainable_variables",
+}
+
+_AT_INIT_CAUSE = {
+    FormatFamily.TF1: "the update ops never ran: the train op did not depend on tf.GraphKeys.UPDATE_OPS, so "
+    "evaluation normalises with the wrong values",
+    FormatFamily.KERAS: "the layers never ran in training mode: a custom loop called model(x) without "
+    "training=True, or the layers were frozen (trainable=False also runs BatchNorm in inference mode), so "
+    "evaluation normalises with the wrong values",
+    FormatFamily.TF2: "the layers never ran in training mode: the training step called model(x) without "
+    "training=True, or the layers were frozen, so evaluation normalises with the wrong values",
+}
+_AT_INIT_FIX = {
+    FormatFamily.TF1: "make the train op depend on the update ops (with tf.control_dependencies("
+    f"tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS))) and retrain, or recompute: {_RECALIBRATE}",
+    FormatFamily.KERAS: f"recompute the statistics: {_RECALIBRATE}; then train with model.fit or call "
+    "model(x, training=True) in custom loops",
+    FormatFamily.TF2: f"recompute the statistics: {_RECALIBRATE}; then call model(x, training=True) in the "
+    "training step",
+}
+
+_MATCH_REFERENCE_CAUSE = {
+    FormatFamily.TF1: "the update ops (tf.GraphKeys.UPDATE_OPS) never ran during fine-tuning",
+    FormatFamily.KERAS: "the layers ran in inference mode during fine-tuning (a frozen base model, or "
+    "training=False in the call); intended when fine-tuning with a frozen base",
+    FormatFamily.TF2: "the layers ran in inference mode during fine-tuning (training=False in the call, or "
+    "frozen layers)",
+}
+_MATCH_REFERENCE_FIX = {
+    FormatFamily.TF1: "make the train op depend on tf.GraphKeys.UPDATE_OPS (slim.learning.create_train_op does) "
+    f"and fine-tune again, or lower the BatchNorm decay for short runs; or recompute: {_RECALIBRATE}",
+    FormatFamily.KERAS: "if the base was meant to stay frozen, ignore this rule (policy ignore); otherwise "
+    f"fine-tune with the layers trainable and training=True, or recompute: {_RECALIBRATE}",
+    FormatFamily.TF2: "call model(x, training=True) in the fine-tuning step and fine-tune again, or recompute: "
+    f"{_RECALIBRATE}",
+}
+
+_STALE_FIX = {
+    FormatFamily.TF1: f"recompute the statistics: {_RECALIBRATE}; for short runs lower the decay "
+    "(slim.batch_norm(decay=0.9...0.99), tf.compat.v1.layers.batch_normalization(momentum=...)) or train longer",
+    FormatFamily.KERAS: f"recompute the statistics: {_RECALIBRATE}; for short runs lower "
+    "BatchNormalization(momentum=0.9...0.99) or train longer",
+    FormatFamily.TF2: f"recompute the statistics: {_RECALIBRATE}; for short runs lower "
+    "BatchNormalization(momentum=0.9...0.99) or train longer",
+}
+
+_BAD_STATISTICS_FIX = (
+    f"recompute the statistics: {_RECALIBRATE}, or go back to an earlier save whose statistics are sound"
+)
+
+
 def _missing_moving_stats(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
-    cause = _MISSING_CAUSE[ctx.target.reader.format.family]
+    cause = rule.cause_for(ctx.family)
     for layer in ctx.target.batchnorm:
         missing = layer.missing_statistics
         if missing:
-            yield rule.finding(layer.layer, f"BatchNorm layer {layer.layer} has no {' or '.join(missing)}: {cause}")
+            name, detail = ctx.layer_subject(layer), f"no {' or '.join(missing)}"
+            yield _layer_finding(rule, ctx, layer.layer, f"BatchNorm layer {name} has {detail}: {cause}", detail)
+
+
+def _layer_finding(
+    rule: Rule, ctx: CheckContext, layer: str, message: str, detail: str, hint: str | None = None
+) -> Finding:
+    """A finding about one BatchNorm layer, named as inspect names it, with its path as the key."""
+    return rule.finding(ctx.layer_subject(layer), message, hint, key=layer, detail=detail, family=ctx.family)
 
 
 def _stats_at_init(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
@@ -37,10 +106,13 @@ def _stats_at_init(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
         if mean is None or variance is None or mean.size == 0:
             continue
         if (mean == 0).all() and (variance == 1).all():
-            yield rule.finding(
+            yield _layer_finding(
+                rule,
+                ctx,
                 layer.layer,
-                f"BatchNorm layer {layer.layer} still has its initial statistics (moving_mean all 0, "
-                "moving_variance all 1): the update ops never ran, so evaluation normalises with the wrong values",
+                f"BatchNorm layer {ctx.layer_subject(layer)} still has its initial statistics (moving_mean all 0, "
+                f"moving_variance all 1): {rule.cause_for(ctx.family)}",
+                "moving_mean all 0, moving_variance all 1",
             )
 
 
@@ -75,11 +147,13 @@ def _stats_match_reference(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
         if mine is None or theirs is None:
             continue
         if all(_same_bits(ctx, a, b) for a, b in zip(mine, theirs, strict=True)):
-            yield rule.finding(
+            yield _layer_finding(
+                rule,
+                ctx,
                 layer.layer,
-                f"BatchNorm layer {layer.layer} has moving statistics bit-identical to the reference while the "
-                "trained weights differ from it: the update ops (tf.GraphKeys.UPDATE_OPS) never ran during "
-                "fine-tuning",
+                f"BatchNorm layer {ctx.layer_subject(layer)} has moving statistics bit-identical to the reference "
+                f"while the trained weights differ from it: {rule.cause_for(ctx.family)}",
+                "statistics identical to the reference",
             )
 
 
@@ -92,11 +166,14 @@ def _variance_negative(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
             continue
         bad = int((variance < 0).sum())
         if bad:
-            yield rule.finding(
+            detail = f"{bad} of {variance.size} moving_variance values are negative (min {float(variance.min()):g})"
+            yield _layer_finding(
+                rule,
+                ctx,
                 layer.layer,
-                f"BatchNorm layer {layer.layer}: {bad} of {variance.size} moving_variance values are negative "
-                f"(min {float(variance.min()):g}); a variance cannot be negative and sqrt(variance + epsilon) "
-                "is NaN",
+                f"BatchNorm layer {ctx.layer_subject(layer)}: {detail}; a variance cannot be negative and "
+                "sqrt(variance + epsilon) is NaN",
+                detail,
             )
 
 
@@ -113,31 +190,38 @@ def _stats_stale(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
         share = share_left(layer.decay, updates.steps)
         if share < ctx.stale_threshold:
             continue
+        detail = f"{_percent(share)} still the starting values after {updates.steps} steps at decay {layer.decay:g}"
         moved = (
-            f"BatchNorm layer {layer.layer}: {_percent(share)} of these statistics are still the values training "
-            f"started from: {updates.steps} steps at decay {layer.decay:g}"
+            f"BatchNorm layer {ctx.layer_subject(layer.layer)}: {_percent(share)} of these statistics are still the "
+            f"values training started from: {updates.steps} steps at decay {layer.decay:g}"
         )
         if layer.frozen:
             yield dataclasses.replace(
-                rule.finding(
+                _layer_finding(
+                    rule,
+                    ctx,
                     layer.layer,
                     f"{moved}, but the layer is frozen (trainable: false), so its statistics stay as loaded by design",
+                    f"{detail}; frozen (trainable: false), so by design",
                     "nothing to do if the layer was meant to stay frozen",
                 ),
                 severity=Severity.INFO,
             )
         else:
-            yield rule.finding(layer.layer, moved)
+            yield _layer_finding(rule, ctx, layer.layer, moved, detail)
 
 
 def _variance_all_zero(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
     for layer in ctx.target.batchnorm:
         variance = ctx.values(layer.moving_variance) if layer.moving_variance else None
         if variance is not None and variance.size and not variance.any():
-            yield rule.finding(
+            yield _layer_finding(
+                rule,
+                ctx,
                 layer.layer,
-                f"BatchNorm layer {layer.layer}: every one of its {variance.size} moving_variance values is 0, so "
-                "evaluation divides every channel by sqrt(epsilon)",
+                f"BatchNorm layer {ctx.layer_subject(layer)}: every one of its {variance.size} moving_variance "
+                "values is 0, so evaluation divides every channel by sqrt(epsilon)",
+                f"all {variance.size} moving_variance values are 0",
             )
 
 
@@ -160,6 +244,8 @@ RULES = (
         "repair with: ckptdoctor patch CKPT --from FULL_SAVE --out FIXED; save with tf.train.Saver() "
         "(all global variables) from now on",
         _missing_moving_stats,
+        causes=_MISSING_CAUSE,
+        fixes=_MISSING_FIX,
     ),
     Rule(
         "BN002",
@@ -169,11 +255,14 @@ RULES = (
         "moving_mean is all 0 and moving_variance all 1, the values BatchNorm starts with. Training updated "
         "the weights but never the statistics: in TF1 the train op did not depend on "
         "`tf.GraphKeys.UPDATE_OPS` (wrap it in `tf.control_dependencies(tf.get_collection(tf.GraphKeys."
-        "UPDATE_OPS))`), or the model was never run in training mode. Evaluation then normalises with the "
-        "wrong values and accuracy collapses.",
+        "UPDATE_OPS))`); in Keras and TF2 the layers never ran in training mode (a custom loop calling "
+        "`model(x)` without `training=True`, or layers frozen with `trainable=False`). Evaluation then "
+        "normalises with the wrong values and accuracy collapses.",
         "run the UPDATE_OPS with the train op (tf.control_dependencies) and retrain, or recompute the "
         "statistics by running the model in training mode over training data",
         _stats_at_init,
+        causes=_AT_INIT_CAUSE,
+        fixes=_AT_INIT_FIX,
     ),
     Rule(
         "BN003",
@@ -188,6 +277,8 @@ RULES = (
         "fine-tune again, or lower the BatchNorm decay for short fine-tuning runs",
         _stats_match_reference,
         needs_reference=True,
+        causes=_MATCH_REFERENCE_CAUSE,
+        fixes=_MATCH_REFERENCE_FIX,
     ),
     Rule(
         "BN004",
@@ -198,7 +289,7 @@ RULES = (
         "from a corrupted file, a bad conversion or a hand-edited checkpoint. A variance of exactly 0 is not "
         "reported here: dead channels (always 0 after a ReLU) have none, and evaluation divides them by "
         "sqrt(epsilon) harmlessly; a layer whose every variance is 0 is bn-variance-all-zero (BN006).",
-        "restore the statistics from a healthy save (ckptdoctor patch) or recompute them",
+        _BAD_STATISTICS_FIX,
         _variance_negative,
     ),
     Rule(
@@ -219,6 +310,7 @@ RULES = (
         "recompute the statistics over training data: ckptdoctor recalibrate CKPT --data SAMPLES --out FIXED; "
         "for short runs, lower the BatchNorm decay (e.g. 0.9-0.99) or train longer",
         _stats_stale,
+        fixes=_STALE_FIX,
     ),
     Rule(
         "BN006",
@@ -228,7 +320,7 @@ RULES = (
         "Single dead channels have a variance of 0, but a whole layer without spread means the statistics "
         "were zeroed (by a conversion, an initialiser or a hand edit) or the layer only ever saw constant input. "
         "Evaluation then divides every channel by sqrt(epsilon), amplifying it by about 30-1000x.",
-        "restore the statistics from a healthy save (ckptdoctor patch) or recompute them",
+        _BAD_STATISTICS_FIX,
         _variance_all_zero,
     ),
 )

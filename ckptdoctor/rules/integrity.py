@@ -11,7 +11,14 @@ from ckptdoctor.rules.base import CheckContext, Rule
 def _problems_of_kind(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
     for problem in ctx.scan.problems:
         if problem.kind is rule.reports:
-            yield rule.finding(problem.subject, f"{rule.title}: {problem.subject} ({problem.detail})")
+            subject = ctx.tensor_subject(problem.subject)
+            yield rule.finding(
+                subject,
+                f"{rule.title}: {subject} ({problem.detail})",
+                key=problem.subject,
+                detail=problem.detail,
+                family=ctx.family,
+            )
 
 
 def _integrity_rule(code: str, kind: ProblemKind, title: str, explanation: str, hint: str) -> Rule:
