@@ -190,6 +190,11 @@ def check(
     with _one_line_errors():
         policy = load_policy(config)
     _supervise(*paths, reference)
+    if output is not None:
+        from ckptdoctor.writer.guard import files_read, refuse_overwriting_inputs
+
+        with _one_line_errors():  # before the first byte is read: a report never replaces what it checks
+            refuse_overwriting_inputs(output, [output], files_read([*paths, reference]))
     show_progress = output_format is OutputFormat.TEXT and output is None and sys.stderr.isatty()
     with _progress_bar(show_progress) as bar:
 

@@ -6,11 +6,13 @@ printed a raw file name, an error after a good output was written, and option in
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
-from pathlib import Path
 
-from conftest import CLI_TIMEOUT, cli_env
+import pytest
+from conftest import CLI_TIMEOUT, FIXTURE_BUNDLES, KERAS, cli_env, copy_checkpoint, file_bytes, run_cli
 from test_bounds import measured, within_bounds
 
 from ckptdoctor import dtypes
@@ -67,5 +69,37 @@ def test_watchdog_stall_message_escapes_the_file_name():
     assert len(result.stderr.splitlines()) == 1
 
 
-def _unused(_: Path) -> None:
-    pass
+# ---- 1: check --output never replaces what it checks --------------------------------------------------
+
+
+def _one_line_refusal(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "must not be one of the inputs" in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("how", ["same-path", "hard-link", "reference"])
+def test_check_output_onto_a_checked_keras_file_is_refused(tmp_path, how):
+    model = tmp_path / "k1" / "model.keras"
+    model.parent.mkdir()
+    shutil.copy(KERAS / "healthy" / "model.keras", model)
+    before = model.read_bytes()
+    report = model
+    args: list[object] = [model]
+    if how == "hard-link":
+        report = tmp_path / "report.json"
+        os.link(model, report)
+    elif how == "reference":
+        args = [KERAS / "healthy" / "model.keras", "--reference", model]
+    _one_line_refusal(run_cli("check", *args, "-f", "json", "-o", report))
+    assert model.read_bytes() == before
+
+
+def test_check_output_through_a_symlink_to_a_bundle_file_is_refused(tmp_path):
+    prefix = copy_checkpoint(FIXTURE_BUNDLES["finetune_full"], tmp_path / "t1")
+    before = file_bytes(prefix)
+    (tmp_path / "linkidx").symlink_to(f"{prefix}.index")
+    _one_line_refusal(run_cli("check", tmp_path / "t1", "-f", "sarif", "-o", "linkidx", cwd=tmp_path))
+    _one_line_refusal(run_cli("check", prefix, "-f", "sarif", "-o", f"{prefix}.data-00000-of-00001"))
+    assert file_bytes(prefix) == before
+    assert (tmp_path / "linkidx").is_symlink()

@@ -12,7 +12,14 @@ from contextlib import contextmanager, suppress
 
 from ckptdoctor.errors import OutputError
 
-__all__ = ["LOCK_SUFFIX", "OutputError", "input_files", "output_lock", "refuse_overwriting_inputs"]
+__all__ = [
+    "LOCK_SUFFIX",
+    "OutputError",
+    "files_read",
+    "input_files",
+    "output_lock",
+    "refuse_overwriting_inputs",
+]
 
 LOCK_SUFFIX = ".ckptdoctor-lock"
 
@@ -24,6 +31,33 @@ def input_files(reader: object) -> list[str]:
     if isinstance(reader, BundleReader):
         return [reader.location + ".index", *(reader.data_path(i) for i in range(reader.num_shards))]
     return [reader.location]  # type: ignore[attr-defined]
+
+
+def files_read(paths: Iterable[str | None]) -> list[str]:
+    """Every file reading these paths touches: each path itself (unless a directory), the files of the
+    checkpoint it resolves to, and a directory's state file. A path that cannot be opened still protects
+    what it names; the command reports why it cannot be read."""
+    from ckptdoctor.errors import CkptDoctorError
+    from ckptdoctor.formats import open_checkpoint
+    from ckptdoctor.formats.resolve import STATE_FILE
+
+    files: list[str] = []
+    for path in paths:
+        if path is None:
+            continue
+        if os.path.isdir(path):
+            files.append(os.path.join(path, STATE_FILE))
+        elif os.path.lexists(path):
+            files.append(path)
+        try:
+            reader, _ = open_checkpoint(path)
+        except (CkptDoctorError, OSError):
+            continue
+        try:
+            files.extend(input_files(reader))
+        finally:
+            reader.close()
+    return files
 
 
 def _identity(path: str) -> tuple[int, int] | None:
