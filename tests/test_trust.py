@@ -103,3 +103,76 @@ def test_check_output_through_a_symlink_to_a_bundle_file_is_refused(tmp_path):
     _one_line_refusal(run_cli("check", prefix, "-f", "sarif", "-o", f"{prefix}.data-00000-of-00001"))
     assert file_bytes(prefix) == before
     assert (tmp_path / "linkidx").is_symlink()
+
+
+# ---- 2, 3, 8: the writer's debris clean-up and locks never touch an input, and refuse before writing ----
+
+DEAD_WRITER_TEMP = ".tmp-ckptdoctor-999999-abcdefabcdef"  # the pid of no live process (pid_max is lower)
+
+
+def test_patch_spares_a_donor_named_like_a_dead_writers_temporary(tmp_path):
+    donor = tmp_path / f"out.keras{DEAD_WRITER_TEMP}"
+    shutil.copy(KERAS / "healthy" / "model.keras", donor)
+    shutil.copy(KERAS / "stats_removed" / "model.keras", tmp_path / "model.keras")
+    before = donor.read_bytes()
+    result = run_cli("patch", "model.keras", "--from", donor.name, "--out", "out.keras", cwd=tmp_path)
+    assert result.returncode in (0, 1), result.stderr
+    assert donor.read_bytes() == before
+    assert (tmp_path / "out.keras").read_bytes().startswith(b"PK")
+
+
+def test_state_file_debris_clean_up_spares_an_input(tmp_path):
+    """The state file's dead temporaries are cleared, except a file that is an input (here by a hard link)."""
+    from ckptdoctor.writer.state import update_state_file
+
+    debris = tmp_path / f"checkpoint{DEAD_WRITER_TEMP}"
+    disguised = tmp_path / f"checkpoint{DEAD_WRITER_TEMP.replace('abcdef', '012345')}"
+    debris.write_bytes(b"left by a killed run")
+    shutil.copy(KERAS / "healthy" / "model.keras", tmp_path / "donor.keras")
+    os.link(tmp_path / "donor.keras", disguised)
+    before = disguised.read_bytes()
+    update_state_file(str(tmp_path / "fixed"), [str(tmp_path / "donor.keras")])
+    assert not debris.exists()
+    assert disguised.read_bytes() == before
+
+
+def test_patch_refuses_a_donor_named_like_the_output_lock(tmp_path):
+    donor = tmp_path / "out.keras.ckptdoctor-lock"
+    shutil.copy(KERAS / "healthy" / "model.keras", donor)
+    before = donor.read_bytes()
+    result = run_cli("patch", KERAS / "stats_removed" / "model.keras", "--from", donor, "--out", tmp_path / "out.keras")
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "must not be one of the inputs" in result.stderr and "ckptdoctor-lock" in result.stderr
+    assert donor.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [donor.name]
+
+
+@pytest.mark.parametrize("planted", ["non-empty file", "directory", "symlink"])
+def test_a_lock_path_holding_something_else_is_refused_and_kept(tmp_path, planted):
+    lock = tmp_path / "out.keras.ckptdoctor-lock"
+    if planted == "non-empty file":
+        lock.write_bytes(b"someone's data")
+    elif planted == "directory":
+        lock.mkdir()
+    else:
+        lock.symlink_to(tmp_path / "elsewhere")
+    model = KERAS / "stats_removed" / "model.keras"
+    result = run_cli("patch", model, "--from", KERAS / "healthy" / "model.keras", "--out", tmp_path / "out.keras")
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "not an empty lock file" in result.stderr
+    assert not (tmp_path / "out.keras").exists()
+    assert os.path.lexists(lock) and (planted != "non-empty file" or lock.read_bytes() == b"someone's data")
+
+
+def test_a_state_lock_that_cannot_be_taken_stops_the_write_before_it(tmp_path):
+    (tmp_path / "checkpoint.ckptdoctor-lock").mkdir()
+    result = run_cli(
+        "patch",
+        FIXTURE_BUNDLES["finetune_trainable"],
+        "--from",
+        FIXTURE_BUNDLES["finetune_full"],
+        "--out",
+        tmp_path / "fixed",
+    )
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.ckptdoctor-lock"]
