@@ -325,9 +325,7 @@ def patch(
     force: Annotated[bool, typer.Option("--force", help="Replace a checkpoint already at --out.")] = False,
 ) -> None:
     """Write a new checkpoint: TARGET plus the moving statistics its BatchNorm layers lack, from DONOR."""
-    import dataclasses
-
-    from ckptdoctor.diagnose import check as run_check
+    from ckptdoctor.gate import gate
     from ckptdoctor.patch import patch as run_patch
     from ckptdoctor.policy import load_policy
     from ckptdoctor.report.text import render_check
@@ -359,11 +357,13 @@ def patch(
         if result.state_change:
             console.print(shown(result.state_change), markup=False)
         console.print("re-checking the result:")
-        with _one_line_errors():
-            report = run_check(result.resolved)  # read as what was written, not as its name suggests
-        report = dataclasses.replace(report, findings=policy.apply(result.out, report.findings))
-        render_check(console, report)
-    raise typer.Exit(exit_code(report.findings, policy.threshold()))
+        # through the library gate, read as what was written: every policy key applies exactly as in `check`
+        verdict = gate([result.resolved], policy=policy, progress=lambda *_: watchdog.beat())
+        for unreadable in verdict.unreadable:
+            _error(unreadable.message)
+        for report in verdict.reports:
+            render_check(console, report)
+    raise typer.Exit(verdict.exit_code)
 
 
 @app.command()

@@ -176,3 +176,19 @@ def test_a_state_lock_that_cannot_be_taken_stops_the_write_before_it(tmp_path):
     )
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.ckptdoctor-lock"]
+
+
+# ---- 4: patch's re-check follows every policy key, as check does -------------------------------------
+
+
+def test_patch_recheck_applies_the_policy_stale_threshold(tmp_path):
+    """The fixtures' statistics keep 92% of their start: stale at the default threshold, not above 0.95."""
+    model = KERAS / "stats_removed" / "model.keras"
+    donor = KERAS / "healthy" / "model.keras"
+    default = run_cli("patch", model, "--from", donor, "--out", tmp_path / "default.keras", cwd=tmp_path)
+    assert default.returncode == 0 and "BN005 bn-stats-stale" in default.stdout, default.stdout + default.stderr
+    (tmp_path / "pyproject.toml").write_text('[tool.ckptdoctor]\nstale-threshold = 0.95\nfail-on = "warning"\n')
+    patched = run_cli("patch", model, "--from", donor, "--out", tmp_path / "out.keras", cwd=tmp_path)
+    checked = run_cli("check", tmp_path / "out.keras", cwd=tmp_path)
+    assert "BN005" not in patched.stdout + checked.stdout, patched.stdout
+    assert patched.returncode == checked.returncode == 0, patched.stdout + patched.stderr
