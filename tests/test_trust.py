@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
+from pathlib import Path
 
+import h5py
 import pytest
 from conftest import CLI_TIMEOUT, FIXTURE_BUNDLES, KERAS, cli_env, copy_checkpoint, file_bytes, run_cli
 from test_bounds import measured, within_bounds
@@ -192,3 +196,59 @@ def test_patch_recheck_applies_the_policy_stale_threshold(tmp_path):
     checked = run_cli("check", tmp_path / "out.keras", cwd=tmp_path)
     assert "BN005" not in patched.stdout + checked.stdout, patched.stdout
     assert patched.returncode == checked.returncode == 0, patched.stdout + patched.stderr
+
+
+# ---- 5: compressed HDF5 chunks inflate within bounds ---------------------------------------------------
+
+
+def _zlib_zeros(nbytes: int) -> bytes:
+    """A zlib stream of `nbytes` zero bytes, built from one compressed megabyte (full flushes make the blocks
+    independent) and the Adler-32 of zeros, so a gigabyte chunk costs milliseconds to build."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    segment = compressor.compress(bytes(1 << 20)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    adler = ((nbytes % 65521) << 16) | 1  # a = 1 + sum(bytes), b = sum of the running a's, both mod 65521
+    return b"\x78\xda" + segment * (nbytes >> 20) + compressor.flush() + struct.pack(">I", adler)
+
+
+def _with_zero_chunks(path: Path, datasets: int, chunks: int, chunk_bytes: int) -> Path:
+    """The healthy .weights.h5 plus `datasets` float32 datasets of `chunks` gzip chunks of zeros each,
+    written with write_direct_chunk: what h5py stores, and what HDF5 inflates on reading."""
+    shutil.copy(KERAS / "healthy" / "model.weights.h5", path)
+    data, per_chunk = _zlib_zeros(chunk_bytes), chunk_bytes // 4
+    with h5py.File(path, "r+") as file:
+        for index in range(datasets):
+            shape, layout = (chunks * per_chunk,), (per_chunk,)
+            dataset = file.create_dataset(f"layers/extra/vars/{index}", shape, "<f4", chunks=layout, compression="gzip")
+            for chunk in range(chunks):
+                dataset.id.write_direct_chunk((chunk * per_chunk,), data)
+    return path
+
+
+def test_zero_chunk_builder_is_what_hdf5_reads(tmp_path):
+    path = _with_zero_chunks(tmp_path / "model.weights.h5", 1, 2, 1 << 20)
+    with h5py.File(path, "r") as file:
+        values = file["layers/extra/vars/0"][()]
+    assert values.shape == (1 << 19,) and not values.any()
+
+
+@pytest.mark.parametrize(
+    ("datasets", "chunks", "chunk_mib", "why"),
+    [
+        (1, 1, 256, "over the 32 MiB cap"),  # one chunk of 256 MiB in 329 KB
+        (1, 32, 256, "over the 32 MiB cap"),  # 32 of them: 8 GiB in 8.4 MB
+        (1, 8, 32, "over the 100:1"),  # chunks within the cap, a dataset a thousand times its stored size
+        (24, 1, 16, "past what this file's compressed data may inflate to"),  # each small, too many in all
+    ],
+)
+@pytest.mark.parametrize("command", ["check", "diff"])
+def test_compressed_chunks_inflate_within_bounds(tmp_path, datasets, chunks, chunk_mib, why, command):
+    path = _with_zero_chunks(tmp_path / "model.weights.h5", datasets, chunks, chunk_mib << 20)
+    before = path.read_bytes()
+    args = ("check", path, "-f", "json") if command == "check" else ("diff", path, path, "-f", "json")
+    code, out, err, peak, seconds = measured(*args)
+    within_bounds(code, out, err, peak, seconds, 1)
+    if command == "check":
+        assert why in out and "size-mismatch" in out
+    else:
+        assert '"unreadable"' in out
+    assert path.read_bytes() == before
