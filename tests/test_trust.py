@@ -11,6 +11,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -252,3 +253,26 @@ def test_compressed_chunks_inflate_within_bounds(tmp_path, datasets, chunks, chu
     else:
         assert '"unreadable"' in out
     assert path.read_bytes() == before
+
+
+# ---- 7: the .keras CRC pass reports progress, so the watchdog sees a large archive move -----------------
+
+
+def test_keras_crc_pass_reports_progress_per_megabyte(tmp_path):
+    from ckptdoctor.formats import open_checkpoint
+
+    path = tmp_path / "big.keras"
+    shutil.copy(KERAS / "healthy" / "model.keras", path)
+    asset = 24 << 20
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr("assets/vocabulary.bin", os.urandom(asset))
+    reader, _ = open_checkpoint(path)
+    calls: list[tuple[int, int]] = []
+    try:
+        result = reader.scan(lambda done, total: calls.append((done, total)))
+    finally:
+        reader.close()
+    assert not result.problems
+    assert len(calls) >= asset >> 20
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+    assert len({total for _, total in calls}) == 1 and calls[-1][0] == calls[-1][1] >= asset
