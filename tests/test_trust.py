@@ -17,7 +17,7 @@ from pathlib import Path
 
 import h5py
 import pytest
-from conftest import CLI_TIMEOUT, FIXTURE_BUNDLES, KERAS, cli_env, copy_checkpoint, file_bytes, run_cli
+from conftest import CLI_TIMEOUT, FIXTURE_BUNDLES, KERAS, ROOT, cli_env, copy_checkpoint, file_bytes, run_cli
 from test_bounds import measured, within_bounds
 
 from ckptdoctor import dtypes
@@ -276,3 +276,36 @@ def test_keras_crc_pass_reports_progress_per_megabyte(tmp_path):
     assert len(calls) >= asset >> 20
     assert [done for done, _ in calls] == sorted(done for done, _ in calls)
     assert len({total for _, total in calls}) == 1 and calls[-1][0] == calls[-1][1] >= asset
+
+
+# ---- 10: action.yml passes matched files after `--`, and the CLI takes them as paths --------------------
+
+
+def test_action_file_named_like_an_option_is_checked_as_a_path(tmp_path):
+    """The action's real check script, running the real CLI, on a glob matching `--output=ok.keras`."""
+    from test_forged_output import _run_scripts
+
+    (script,) = [s for _, s in _run_scripts((ROOT / "action.yml").read_text()) if "ckptdoctor check" in s]
+    hostile = tmp_path / "--output=ok.keras"
+    shutil.copy(KERAS / "healthy" / "model.keras", hostile)
+    before = hostile.read_bytes()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ckptdoctor").write_text(f'#!/bin/sh\nexec {sys.executable} -m ckptdoctor "$@"\n')
+    (bin_dir / "ckptdoctor").chmod(0o755)
+    env = cli_env(
+        {
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+            "GITHUB_OUTPUT": str(tmp_path / "github_output"),
+            "CKPTDOCTOR_PATHS": "*.keras",
+            "CKPTDOCTOR_REFERENCE": "",
+            "CKPTDOCTOR_FAIL_ON": "error",
+            "CKPTDOCTOR_SARIF_FILE": "out.sarif",
+        }
+    )
+    result = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, timeout=CLI_TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "github_output").read_text() == "status=0\n", result.stderr
+    assert '"uri": "--output%3Dok.keras"' in (tmp_path / "out.sarif").read_text()  # checked, as a path
+    assert not (tmp_path / "ok.keras").exists()
+    assert hostile.read_bytes() == before
