@@ -252,6 +252,11 @@ def check(
     with _one_line_errors():
         policy = load_policy(config)
     _supervise(*paths, reference)
+    if output is not None:
+        from ckptdoctor.writer.guard import files_read, refuse_overwriting_inputs
+
+        with _one_line_errors():  # before the first byte is read: a report never replaces what it checks
+            refuse_overwriting_inputs(output, [output], files_read([*paths, reference]))
     show_progress = output_format is OutputFormat.TEXT and output is None and sys.stderr.isatty()
     with _progress_bar(show_progress) as bar:
 
@@ -384,9 +389,7 @@ def patch(
     ] = None,
 ) -> None:
     """Write a new checkpoint: TARGET plus the moving statistics its BatchNorm layers lack, from DONOR."""
-    import dataclasses
-
-    from ckptdoctor.diagnose import check as run_check
+    from ckptdoctor.gate import gate
     from ckptdoctor.patch import patch as run_patch
     from ckptdoctor.policy import load_policy
     from ckptdoctor.report.text import render_check
@@ -414,11 +417,13 @@ def patch(
         if result.state_change:
             console.print(shown(result.state_change), markup=False, soft_wrap=True)
         console.print("re-checking the result:")
-        with _one_line_errors():
-            report = run_check(result.resolved)  # read as what was written, not as its name suggests
-        report = dataclasses.replace(report, findings=policy.apply(result.out, report.findings))
-        render_check(console, report)
-    raise typer.Exit(exit_code(report.findings, policy.threshold()))
+        # through the library gate, read as what was written: every policy key applies exactly as in `check`
+        verdict = gate([result.resolved], policy=policy, progress=lambda *_: watchdog.beat())
+        for unreadable in verdict.unreadable:
+            _error(unreadable.message)
+        for report in verdict.reports:
+            render_check(console, report)
+    raise typer.Exit(verdict.exit_code)
 
 
 MAX_PATCHED_LAYERS_SHOWN = 20  # patch's summary: one line per layer up to this many, then a count

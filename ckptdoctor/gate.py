@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ckptdoctor.errors import CheckpointError
 from ckptdoctor.formats.bytesource import without_secrets
+from ckptdoctor.formats.resolve import Resolved
 from ckptdoctor.model import Report, Severity
 from ckptdoctor.policy import ExitCode, Policy, combined_exit_code
 
@@ -35,7 +36,7 @@ class Verdict:
 
 
 def gate(
-    paths: Sequence[str | os.PathLike[str]],
+    paths: Sequence[str | os.PathLike[str] | Resolved],
     reference: str | os.PathLike[str] | None = None,
     policy: Policy | None = None,
     fail_on: Severity | None = None,
@@ -46,14 +47,16 @@ def gate(
     """Check every path (an unreadable one does not stop the others), apply the policy, decide the exit code.
 
     `fail_on` overrides the policy's threshold; `decay` and `steps` override what the files record for
-    bn-stats-stale; `progress(path, done, total)` follows each scan."""
+    bn-stats-stale; `progress(path, done, total)` follows each scan. A `Resolved` path is read as exactly
+    what it says (a writer's output, whatever its name suggests)."""
     from ckptdoctor.diagnose import check
 
     policy = policy or Policy()
     reports: list[Report] = []
     unreadable: list[Unreadable] = []
     for path in paths:
-        shown = without_secrets(os.fspath(path))  # a URL's token never reaches a report
+        location = path.location if isinstance(path, Resolved) else os.fspath(path)
+        shown = without_secrets(location)  # a URL's token never reaches a report
         scan_progress = None if progress is None else _bind(progress, shown)
         try:
             report = check(

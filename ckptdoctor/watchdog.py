@@ -110,8 +110,10 @@ def _supervise(pid: int, read_end: int, seconds: float, exit_error: int) -> int:
         if not ready:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
+            from ckptdoctor.names import shown  # the file name is untrusted: never an escape on the terminal
+
             sys.stderr.write(
-                f"ckptdoctor: error: {current}: no progress for {seconds:g} s, giving up (damaged HDF5 "
+                f"ckptdoctor: error: {shown(current)}: no progress for {seconds:g} s, giving up (damaged HDF5 "
                 "metadata can make the HDF5 library loop; CKPTDOCTOR_STALL_SECONDS waits longer)\n"
             )
             sys.stderr.flush()

@@ -232,13 +232,13 @@ def test_action_inputs_are_data_not_code(tmp_path):
     hostile = 'a.ckpt; touch pwned1 $(touch pwned2) `touch pwned3` "x'
     argv = _check_step_argv(tmp_path, hostile, reference="$(touch pwned4); touch pwned5")
     assert not list(tmp_path.glob("pwned*"))
-    tail = ["--fail-on", "error", "--format", "sarif", "--output", "out.sarif"]
-    assert argv == ["check", *hostile.split(), "--reference", "$(touch pwned4); touch pwned5", *tail]
+    options = ["--fail-on", "error", "--format", "sarif", "--output", "out.sarif"]
+    assert argv == ["check", "--reference", "$(touch pwned4); touch pwned5", *options, "--", *hostile.split()]
 
 
 def test_action_paths_one_per_line_keep_spaces_and_globs_expand(tmp_path):
     for name in ("b.keras", "a.keras"):
         (tmp_path / name).touch()
     argv = _check_step_argv(tmp_path, "my models/model.ckpt\n  *.keras\n\n")
-    assert argv[1:4] == ["my models/model.ckpt", "a.keras", "b.keras"]
-    assert _check_step_argv(tmp_path, "one two")[1:3] == ["one", "two"]
+    assert argv[-3:] == ["my models/model.ckpt", "a.keras", "b.keras"]
+    assert _check_step_argv(tmp_path, "one two")[-3:] == ["--", "one", "two"]

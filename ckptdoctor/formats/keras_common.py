@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,14 @@ if TYPE_CHECKING:
 
 # Soft links are followed by hand, a bounded number of hops: HDF5 itself would follow external links too.
 MAX_SOFT_LINK_HOPS = 16
+# HDF5 inflates a compressed chunk whole, into a buffer of its declared size, whatever the file stores: a few
+# KB can declare a chunk of gigabytes. Keras never compresses, and h5py's default chunks are far smaller.
+MAX_FILTERED_CHUNK_BYTES = 32 << 20
+# Compressed data inflating over this many times its stored size is refused (a dataset) or left unread (the
+# scan, once the whole file's budget is spent): real weights barely compress, only crafted data reaches it.
+MAX_COMPRESSION_RATIO = 100
+# ... except small ones: a dataset of zeros compresses a thousandfold, and inflating 16 MiB costs nothing.
+RATIO_FREE_BYTES = 16 << 20
 
 
 def hdf5_truncation(path: str) -> str | None:
@@ -200,9 +208,22 @@ def unstored_bytes(dataset: h5py.Dataset) -> str | None:
                 f"declared as {declared} bytes {_shape_text(dataset)} but only {written} of its {expected} "
                 "chunks were ever written"
             )
-        chunk_bytes = math.prod(dataset.chunks) * dataset.dtype.itemsize
-        if _is_filtered(dataset) and chunk_bytes > MAX_EXPANDED_BYTES:
-            return f"stored in compressed chunks of {chunk_bytes} bytes, over the {MAX_EXPANDED_BYTES >> 20} MiB cap"
+        if _is_filtered(dataset):
+            return _inflation(dataset)
+    return None
+
+
+def _inflation(dataset: h5py.Dataset) -> str | None:
+    """Why a compressed dataset inflates too far to be read, or None."""
+    chunk_bytes = math.prod(dataset.chunks) * dataset.dtype.itemsize
+    if chunk_bytes > MAX_FILTERED_CHUNK_BYTES:
+        return f"stored in compressed chunks of {chunk_bytes} bytes, over the {MAX_FILTERED_CHUNK_BYTES >> 20} MiB cap"
+    declared, stored = dataset.nbytes, dataset.id.get_storage_size()
+    if declared > RATIO_FREE_BYTES and declared > MAX_COMPRESSION_RATIO * stored:
+        return (
+            f"compressed from {declared} bytes into {stored}, over the {MAX_COMPRESSION_RATIO}:1 that ckptdoctor "
+            "inflates"
+        )
     return None
 
 
@@ -227,9 +248,10 @@ def scan_datasets(
     problems = [IntegrityProblem(ProblemKind.EXTERNAL_DATA, name, where) for name, where in outside.items()]
     readable = {name: dataset for name, dataset in datasets.items() if name not in outside}
     total, done = sum(d.nbytes for d in readable.values()), 0
+    inflating = _InflationBudget(readable.values())
     for name, dataset in readable.items():
         try:
-            unstored = unstored_bytes(dataset)
+            unstored = unstored_bytes(dataset) or inflating.refusal(dataset)
             if unstored:
                 problems.append(IntegrityProblem(ProblemKind.SIZE_MISMATCH, name, unstored))
                 done += dataset.nbytes
@@ -248,6 +270,33 @@ def scan_datasets(
         if bad:
             nonfinite[name] = bad
     return ScanResult(nonfinite=nonfinite, problems=tuple(problems))
+
+
+class _InflationBudget:
+    """What one scan may inflate from compressed datasets: MAX_COMPRESSION_RATIO times what they store in
+    all (at least MAX_EXPANDED_BYTES), so many datasets that each pass alone cannot add up to hours."""
+
+    def __init__(self, datasets: Iterable[h5py.Dataset]) -> None:
+        stored = sum(_compressed_size(d) for d in datasets)
+        self.left = max(MAX_EXPANDED_BYTES, MAX_COMPRESSION_RATIO * stored)
+
+    def refusal(self, dataset: h5py.Dataset) -> str | None:
+        if not _is_filtered(dataset):
+            return None
+        if dataset.nbytes > self.left:
+            return (
+                f"compressed to inflate to {dataset.nbytes} bytes, past what this file's compressed data may "
+                f"inflate to in all ({MAX_COMPRESSION_RATIO}:1 of what it stores); not read"
+            )
+        self.left -= dataset.nbytes
+        return None
+
+
+def _compressed_size(dataset: h5py.Dataset) -> int:
+    try:
+        return dataset.id.get_storage_size() if _is_filtered(dataset) else 0
+    except Exception:  # damaged metadata: the dataset's own read reports it
+        return 0
 
 
 def _slabs(dataset: h5py.Dataset, dtype_name: str) -> Iterator[np.ndarray]:
@@ -374,6 +423,7 @@ class Hdf5Reader:
         self._dtypes: dict[str, str] = {}
         self._infos: list[TensorInfo] = []
         self.external: dict[str, str] = {}  # name -> where its values live outside this file; never read
+        self._read_budget: _InflationBudget | None = None
 
     def _child(self, group: h5py.Group, path: str) -> Any:
         """`group[path]` inside this file, or None; an external link met on the way is listed and noted."""
@@ -426,6 +476,11 @@ class Hdf5Reader:
             raise CheckpointError(f"{self.location}: {name} is {self.external[name]}; ckptdoctor never follows it")
         dataset = self._datasets[name]
         try:
+            if self._read_budget is None:  # one budget for every read of this reader (diff reads them all)
+                self._read_budget = _InflationBudget(self._datasets.values())
+            over = self._read_budget.refusal(dataset)
+            if over:
+                raise CheckpointError(f"{name} is {over}")
             return read_dataset(dataset, self._dtypes[name])
         except CheckpointError as error:
             raise CheckpointError(f"{self.location}: {error}") from None

@@ -96,12 +96,14 @@ def read_member(path: str, archive: zipfile.ZipFile, name: str, cap: int) -> byt
     return data
 
 
-def damaged_member(path: str, archive: zipfile.ZipFile) -> tuple[str, str] | None:
+def damaged_member(path: str, archive: zipfile.ZipFile, progress: Progress | None = None) -> tuple[str, str] | None:
     """(member, why) for the first member whose bytes fail their CRC-32, as Keras's own unzip would find;
-    checked a megabyte at a time, with compressed members capped and overlapping members refused."""
+    checked a megabyte at a time, with compressed members capped and overlapping members refused.
+    `progress(done, total)` follows the bytes checked, per megabyte: a large asset is no stall."""
     with closing(open_source(path)) as source:
         size = source.size()
     infos = archive.infolist()
+    total, done = sum(info.file_size for info in infos), 0
     if sum(info.compress_size for info in infos) > size:
         return path, "members claim more bytes than the archive holds (overlapping members)"
     for info in infos:
@@ -109,8 +111,10 @@ def damaged_member(path: str, archive: zipfile.ZipFile) -> tuple[str, str] | Non
             return info.filename, f"inflates to {info.file_size} bytes, over the {MAX_INFLATED_MEMBER >> 20} MiB cap"
         try:
             with archive.open(info) as member_file:
-                while member_file.read(1 << 20):
-                    pass
+                while block := member_file.read(1 << 20):
+                    done += len(block)
+                    if progress:
+                        progress(min(done, total), total)
         except zipfile.BadZipFile:
             return info.filename, "bytes do not match the CRC-32 the archive records"
     return None
@@ -240,11 +244,25 @@ class KerasV3Reader(Hdf5Reader):
         return tuple(self._layers.values())
 
     def scan(self, progress: Progress | None = None) -> ScanResult:
-        result = super().scan(progress)
         if self._zip is None:
-            return result
+            return super().scan(progress)
+        # One progress over both passes: the datasets, then every member's CRC-32 (a megabyte at a time).
+        archive_bytes = sum(info.file_size for info in self._zip.infolist())
+        datasets_total = 0
+
+        def datasets_progress(done: int, total: int) -> None:
+            nonlocal datasets_total
+            datasets_total = total
+            if progress:
+                progress(done, total + archive_bytes)
+
+        def archive_progress(done: int, total: int) -> None:
+            if progress:
+                progress(datasets_total + done, datasets_total + total)
+
+        result = super().scan(datasets_progress)
         try:
-            damage = damaged_member(self.location, self._zip)
+            damage = damaged_member(self.location, self._zip, archive_progress)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
             damage = self.location, str(error)
         if damage is None:

@@ -32,6 +32,9 @@ class ObjectGraphTooDeep(ValueError):
 
 # A path is built per variable, so a deep chain would cost depth x nodes; TF's own paths are far shorter.
 MAX_PATH_LENGTH = 1024
+# Paths considered per node: TF shares an object between a handful of parents, while a hostile graph can give
+# one variable a parent per node, and every candidate costs a path built and compared.
+MAX_CANDIDATE_PATHS = 64
 
 
 class _Paths:
@@ -69,16 +72,17 @@ class _Paths:
         return self._built[node_id if not chain else chain[0]]
 
     def candidates(self, node_id: int) -> list[str]:
-        """The primary path first, then each edge into the node extended from its parent's primary path."""
+        """The primary path first, then each edge into the node extended from its parent's primary path;
+        at most MAX_CANDIDATE_PATHS of them, in that order."""
         first = self.primary(node_id)
         if first is None:
             return []
-        out = [first]
+        out = {first: None}  # a dict keeps the order and answers `in` at once
         for parent, local_name in self.edges_in.get(node_id, []):
-            path = self._join(self.primary(parent) or "", local_name)
-            if path not in out:
-                out.append(path)
-        return out
+            if len(out) >= MAX_CANDIDATE_PATHS:
+                break
+            out.setdefault(self._join(self.primary(parent) or "", local_name))
+        return list(out)
 
     @staticmethod
     def _join(parent: str, local_name: str) -> str:

@@ -6,7 +6,7 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,11 +35,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clear_debris(final: str | os.PathLike[str]) -> list[Path]:
+def clear_debris(final: str | os.PathLike[str], inputs: Iterable[str] = ()) -> list[Path]:
     """Remove temporary files beside `final` left by writers that are dead; returns what was removed.
 
     Call only while holding the output's lock (writer.guard.output_lock): then no live ckptdoctor writes
-    this output, and the pid check spares a live writer of a neighbouring output with a similar name."""
+    this output, and the pid check spares a live writer of a neighbouring output with a similar name.
+    A name proves nothing: a file among `inputs` (by real path or hard link) is never removed, whatever
+    it is called."""
+    from ckptdoctor.writer.guard import InputFiles
+
+    protected = InputFiles(inputs)
     path = Path(final)
     removed: list[Path] = []
     if not path.parent.is_dir():
@@ -48,7 +53,7 @@ def clear_debris(final: str | os.PathLike[str]) -> list[Path]:
         if not candidate.name.startswith(path.name):
             continue
         tail = _TEMP_TAIL.search(candidate.name)
-        if tail is None or _pid_alive(int(tail.group(1))):
+        if tail is None or _pid_alive(int(tail.group(1))) or protected.matching(candidate) is not None:
             continue
         try:
             if stat.S_ISREG(candidate.lstat().st_mode):  # a link or directory with our name is not our debris

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,10 +19,10 @@ from ckptdoctor.formats.bytesource import is_url
 from ckptdoctor.model import Storage
 from ckptdoctor.writer.atomic import clear_debris
 from ckptdoctor.writer.base import CheckpointWriter, Edits, Placed, Progress
-from ckptdoctor.writer.guard import input_files, output_lock, refuse_overwriting_inputs
+from ckptdoctor.writer.guard import input_files, lock_path, output_lock, refuse_overwriting_inputs
 from ckptdoctor.writer.registry import writer_for
 from ckptdoctor.writer.signals import cleanup_on_termination
-from ckptdoctor.writer.state import read_state, state_path, update_state_file
+from ckptdoctor.writer.state import read_state, state_lock, state_path, update_state_file
 
 if TYPE_CHECKING:
     from ckptdoctor.analysis.checkpoint import Checkpoint
@@ -85,15 +86,17 @@ def write_checkpoint(
     refuse_external_data(readers)
     inputs = [path for each in readers for path in input_files(each)]
     is_bundle = writer.storage is Storage.BUNDLE
-    outputs = [*writer.output_files(out_text), *([str(state_path(out_text))] if is_bundle else [])]
+    state_files = [str(state_path(out_text)), lock_path(str(state_path(out_text)))] if is_bundle else []
+    outputs = [*writer.output_files(out_text), lock_path(out_text), *state_files]  # locks are deleted on release
     _existing(writer, out_text, outputs, inputs, force)
     prepared = writer.prepare(source, edits)
     if is_bundle:
         read_state(parent)  # a state file we could not update stops the write now, not after it
     parent.mkdir(parents=True, exist_ok=True)
-    with cleanup_on_termination(), output_lock(out_text):
+    # Both locks before the first byte: a lock that cannot be taken must not leave a written output behind.
+    with cleanup_on_termination(), output_lock(out_text), state_lock(out_text) if is_bundle else nullcontext():
         previous = _existing(writer, out_text, outputs, inputs, force)  # as it is now that we hold the lock
-        clear_debris(out_text)
+        clear_debris(out_text, inputs)
         written = prepared.write(out_text, previous, progress)
-        state_change = update_state_file(out_text) if is_bundle else None
+        state_change = update_state_file(out_text, inputs, locked=True) if is_bundle else None
     return WriteResult(out_text, written.files, written.placed, Resolved(writer.storage, out_text), state_change)

@@ -7,12 +7,22 @@ and a clash refuses the write. One lock per output: two runs never write the sam
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 
 from ckptdoctor.errors import OutputError
 
-__all__ = ["LOCK_SUFFIX", "OutputError", "input_files", "output_lock", "refuse_overwriting_inputs"]
+__all__ = [
+    "LOCK_SUFFIX",
+    "InputFiles",
+    "OutputError",
+    "files_read",
+    "input_files",
+    "lock_path",
+    "output_lock",
+    "refuse_overwriting_inputs",
+]
 
 LOCK_SUFFIX = ".ckptdoctor-lock"
 
@@ -26,6 +36,33 @@ def input_files(reader: object) -> list[str]:
     return [reader.location]  # type: ignore[attr-defined]
 
 
+def files_read(paths: Iterable[str | None]) -> list[str]:
+    """Every file reading these paths touches: each path itself (unless a directory), the files of the
+    checkpoint it resolves to, and a directory's state file. A path that cannot be opened still protects
+    what it names; the command reports why it cannot be read."""
+    from ckptdoctor.errors import CkptDoctorError
+    from ckptdoctor.formats import open_checkpoint
+    from ckptdoctor.formats.resolve import STATE_FILE
+
+    files: list[str] = []
+    for path in paths:
+        if path is None:
+            continue
+        if os.path.isdir(path):
+            files.append(os.path.join(path, STATE_FILE))
+        elif os.path.lexists(path):
+            files.append(path)
+        try:
+            reader, _ = open_checkpoint(path)
+        except (CkptDoctorError, OSError):
+            continue
+        try:
+            files.extend(input_files(reader))
+        finally:
+            reader.close()
+    return files
+
+
 def _identity(path: str) -> tuple[int, int] | None:
     try:
         info = os.stat(path)
@@ -34,16 +71,47 @@ def _identity(path: str) -> tuple[int, int] | None:
     return info.st_dev, info.st_ino
 
 
+class InputFiles:
+    """The inputs' files, to tell whether a path is one of them: by real path (through symlinked directories
+    and files) or by identity (hard links)."""
+
+    def __init__(self, inputs: Iterable[str]) -> None:
+        self._by_real_path = {os.path.realpath(path): path for path in inputs}
+        self._by_identity = {_identity(path): path for path in self._by_real_path.values()}
+        self._by_identity.pop(None, None)
+
+    def matching(self, path: str | os.PathLike[str]) -> str | None:
+        """The input file `path` is, or None."""
+        return self._by_real_path.get(os.path.realpath(path)) or self._by_identity.get(_identity(os.fspath(path)))
+
+
 def refuse_overwriting_inputs(out: str, outputs: Iterable[str], inputs: Iterable[str]) -> None:
     """Raise OutputError when any file the output writes or deletes is one of the inputs' files."""
-    by_real_path = {os.path.realpath(path): path for path in inputs}
-    by_identity = {_identity(path): path for path in by_real_path.values()}
-    by_identity.pop(None, None)
+    files = InputFiles(inputs)
     for path in outputs:
-        clash = by_real_path.get(os.path.realpath(path)) or by_identity.get(_identity(path))
+        clash = files.matching(path)
         if clash is not None:
             shown = clash if os.path.abspath(path) == os.path.abspath(clash) else f"{path}, which is {clash}"
             raise OutputError(f"{out}: the output must not be one of the inputs (it would replace {shown})")
+
+
+def lock_path(out: str) -> str:
+    """The lock file of an output: one of the files a write creates and deletes, so the guard checks it."""
+    return out + LOCK_SUFFIX
+
+
+def _refuse_foreign_lock(path: str, info: os.stat_result | None) -> None:
+    """A lock file is one this tool made: a regular, empty file with one name. Anything else at that path
+    (an input named like a lock, a directory, a FIFO) is never opened as the lock, nor deleted on release."""
+    if info is not None and (not stat.S_ISREG(info.st_mode) or info.st_size != 0 or info.st_nlink != 1):
+        raise OutputError(f"{path}: not an empty lock file left by ckptdoctor (an input?); move it away first")
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
 
 
 @contextmanager
@@ -60,12 +128,18 @@ def output_lock(out: str, wait: bool = False) -> Iterator[None]:
     except ImportError:
         yield
         return
-    path = out + LOCK_SUFFIX
+    path = lock_path(out)
     while True:
+        _refuse_foreign_lock(path, _lstat(path))  # before opening: opening a device or FIFO can have effects
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as error:
             raise OutputError(f"{path}: cannot create the lock file ({error.strerror})") from None
+        try:
+            _refuse_foreign_lock(path, os.fstat(fd))  # as opened: it may have changed since
+        except OutputError:
+            os.close(fd)
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import stat
 import time
+from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +48,21 @@ def read_state(directory: Path) -> Any:
         raise OutputError(f"{error}; move it away first") from None
 
 
-def update_state_file(prefix: str) -> str:
+def state_lock(prefix: str) -> AbstractContextManager[None]:
+    """The lock on the state file beside `prefix`: a writer takes it before writing anything, so that a lock
+    it cannot take stops the write before, not after, the checkpoint is in place."""
+    return output_lock(str(state_path(prefix)), wait=True)  # another run may be updating it for another prefix
+
+
+def update_state_file(prefix: str, inputs: Iterable[str] = (), *, locked: bool = False) -> str:
     """Name `prefix` as the latest checkpoint of its directory, as TF's Saver does; returns what changed.
 
-    The checkpoints already listed stay listed, each with its timestamp; the new one gets the time now."""
+    The checkpoints already listed stay listed, each with its timestamp; the new one gets the time now.
+    `inputs` are files the debris clean-up must spare; `locked` says the caller holds `state_lock(prefix)`."""
     directory, name = Path(prefix).parent, Path(prefix).name
     path = directory / STATE_FILE
-    with output_lock(str(path), wait=True):  # another run may be updating it for another prefix
-        clear_debris(path)
+    with nullcontext() if locked else state_lock(prefix):
+        clear_debris(path, inputs)
         existing = read_state(directory)
         state = existing or protos.CheckpointState()
         paths, stamps = list(state.all_model_checkpoint_paths), list(state.all_model_checkpoint_timestamps)
