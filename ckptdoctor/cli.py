@@ -526,3 +526,129 @@ def match(
             sys.stdout.write(render_report([report], output_format, threshold))
             sys.stdout.flush()
     raise typer.Exit(exit_code(report.findings, threshold))
+
+
+@app.command()
+def recalibrate(
+    checkpoint: Annotated[str, typer.Argument(help="The checkpoint to recalibrate.", show_default=False)],
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            help="Samples: FILE.npy, FILE.npz (one array per input) or package.module:function.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[str, typer.Option("--out", "-o", help="Prefix or file of the new checkpoint.", show_default=False)],
+    meta_graph: Annotated[
+        str | None,
+        typer.Option(
+            "--meta-graph", help="TF1: the training graph [default: CHECKPOINT's PREFIX.meta].", show_default=False
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Keras/TF2: MODEL.keras or package.module:builder.", show_default=False),
+    ] = None,
+    input_name: Annotated[
+        str | None,
+        typer.Option(
+            "--input",
+            help="TF1: the placeholder the samples go to (when not the one float placeholder).",
+            show_default=False,
+        ),
+    ] = None,
+    feed: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--feed",
+            help="TF1: another placeholder's value, NAME=VALUE (is_training=true, keep_prob=1).",
+            show_default=False,
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Samples per batch (.npy/.npz).")] = 32,
+    batches: Annotated[
+        int | None, typer.Option("--batches", min=1, help="Use at most this many batches.", show_default=False)
+    ] = None,
+    samples: Annotated[
+        int | None, typer.Option("--samples", min=1, help="Use at most this many samples.", show_default=False)
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a checkpoint already at --out.")] = False,
+) -> None:
+    """Recompute BatchNorm statistics by running the model in training mode over samples (needs the tf extra)."""
+    import dataclasses
+
+    from ckptdoctor.diagnose import check as run_check
+    from ckptdoctor.policy import load_policy
+    from ckptdoctor.recalibrate import MIN_SAMPLES, DataSpec, parse_feeds
+    from ckptdoctor.recalibrate import recalibrate as run_recalibrate
+    from ckptdoctor.report.text import render_check
+
+    with _one_line_errors():
+        policy = load_policy()  # the re-check follows [tool.ckptdoctor] like `check`
+        feeds = parse_feeds(feed or [])
+    spec = DataSpec(data, batch_size=batch_size, batches=batches, samples=samples)
+    with _one_line_errors(), _sample_progress(sys.stderr.isatty()) as advance:
+        result = run_recalibrate(
+            checkpoint,
+            spec,
+            out,
+            meta_graph=meta_graph,
+            model=model,
+            input_name=input_name,
+            feeds=feeds,
+            force=force,
+            progress=advance,
+        )
+    if result.few_samples:
+        sys.stderr.write(
+            f"ckptdoctor: warning: only {result.samples} samples; population statistics from fewer than "
+            f"{MIN_SAMPLES:,} are noisy\n"
+        )
+    console = _stdout()
+    with _reader_may_stop():
+        console.print(
+            f"recalibrated {len(result.layers)} BatchNorm layers over {result.samples} samples in {result.batches} "
+            f"batches: {result.replaced} statistics replaced, {result.added} added",
+            markup=False,
+        )
+        console.print("  layer: largest relative change of moving_mean, moving_variance", markup=False)
+        for change in result.layers:
+            moved = ", ".join(
+                "added" if value is None else f"{value:.3g}" for value in (change.mean_change, change.variance_change)
+            )
+            console.print(f"  {shown(change.layer)}: {moved}", markup=False, soft_wrap=True)
+        console.print(f"wrote {' and '.join(shown(path) for path in result.written)}", markup=False)
+        if result.state_change:
+            console.print(shown(result.state_change), markup=False)
+        console.print("re-checking the result:")
+        with _one_line_errors():
+            report = run_check(result.resolved)
+        report = dataclasses.replace(report, findings=policy.apply(result.out, report.findings))
+        render_check(console, report)
+    raise typer.Exit(exit_code(report.findings, policy.threshold()))
+
+
+@contextmanager
+def _sample_progress(enabled: bool) -> Iterator[Callable[[int, int | None], None] | None]:
+    """A progress bar on stderr counting samples, only on a terminal."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("samples"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("samples", total=None)
+
+        def advance(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield advance
