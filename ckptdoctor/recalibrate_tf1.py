@@ -301,10 +301,7 @@ class GraphRunner:
             ) from None
         except ValueError as error:  # a batch whose shape does not fit the placeholder
             raise DataError(f"{self._meta}: the batch does not fit the graph's input ({first_line(error)})") from None
-        return [
-            _moments_of(result, spec.get("factor"))
-            for result, spec in zip(results, self._fetches, strict=True)
-        ]
+        return [_moments_of(result, spec.get("factor")) for result, spec in zip(results, self._fetches, strict=True)]
 
     def close(self) -> None:
         session = getattr(self, "_session", None)
