@@ -25,9 +25,11 @@ BATCHNORM_CLASSES = frozenset({"BatchNormalization", "SyncBatchNormalization"})
 STATISTIC_LEAVES = ("moving_mean", "moving_variance")
 
 
-def _name(variable) -> str:
-    """A Keras variable's path (`bn_default/moving_mean`): Keras 3's `path`, tf.keras's name without `:0`."""
+def _name(variable, model) -> str:
+    """A Keras variable's path in its model (`bn_default/moving_mean`) as files store it: Keras 3's `path`
+    (without the `sequential/` a Sequential model puts first), tf.keras's name without `:0`."""
     name = getattr(variable, "path", None) or variable.name
+    name = name.removeprefix(f"{model.name}/")
     return name[:-2] if name.endswith(":0") else name
 
 
@@ -57,7 +59,9 @@ class KerasRunner:
                     "whose statistics recalibrate does not compute"
                 )
         self.layers = tuple(
-            LayerStatistics(layer.name, _name(layer.moving_mean), _name(layer.moving_variance))
+            LayerStatistics(
+                layer.name, _name(layer.moving_mean, self._model), _name(layer.moving_variance, self._model)
+            )
             for layer in self._batchnorm
         )
         self._load(checkpoint)
@@ -83,11 +87,11 @@ class KerasRunner:
             for alias in (variable.path, variable.full_name):
                 if alias:
                     stored.setdefault(alias, variable.name)
-        statistics = {_name(layer.moving_mean) for layer in self._batchnorm}
-        statistics |= {_name(layer.moving_variance) for layer in self._batchnorm}
+        statistics = {_name(layer.moving_mean, self._model) for layer in self._batchnorm}
+        statistics |= {_name(layer.moving_variance, self._model) for layer in self._batchnorm}
         location = checkpoint.reader.location
         for weight in self._model.weights:
-            name = _name(weight)
+            name = _name(weight, self._model)
             key = stored.get(name)
             if key is None:
                 if name in statistics:

@@ -392,3 +392,30 @@ def test_d_keras_models_in_every_format(tf, tmp_path, monkeypatch, case):
     evaluation = keras_outputs(model, out, data, training=False)
     training = keras_outputs(model, out, data, training=True)  # BatchNorm over the sample set as one batch
     np.testing.assert_allclose(evaluation, training, rtol=1e-3, atol=1e-3 * np.abs(training).max())
+
+
+KERAS_INPUT_BN = """
+import keras
+def build():
+    return keras.Sequential([keras.Input((4, 4, 3)), keras.layers.BatchNormalization(name="bn")])
+"""
+
+
+def test_a_keras_batchnorm_on_the_input_gets_numpys_statistics_over_uneven_batches(tf, tmp_path, monkeypatch):
+    (tmp_path / "input_bn.py").write_text(KERAS_INPUT_BN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import input_bn
+
+    input_bn.build().save_weights(str(tmp_path / "bn.weights.h5"))
+    data = (np.random.default_rng(4).normal(-1.0, 2.0, size=(50, 4, 4, 3)) * [1.0, 0.1, 10.0]).astype(np.float32)
+    np.save(tmp_path / "x.npy", data)
+    out = tmp_path / "out.weights.h5"
+    result = recalibrate(
+        tmp_path / "bn.weights.h5", DataSpec(str(tmp_path / "x.npy"), batch_size=16), out, model="input_bn:build"
+    )
+    assert (result.batches, result.replaced, result.layers[0].values) == (4, 2, 50 * 16)
+    model = input_bn.build()
+    model.load_weights(str(out))  # Keras reads what was written
+    bn = model.get_layer("bn")
+    np.testing.assert_allclose(bn.moving_mean.numpy(), data.mean(axis=(0, 1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), data.astype(np.float64).var(axis=(0, 1, 2)), rtol=1e-5)
