@@ -157,8 +157,9 @@ RULES = (
         "`tf.train.Saver(var_list=tf.trainable_variables())` (moving statistics are not trainable), or a "
         "converter or hand-written export that kept only trainable weights. Save with `tf.train.Saver()` or "
         "`tf.global_variables()` instead, or merge the statistics from a full save of the same run.",
-        "repair with: ckptdoctor patch CKPT --from FULL_SAVE --out FIXED; save with tf.train.Saver() "
-        "(all global variables) from now on",
+        "repair with: ckptdoctor patch CKPT --from FULL_SAVE --out FIXED when a full save of the same run "
+        "exists, otherwise ckptdoctor recalibrate CKPT --data SAMPLES.npy --out FIXED (TF1: the PREFIX.meta "
+        "beside it; Keras/TF2: --model MODEL); save with tf.train.Saver() (all global variables) from now on",
         _missing_moving_stats,
     ),
     Rule(
@@ -171,8 +172,8 @@ RULES = (
         "`tf.GraphKeys.UPDATE_OPS` (wrap it in `tf.control_dependencies(tf.get_collection(tf.GraphKeys."
         "UPDATE_OPS))`), or the model was never run in training mode. Evaluation then normalises with the "
         "wrong values and accuracy collapses.",
-        "run the UPDATE_OPS with the train op (tf.control_dependencies) and retrain, or recompute the "
-        "statistics by running the model in training mode over training data",
+        "recompute the statistics over training data: ckptdoctor recalibrate CKPT --data SAMPLES.npy --out "
+        "FIXED; run the UPDATE_OPS with the train op (tf.control_dependencies) from now on",
         _stats_at_init,
     ),
     Rule(
@@ -184,8 +185,9 @@ RULES = (
         "model fine-tuning started from), while the trained weights differ from it. The update ops never "
         "ran during fine-tuning, so the statistics describe the old data. With a high decay (slim's 0.9997) "
         "and few steps statistics also move very little even when the updates ran.",
-        "make the train op depend on tf.GraphKeys.UPDATE_OPS (slim.learning.create_train_op does) and "
-        "fine-tune again, or lower the BatchNorm decay for short fine-tuning runs",
+        "recompute the statistics over the fine-tuning data: ckptdoctor recalibrate CKPT --data SAMPLES.npy "
+        "--out FIXED (a patch from the reference would copy the same old values); make the train op depend on "
+        "tf.GraphKeys.UPDATE_OPS (slim.learning.create_train_op does) from now on",
         _stats_match_reference,
         needs_reference=True,
     ),
