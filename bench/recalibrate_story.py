@@ -79,8 +79,16 @@ def main() -> None:
         export_training_graph(meta)
     out = Path(tempfile.mkdtemp(prefix="ckptdoctor-recalibrated-")) / "model.ckpt-3"
     code, seconds, peak, text = run_measured(
-        ["recalibrate", str(prefix), "--data", "recalibrate_story:batches", "--samples", str(options.samples),
-         "--out", str(out)]
+        [
+            "recalibrate",
+            str(prefix),
+            "--data",
+            "recalibrate_story:batches",
+            "--samples",
+            str(options.samples),
+            "--out",
+            str(out),
+        ]
     )
     print(text.splitlines()[0] if text else "(no output)")
     print(f"recalibrate: exit {code}, {seconds:.1f} s, peak RSS {peak:.0f} MiB, {options.samples} samples")
