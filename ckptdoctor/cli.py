@@ -24,8 +24,10 @@ from ckptdoctor.report import render as render_report
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from ckptdoctor.model import Report
+    from ckptdoctor.formats import Resolved
+    from ckptdoctor.gate import Verdict
     from ckptdoctor.patch import Addition
+    from ckptdoctor.policy import Policy
 
 app = typer.Typer(
     add_completion=False,
@@ -389,13 +391,9 @@ def patch(
     ] = None,
 ) -> None:
     """Write a new checkpoint: TARGET plus the moving statistics its BatchNorm layers lack, from DONOR."""
-    from ckptdoctor.gate import gate
     from ckptdoctor.patch import patch as run_patch
-    from ckptdoctor.policy import load_policy
-    from ckptdoctor.report.text import render_check
 
-    with _one_line_errors():
-        policy = load_policy()  # the re-check follows [tool.ckptdoctor] like `check`; a bad one stops us early
+    policy = _load_policy()
     _supervise(target, donor)
     with _one_line_errors(), _progress_bar(sys.stderr.isatty()) as bar:
 
@@ -405,6 +403,7 @@ def patch(
                 bar(f"writing {shown(out)}", done, total)
 
         result = run_patch(target, donor, out, force=force, progress=progress, name_map=name_map)
+    verdict = _recheck(result.resolved, policy)
     console = _stdout()  # every path and name below is escaped and printed as plain text, never as markup
     with _reader_may_stop():
         if result.added:
@@ -416,13 +415,7 @@ def patch(
             console.print(f"wrote {shown(path)}", markup=False, soft_wrap=True)
         if result.state_change:
             console.print(shown(result.state_change), markup=False, soft_wrap=True)
-        console.print("re-checking the result:")
-        # through the library gate, read as what was written: every policy key applies exactly as in `check`
-        verdict = gate([result.resolved], policy=policy, progress=lambda *_: watchdog.beat())
-        for unreadable in verdict.unreadable:
-            _error(unreadable.message)
-        for report in verdict.reports:
-            render_check(console, report)
+        _show_recheck(verdict)
     raise typer.Exit(verdict.exit_code)
 
 
@@ -637,25 +630,30 @@ def match(
 LISTED = 50  # tensors strip and rename name one per line; a large model's hundreds of slots are counted
 
 
-def _recheck(resolved: object, out: str) -> tuple[Report, ExitCode]:
-    """Check what a writing command wrote, read as exactly what was written, under the project's policy."""
-    import dataclasses
-
-    from ckptdoctor.diagnose import check as run_check
+def _load_policy() -> Policy:
+    """The project's policy, loaded before a writing command writes: a bad one stops it before any byte."""
     from ckptdoctor.policy import load_policy
 
     with _one_line_errors():
-        policy = load_policy()
-        report = run_check(resolved)  # type: ignore[arg-type]
-    report = dataclasses.replace(report, findings=policy.apply(out, report.findings))
-    return report, exit_code(report.findings, policy.threshold())
+        return load_policy()
 
 
-def _show_recheck(report: Report) -> None:
+def _recheck(resolved: Resolved, policy: Policy) -> Verdict:
+    """Check what a writing command wrote, read as exactly what was written, through the library gate: every
+    policy key applies exactly as in `check`. Run before anything is printed, so a closed pipe cannot lose it."""
+    from ckptdoctor.gate import gate
+
+    return gate([resolved], policy=policy, progress=lambda *_: watchdog.beat())
+
+
+def _show_recheck(verdict: Verdict) -> None:
     from ckptdoctor.report.text import render_check
 
     _stdout().print("re-checking the result:")
-    render_check(_stdout(), report)
+    for unreadable in verdict.unreadable:
+        _error(unreadable.message)
+    for report in verdict.reports:
+        render_check(_stdout(), report)
 
 
 @app.command()
@@ -675,10 +673,11 @@ def strip(
     from ckptdoctor.report.text import human_bytes
     from ckptdoctor.strip import strip as run_strip
 
+    policy = _load_policy()
     _supervise(checkpoint)
     with _one_line_errors():
         result = run_strip(checkpoint, out, use_ema=use_ema, keep_step=keep_step, force=force)
-    report, code = _recheck(result.resolved, result.out)
+    verdict = _recheck(result.resolved, policy)
     console = _stdout()
     with _reader_may_stop():
         plan = result.plan
@@ -702,8 +701,8 @@ def strip(
         console.print(f"wrote {' and '.join(shown(path) for path in result.written)}", markup=False)
         if result.state_change:
             console.print(shown(result.state_change), markup=False)
-        _show_recheck(report)
-    raise typer.Exit(code)
+        _show_recheck(verdict)
+    raise typer.Exit(verdict.exit_code)
 
 
 @app.command()
@@ -721,10 +720,11 @@ def rename(
     """Write CHECKPOINT with its names following MAP (TF1 keys, legacy Keras layer names), bytes as stored."""
     from ckptdoctor.rename import rename as run_rename
 
+    policy = _load_policy()
     _supervise(checkpoint)
     with _one_line_errors():
         result = run_rename(checkpoint, name_map, out, force=force)
-    report, code = _recheck(result.resolved, result.out)
+    verdict = _recheck(result.resolved, policy)
     console = _stdout()
     with _reader_may_stop():
         console.print(f"renamed {len(result.renamed)} tensors:", markup=False)
@@ -735,5 +735,123 @@ def rename(
         console.print(f"wrote {' and '.join(shown(path) for path in result.written)}", markup=False)
         if result.state_change:
             console.print(shown(result.state_change), markup=False)
-        _show_recheck(report)
-    raise typer.Exit(code)
+        _show_recheck(verdict)
+    raise typer.Exit(verdict.exit_code)
+
+
+@app.command()
+def recalibrate(
+    checkpoint: Annotated[str, typer.Argument(help="The checkpoint to recalibrate.", show_default=False)],
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            help="Samples: FILE.npy, FILE.npz (one array per input) or package.module:function.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[str, typer.Option("--out", "-o", help="Prefix or file of the new checkpoint.", show_default=False)],
+    meta_graph: Annotated[
+        str | None,
+        typer.Option(
+            "--meta-graph", help="TF1: the training graph [default: CHECKPOINT's PREFIX.meta].", show_default=False
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Keras/TF2: MODEL.keras or package.module:builder.", show_default=False),
+    ] = None,
+    input_name: Annotated[
+        str | None,
+        typer.Option(
+            "--input",
+            help="TF1: the placeholder the samples go to (when not the one float placeholder).",
+            show_default=False,
+        ),
+    ] = None,
+    feed: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--feed",
+            help="TF1: another placeholder's value, NAME=VALUE (is_training=true, keep_prob=1).",
+            show_default=False,
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Samples per batch (.npy/.npz).")] = 32,
+    batches: Annotated[
+        int | None, typer.Option("--batches", min=1, help="Use at most this many batches.", show_default=False)
+    ] = None,
+    samples: Annotated[
+        int | None, typer.Option("--samples", min=1, help="Use at most this many samples.", show_default=False)
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a checkpoint already at --out.")] = False,
+) -> None:
+    """Recompute BatchNorm statistics by running the model in training mode over samples (needs the tf extra)."""
+    from ckptdoctor.recalibrate import MIN_SAMPLES, DataSpec, parse_feeds
+    from ckptdoctor.recalibrate import recalibrate as run_recalibrate
+
+    policy = _load_policy()
+    with _one_line_errors():
+        feeds = parse_feeds(feed or [])
+    spec = DataSpec(data, batch_size=batch_size, batches=batches, samples=samples)
+    with _one_line_errors(), _sample_progress(sys.stderr.isatty()) as advance:
+        result = run_recalibrate(
+            checkpoint,
+            spec,
+            out,
+            meta_graph=meta_graph,
+            model=model,
+            input_name=input_name,
+            feeds=feeds,
+            force=force,
+            progress=advance,
+        )
+    verdict = _recheck(result.resolved, policy)
+    if result.few_samples:
+        sys.stderr.write(
+            f"ckptdoctor: warning: only {result.samples} samples; population statistics from fewer than "
+            f"{MIN_SAMPLES:,} are noisy\n"
+        )
+    console = _stdout()
+    with _reader_may_stop():
+        console.print(
+            f"recalibrated {len(result.layers)} BatchNorm layers over {result.samples} samples in {result.batches} "
+            f"batches: {result.replaced} statistics replaced, {result.added} added",
+            markup=False,
+        )
+        console.print("  layer: largest relative change of moving_mean, moving_variance", markup=False)
+        for change in result.layers:
+            moved = ", ".join(
+                "added" if value is None else f"{value:.3g}" for value in (change.mean_change, change.variance_change)
+            )
+            console.print(f"  {shown(change.layer)}: {moved}", markup=False, soft_wrap=True)
+        console.print(f"wrote {' and '.join(shown(path) for path in result.written)}", markup=False)
+        if result.state_change:
+            console.print(shown(result.state_change), markup=False)
+        _show_recheck(verdict)
+    raise typer.Exit(verdict.exit_code)
+
+
+@contextmanager
+def _sample_progress(enabled: bool) -> Iterator[Callable[[int, int | None], None] | None]:
+    """A progress bar on stderr counting samples, only on a terminal."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("samples"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("samples", total=None)
+
+        def advance(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield advance

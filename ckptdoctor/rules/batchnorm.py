@@ -25,13 +25,15 @@ _RECALIBRATE = "ckptdoctor recalibrate CKPT --data SAMPLES --out FIXED"
 _PATCH = "ckptdoctor patch CKPT --from FULL_SAVE --out FIXED"
 
 _MISSING_FIX = {
-    FormatFamily.TF1: f"repair with: {_PATCH} (FULL_SAVE: a save of the same run with every variable); from now "
-    "on save with tf.compat.v1.train.Saver() (all global variables), not var_list=tf.trainable_variables()",
+    FormatFamily.TF1: f"repair with: {_PATCH} (FULL_SAVE: a save of the same run with every variable), or "
+    f"without one: {_RECALIBRATE}; from now on save with tf.compat.v1.train.Saver() (all global variables), "
+    "not var_list=tf.trainable_variables()",
     FormatFamily.KERAS: f"repair with: {_PATCH} (FULL_SAVE: a .keras, .weights.h5 or .h5 of the same model that "
-    "has them); from now on save from the model itself (model.save('model.keras') or "
-    "model.save_weights('model.weights.h5')), which keeps the non-trainable weights",
-    FormatFamily.TF2: f"repair with: {_PATCH} (FULL_SAVE: a checkpoint of the same model that has them); from now "
-    "on save tf.train.Checkpoint(model=model), which tracks every variable, not a list of trainable_variables",
+    f"has them), or without one: {_RECALIBRATE} --model MODEL; from now on save from the model itself "
+    "(model.save('model.keras') or model.save_weights('model.weights.h5')), which keeps the non-trainable weights",
+    FormatFamily.TF2: f"repair with: {_PATCH} (FULL_SAVE: a checkpoint of the same model that has them), or "
+    f"without one: {_RECALIBRATE} --model MODEL; from now on save tf.train.Checkpoint(model=model), which "
+    "tracks every variable, not a list of trainable_variables",
 }
 
 _AT_INIT_CAUSE = {
@@ -241,8 +243,9 @@ RULES = (
         "`tf.train.Saver(var_list=tf.trainable_variables())` (moving statistics are not trainable), or a "
         "converter or hand-written export that kept only trainable weights. Save with `tf.train.Saver()` or "
         "`tf.global_variables()` instead, or merge the statistics from a full save of the same run.",
-        "repair with: ckptdoctor patch CKPT --from FULL_SAVE --out FIXED; save with tf.train.Saver() "
-        "(all global variables) from now on",
+        "repair with: ckptdoctor patch CKPT --from FULL_SAVE --out FIXED when a full save of the same run "
+        "exists, otherwise ckptdoctor recalibrate CKPT --data SAMPLES.npy --out FIXED (TF1: the PREFIX.meta "
+        "beside it; Keras/TF2: --model MODEL); save with tf.train.Saver() (all global variables) from now on",
         _missing_moving_stats,
         causes=_MISSING_CAUSE,
         fixes=_MISSING_FIX,
@@ -258,8 +261,8 @@ RULES = (
         "UPDATE_OPS))`); in Keras and TF2 the layers never ran in training mode (a custom loop calling "
         "`model(x)` without `training=True`, or layers frozen with `trainable=False`). Evaluation then "
         "normalises with the wrong values and accuracy collapses.",
-        "run the UPDATE_OPS with the train op (tf.control_dependencies) and retrain, or recompute the "
-        "statistics by running the model in training mode over training data",
+        "recompute the statistics over training data: ckptdoctor recalibrate CKPT --data SAMPLES.npy --out "
+        "FIXED; run the UPDATE_OPS with the train op (tf.control_dependencies) from now on",
         _stats_at_init,
         causes=_AT_INIT_CAUSE,
         fixes=_AT_INIT_FIX,
@@ -273,8 +276,9 @@ RULES = (
         "model fine-tuning started from), while the trained weights differ from it. The update ops never "
         "ran during fine-tuning, so the statistics describe the old data. With a high decay (slim's 0.9997) "
         "and few steps statistics also move very little even when the updates ran.",
-        "make the train op depend on tf.GraphKeys.UPDATE_OPS (slim.learning.create_train_op does) and "
-        "fine-tune again, or lower the BatchNorm decay for short fine-tuning runs",
+        "recompute the statistics over the fine-tuning data: ckptdoctor recalibrate CKPT --data SAMPLES.npy "
+        "--out FIXED (a patch from the reference would copy the same old values); make the train op depend on "
+        "tf.GraphKeys.UPDATE_OPS (slim.learning.create_train_op does) from now on",
         _stats_match_reference,
         needs_reference=True,
         causes=_MATCH_REFERENCE_CAUSE,

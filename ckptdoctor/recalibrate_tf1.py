@@ -1,0 +1,328 @@
+"""TF1 graphs: each BatchNorm layer's batch statistics, fetched from the checkpoint's own training graph.
+
+The graph is the `PREFIX.meta` tf.train.Saver writes beside a checkpoint (or --meta-graph). A layer is found
+from the update of its moving statistic, followed backwards through the op inputs to the batch statistic it
+applies: output 1 or 2 of a `FusedBatchNorm*` op, or the `moments` (`Mean`, `Mean(SquaredDifference)`) of a
+non-fused BatchNorm. The variable is the update's target, found through its inputs, never by name: slim's
+ops live under `InceptionV3/InceptionV3/...` and its variables under `InceptionV3/...`. The update ops
+themselves are never run.
+
+What TensorFlow's fused op returns in training mode (checked against numpy in tests/test_recalibrate.py):
+output 1 is the batch mean and output 2 the batch variance with Bessel's correction n/(n-1), the value the
+moving average is fed; normalisation uses the biased variance, so it is multiplied back by (n-1)/n. A
+FusedBatchNormV3 with `exponential_avg_factor` f != 1 returns (1-f)*running + f*batch for both; the running
+inputs are fetched with them and the batch value recovered."""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from ckptdoctor.analysis.checkpoint import Checkpoint
+from ckptdoctor.errors import ConfigError, ModelError, first_line
+from ckptdoctor.formats.meta_graph import MAX_META_BYTES, PASS_THROUGH, VARIABLE_OPS, meta_graph_path
+from ckptdoctor.recalibrate import Batch, BatchMoments, DataError, LayerStatistics, RecalibrateError
+
+FUSED_OPS = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"})
+# Ops that write a moving statistic: assign_moving_average's AssignSub, or an Assign of the fused op's output.
+UPDATE_OPS = frozenset({"AssignSub", "AssignSubVariableOp", "Assign", "AssignVariableOp"})
+# Arithmetic between a batch statistic and its update (decay, zero-debiasing, casts, tf.cond of v1 control
+# flow). The search backwards from an update goes through these only, so it never leaves the layer.
+UPDATE_ARITHMETIC = frozenset(
+    {"Identity", "Snapshot", "Sub", "Mul", "Cast", "Squeeze", "Reshape", "Merge", "Switch", "Add", "AddV2", "RealDiv"}
+    | {"Maximum", "Minimum", "StopGradient", "ReadVariableOp"}
+)
+MAX_SEARCH_OPS = 64  # ops visited backwards from one update to the batch statistic it applies
+MAX_CHAIN = 16  # Identity/ReadVariableOp hops from an update to its variable
+STATISTIC_LEAVES = ("moving_mean", "moving_variance")
+MEAN, VARIANCE = "mean", "variance"
+
+
+def training_graph(prefix: str) -> str:
+    """The training graph tf.train.Saver wrote beside the checkpoint, or a ModelError saying how to get one."""
+    path = meta_graph_path(prefix)
+    if not os.path.isfile(path):
+        raise ModelError(
+            f"{path}: no training graph beside the checkpoint; give one with --meta-graph FILE (the .meta "
+            "tf.train.Saver writes while training, or tf.compat.v1.train.export_meta_graph of the graph built "
+            "with is_training=True)"
+        )
+    return path
+
+
+@dataclass
+class _Layer:
+    """One BatchNorm computation: a fused op, or the moments of one input tensor."""
+
+    key: str
+    fused: Any = None  # the FusedBatchNorm* op
+    moments: dict[str, Any] = field(default_factory=dict)  # kind -> the statistic tensor (non-fused)
+    x: Any = None  # the normalised input
+    variables: dict[str, set[str]] = field(default_factory=dict)  # kind -> the moving statistics it updates
+
+
+def _variable_of(tensor) -> str | None:
+    """The variable an update writes, followed through Identity and ReadVariableOp to its variable op."""
+    op = tensor.op
+    for _ in range(MAX_CHAIN):
+        if op.type in VARIABLE_OPS:
+            return op.name
+        if op.type not in PASS_THROUGH or not op.inputs:
+            return None
+        op = op.inputs[0].op
+    return None
+
+
+def _moments(tensor) -> tuple[str, str, Any] | None:
+    """(layer key, kind, input) where the tensor is the mean or variance of tf.nn.moments (maybe squeezed)."""
+    op = tensor.op
+    if op.type in ("Squeeze", "Reshape", "Identity") and op.inputs:
+        op = op.inputs[0].op
+    if op.type != "Mean" or not op.inputs:
+        return None
+    source = op.inputs[0].op
+    if source.type == "SquaredDifference" and source.inputs:
+        x = source.inputs[0]
+        return f"moments:{x.name}", VARIANCE, x
+    x = op.inputs[0]
+    return f"moments:{x.name}", MEAN, x
+
+
+def _batch_statistic(update) -> tuple[_Layer, str] | None:
+    """The BatchNorm computation and statistic kind an update op applies, searched backwards from its value."""
+    queue = deque(update.inputs[1:2])
+    seen: set[str] = set()
+    while queue and len(seen) < MAX_SEARCH_OPS:
+        tensor = queue.popleft()
+        if tensor.name in seen:
+            continue
+        seen.add(tensor.name)
+        op = tensor.op
+        if op.type in FUSED_OPS:
+            if tensor.value_index not in (1, 2) or not op.get_attr("is_training"):
+                return None
+            layer = _Layer(op.name, fused=op, x=op.inputs[0])
+            return layer, MEAN if tensor.value_index == 1 else VARIANCE
+        found = _moments(tensor)
+        if found is not None:
+            key, kind, x = found
+            layer = _Layer(key, x=x)
+            layer.moments[kind] = tensor
+            return layer, kind
+        if op.type in UPDATE_ARITHMETIC:
+            queue.extend(op.inputs)
+    return None
+
+
+def find_layers(graph) -> list[_Layer]:
+    """Every BatchNorm computation whose batch statistics update a moving mean and a moving variance."""
+    layers: dict[str, _Layer] = {}
+    for op in graph.get_operations():
+        if op.type not in UPDATE_OPS or len(op.inputs) < 2:
+            continue
+        variable = _variable_of(op.inputs[0])
+        found = _batch_statistic(op) if variable else None
+        if found is None or variable is None:
+            continue
+        candidate, kind = found
+        layer = layers.setdefault(candidate.key, candidate)
+        layer.moments.update({k: v for k, v in candidate.moments.items() if k not in layer.moments})
+        layer.variables.setdefault(kind, set()).add(variable)
+    return list(layers.values())
+
+
+def _one_variable(layer: _Layer, kind: str, where: str) -> str:
+    """The moving statistic a layer's statistic updates; zero-debiasing adds helpers (`.../biased`), which
+    the statistic's own name (`moving_mean`, `moving_variance`) tells apart."""
+    names = layer.variables.get(kind, set())
+    if len(names) > 1:
+        leaf = STATISTIC_LEAVES[0 if kind == MEAN else 1]
+        names = {name for name in names if name.rsplit("/", 1)[-1] == leaf} or names
+    if len(names) != 1:
+        what = "no" if not names else f"{len(names)} ({', '.join(sorted(names)[:3])})"
+        raise RecalibrateError(f"{where}: BatchNorm {layer.key} updates {what} moving {kind} variables")
+    return next(iter(names))
+
+
+class GraphRunner:
+    """Imports the training graph, restores what the checkpoint holds, and fetches batch statistics."""
+
+    def __init__(self, tf, checkpoint: Checkpoint, meta_graph: str, input_name: str | None, feeds: dict) -> None:
+        self._tf = tf
+        self._meta = meta_graph
+        tf1 = tf.compat.v1
+        self._graph = tf.Graph()
+        with self._graph.as_default():
+            self._import(meta_graph)
+            found = find_layers(self._graph)
+            if not found:
+                raise RecalibrateError(self._no_training_layers())
+            self._found = sorted(found, key=lambda layer: _one_variable(layer, MEAN, meta_graph))
+            self.layers = tuple(self._statistics(layer) for layer in self._found)
+            self._fetches = [self._layer_fetches(layer) for layer in self._found]
+            self._input = self._input_tensor(input_name, feeds)
+            self._feeds = self._extra_feeds(feeds)
+            restore, initialise = self._split_variables(checkpoint)
+            self._session = tf1.Session(graph=self._graph)
+        try:
+            with self._graph.as_default():
+                self._session.run(tf1.variables_initializer(initialise))
+                self._session.run(tf1.local_variables_initializer())
+                tf1.train.Saver(var_list=restore).restore(self._session, checkpoint.resolved.location)
+        except tf.errors.OpError as error:
+            self.close()
+            raise ModelError(
+                f"{checkpoint.resolved.location}: TensorFlow cannot restore it into {meta_graph} "
+                f"({type(error).__name__}: {first_line(error)})"
+            ) from None
+
+    def _import(self, meta_graph: str) -> None:
+        try:
+            size = os.stat(meta_graph).st_size
+        except OSError as error:
+            raise ModelError(f"{meta_graph}: cannot read the meta graph ({error.strerror})") from None
+        if size > MAX_META_BYTES:
+            raise ModelError(f"{meta_graph}: larger than {MAX_META_BYTES >> 20} MiB, not imported")
+        try:
+            self._tf.compat.v1.train.import_meta_graph(meta_graph, clear_devices=True)
+        except Exception as error:  # TF raises many types for a file it cannot import
+            raise ModelError(f"{meta_graph}: not a MetaGraphDef TensorFlow can import ({first_line(error)})") from None
+
+    def _no_training_layers(self) -> str:
+        ops = self._graph.get_operations()
+        evaluation = any(op.type in FUSED_OPS and not op.get_attr("is_training") for op in ops) or any(
+            op.type in VARIABLE_OPS and op.name.rsplit("/", 1)[-1] in STATISTIC_LEAVES for op in ops
+        )
+        if evaluation:
+            return (
+                f"{self._meta}: an evaluation graph: its BatchNorm layers run in inference mode (is_training=False) "
+                "and compute no batch statistics; recalibrate needs the training graph (the PREFIX.meta "
+                "tf.train.Saver writes while training, or export_meta_graph of the model built with is_training=True)"
+            )
+        return f"{self._meta}: no BatchNorm layer updating moving statistics in this graph"
+
+    def _statistics(self, layer: _Layer) -> LayerStatistics:
+        mean = _one_variable(layer, MEAN, self._meta)
+        variance = _one_variable(layer, VARIANCE, self._meta)
+        return LayerStatistics(mean.rpartition("/")[0] or mean, mean, variance)
+
+    def _layer_fetches(self, layer: _Layer) -> dict[str, Any]:
+        tf = self._tf
+        with tf.name_scope("ckptdoctor_recalibrate"):
+            values = tf.size(layer.x, out_type=tf.int64)
+            if layer.fused is not None:
+                op = layer.fused
+                factor = op.get_attr("exponential_avg_factor") if op.type == "FusedBatchNormV3" else 1.0
+                fetches = {"mean": op.outputs[1], "variance": op.outputs[2], "values": values, "factor": factor}
+                if factor != 1.0:  # the outputs blend in the running statistics the op was given
+                    fetches.update(running_mean=op.inputs[3], running_variance=op.inputs[4])
+                return fetches
+            if MEAN not in layer.moments or VARIANCE not in layer.moments:
+                raise RecalibrateError(f"{self._meta}: BatchNorm {layer.key} lacks its mean or variance moments")
+            return {
+                "mean": layer.moments[MEAN],
+                "variance": layer.moments[VARIANCE],
+                "values": values,
+            }
+
+    def _tensor(self, name: str, what: str):
+        try:
+            return self._graph.get_tensor_by_name(name if ":" in name else f"{name}:0")
+        except (KeyError, ValueError):
+            raise ConfigError(f"{what} {name}: no such tensor in {self._meta}") from None
+
+    def _input_tensor(self, input_name: str | None, feeds: dict):
+        """The placeholder a single-array batch goes to: --input, else the graph's one float placeholder."""
+        if input_name is not None:
+            return self._tensor(input_name, "--input")
+        candidates = [
+            op.outputs[0]
+            for op in self._graph.get_operations()
+            if op.type == "Placeholder" and op.outputs[0].dtype.is_floating and op.name not in feeds
+        ]
+        if len(candidates) == 1:
+            return candidates[0]
+        shown = ", ".join(tensor.op.name for tensor in candidates[:5])
+        return f"{self._meta}: {len(candidates)} float placeholders ({shown or 'none'}); name the input with --input"
+
+    def _extra_feeds(self, feeds: dict) -> dict:
+        import numpy as np
+
+        return {
+            tensor: np.asarray(value, dtype=tensor.dtype.as_numpy_dtype)
+            for name, value in feeds.items()
+            for tensor in [self._tensor(name, "--feed")]
+        }
+
+    def _split_variables(self, checkpoint: Checkpoint) -> tuple[list, list]:
+        """The graph's variables the checkpoint holds (restored) and those it lacks (initialised: the
+        statistics themselves and optimizer slots, which training-mode BatchNorm never reads)."""
+        stored = {info.name: info for info in checkpoint.reader.tensors()}
+        restore, initialise = [], []
+        for variable in self._tf.compat.v1.global_variables():
+            info = variable._save_slice_info  # a part of a partitioned variable is restored from its whole
+            key = info.full_name if info else variable.op.name
+            if key not in stored:
+                initialise.append(variable)
+                continue
+            expected = tuple(info.full_shape) if info else tuple(variable.shape.as_list())
+            if expected != stored[key].shape:
+                raise ModelError(
+                    f"{checkpoint.reader.location}: {key} is {list(stored[key].shape)} in the checkpoint but "
+                    f"{list(expected)} in {self._meta}"
+                )
+            restore.append(variable)
+        if not restore:
+            raise ModelError(f"{self._meta}: none of the graph's variables is in {checkpoint.reader.location}")
+        return restore, initialise
+
+    def _feed(self, batch: Batch) -> dict:
+        feed = dict(self._feeds)
+        if isinstance(batch, dict):
+            for name, array in batch.items():
+                feed[self._tensor(name, "input")] = array
+        elif isinstance(self._input, str):
+            raise DataError(self._input)
+        else:
+            feed[self._input] = batch
+        return feed
+
+    def run(self, batch: Batch, rows: int) -> list[BatchMoments]:
+        tf = self._tf
+        fetches = [{k: v for k, v in f.items() if k != "factor"} for f in self._fetches]
+        try:
+            results = self._session.run(fetches, self._feed(batch))
+        except tf.errors.OpError as error:
+            hint = " (give placeholders with --feed NAME=VALUE)" if "placeholder" in error.message else ""
+            raise RecalibrateError(
+                f"{self._meta}: TensorFlow failed on a batch ({type(error).__name__}: {first_line(error)}){hint}"
+            ) from None
+        except ValueError as error:  # a batch whose shape does not fit the placeholder
+            raise DataError(f"{self._meta}: the batch does not fit the graph's input ({first_line(error)})") from None
+        return [_moments_of(result, spec.get("factor")) for result, spec in zip(results, self._fetches, strict=True)]
+
+    def close(self) -> None:
+        session = getattr(self, "_session", None)
+        if session is not None:
+            session.close()
+            self._session = None
+
+
+def _moments_of(result: dict, factor: float | None) -> BatchMoments:
+    """The batch mean and biased variance from what the graph returned for one layer."""
+    import numpy as np
+
+    mean = np.asarray(result["mean"], dtype=np.float64).reshape(-1)
+    variance = np.asarray(result["variance"], dtype=np.float64).reshape(-1)
+    channels = mean.size
+    values = int(result["values"]) // max(channels, 1)
+    if factor is not None:  # the fused op
+        if factor != 1.0:
+            running_mean = np.asarray(result["running_mean"], dtype=np.float64).reshape(-1)
+            running_variance = np.asarray(result["running_variance"], dtype=np.float64).reshape(-1)
+            mean = (mean - (1.0 - factor) * running_mean) / factor
+            variance = (variance - (1.0 - factor) * running_variance) / factor
+        variance = variance * ((values - 1) / values) if values > 1 else np.zeros_like(variance)
+    return BatchMoments(mean, np.maximum(variance, 0.0), values)
