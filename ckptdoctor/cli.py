@@ -312,7 +312,7 @@ def _progress_bar(enabled: bool) -> Iterator[Callable[[str, int, int], None] | N
     )
 
     columns = (
-        TextColumn("{task.description}", markup=False),
+        TextColumn("{task.description}", markup=False, soft_wrap=True),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
@@ -684,23 +684,29 @@ def strip(
         kinds = Counter(dropped.what for dropped in plan.dropped)
         summary = ", ".join(f"{count} {what}" for what, count in sorted(kinds.items()))
         if plan.dropped:
-            console.print(f"dropped {len(plan.dropped)} tensors ({summary}):", markup=False)
+            console.print(f"dropped {len(plan.dropped)} tensors ({summary}):", markup=False, soft_wrap=True)
         else:
             console.print("no training state to drop: the output holds every tensor of the input")
         for dropped in plan.dropped[:LISTED]:
-            console.print(f"  - {shown(dropped.name)}  ({dropped.what}, {human_bytes(dropped.nbytes)})", markup=False)
+            console.print(
+                f"  - {shown(dropped.name)}  ({dropped.what}, {human_bytes(dropped.nbytes)})",
+                markup=False,
+                soft_wrap=True,
+            )
         if len(plan.dropped) > LISTED:
-            console.print(f"  … and {len(plan.dropped) - LISTED} more", markup=False)
+            console.print(f"  … and {len(plan.dropped) - LISTED} more", markup=False, soft_wrap=True)
         if plan.from_ema:
             console.print(f"{len(plan.from_ema)} variables written from their ExponentialMovingAverage shadows")
         if plan.without_shadow:
             first = shown(plan.without_shadow[0])
             more = f" and {len(plan.without_shadow) - 1} more" if len(plan.without_shadow) > 1 else ""
-            console.print(f"kept as stored, without a shadow: {first}{more}", markup=False)
-        console.print(f"size: {human_bytes(result.size_before)} -> {human_bytes(result.size_after)}", markup=False)
-        console.print(f"wrote {' and '.join(shown(path) for path in result.written)}", markup=False)
+            console.print(f"kept as stored, without a shadow: {first}{more}", markup=False, soft_wrap=True)
+        console.print(
+            f"size: {human_bytes(result.size_before)} -> {human_bytes(result.size_after)}", markup=False, soft_wrap=True
+        )
+        console.print(f"wrote {' and '.join(shown(path) for path in result.written)}", markup=False, soft_wrap=True)
         if result.state_change:
-            console.print(shown(result.state_change), markup=False)
+            console.print(shown(result.state_change), markup=False, soft_wrap=True)
         _show_recheck(verdict)
     raise typer.Exit(verdict.exit_code)
 
@@ -727,14 +733,14 @@ def rename(
     verdict = _recheck(result.resolved, policy)
     console = _stdout()
     with _reader_may_stop():
-        console.print(f"renamed {len(result.renamed)} tensors:", markup=False)
+        console.print(f"renamed {len(result.renamed)} tensors:", markup=False, soft_wrap=True)
         for old, new in result.renamed[:LISTED]:
-            console.print(f"  {shown(old)} -> {shown(new)}", markup=False)
+            console.print(f"  {shown(old)} -> {shown(new)}", markup=False, soft_wrap=True)
         if len(result.renamed) > LISTED:
-            console.print(f"  … and {len(result.renamed) - LISTED} more", markup=False)
-        console.print(f"wrote {' and '.join(shown(path) for path in result.written)}", markup=False)
+            console.print(f"  … and {len(result.renamed) - LISTED} more", markup=False, soft_wrap=True)
+        console.print(f"wrote {' and '.join(shown(path) for path in result.written)}", markup=False, soft_wrap=True)
         if result.state_change:
-            console.print(shown(result.state_change), markup=False)
+            console.print(shown(result.state_change), markup=False, soft_wrap=True)
         _show_recheck(verdict)
     raise typer.Exit(verdict.exit_code)
 
@@ -818,16 +824,17 @@ def recalibrate(
             f"recalibrated {len(result.layers)} BatchNorm layers over {result.samples} samples in {result.batches} "
             f"batches: {result.replaced} statistics replaced, {result.added} added",
             markup=False,
+            soft_wrap=True,
         )
-        console.print("  layer: largest relative change of moving_mean, moving_variance", markup=False)
+        console.print("  layer: largest relative change of moving_mean, moving_variance", markup=False, soft_wrap=True)
         for change in result.layers:
             moved = ", ".join(
                 "added" if value is None else f"{value:.3g}" for value in (change.mean_change, change.variance_change)
             )
             console.print(f"  {shown(change.layer)}: {moved}", markup=False, soft_wrap=True)
-        console.print(f"wrote {' and '.join(shown(path) for path in result.written)}", markup=False)
+        console.print(f"wrote {' and '.join(shown(path) for path in result.written)}", markup=False, soft_wrap=True)
         if result.state_change:
-            console.print(shown(result.state_change), markup=False)
+            console.print(shown(result.state_change), markup=False, soft_wrap=True)
         _show_recheck(verdict)
     raise typer.Exit(verdict.exit_code)
 

@@ -355,8 +355,8 @@ def test_action_writes_the_markdown_summary(tmp_path):
     assert result.returncode == 0, result.stderr
     calls = (tmp_path / "argv").read_text().splitlines()
     assert calls == [
-        "check a.ckpt b.keras --fail-on warning --format sarif --output out.sarif ",
-        "check a.ckpt b.keras --fail-on warning --format markdown ",
+        "check --fail-on warning --format sarif --output out.sarif -- a.ckpt b.keras ",
+        "check --fail-on warning --format markdown -- a.ckpt b.keras ",
     ]
     assert summary.read_text() == "earlier step\n| table |\n"
     assert (tmp_path / "github_output").read_text() == "status=1\n"  # the SARIF run's status decides
