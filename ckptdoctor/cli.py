@@ -312,7 +312,7 @@ def _progress_bar(enabled: bool) -> Iterator[Callable[[str, int, int], None] | N
     )
 
     columns = (
-        TextColumn("{task.description}", markup=False, soft_wrap=True),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
