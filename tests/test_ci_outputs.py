@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURE_BUNDLES, KERAS, REALWORLD, ROOT
+from conftest import FIXTURE_BUNDLES, KERAS, REALWORLD, ROOT, run_cli
 
 from ckptdoctor.rules import CATALOGUE
 
@@ -23,14 +22,7 @@ BROKEN = [
 
 
 def run(*args, cwd=None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ckptdoctor", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    return run_cli(*args, cwd=cwd)
 
 
 def test_sarif_validates_and_describes_every_rule(tmp_path):

@@ -11,7 +11,7 @@ import time
 import zipfile
 
 import pytest
-from conftest import KERAS, file_bytes
+from conftest import KERAS, cli_command, file_bytes
 from synthetic import write_synthetic
 
 from ckptdoctor import check
@@ -25,7 +25,7 @@ FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9, 1.2)
 
 
 def patch_command(target, donor, out) -> list[str]:
-    return [sys.executable, "-m", "ckptdoctor", "patch", str(target), "--from", str(donor), "--out", str(out)]
+    return cli_command("patch", target, "--from", donor, "--out", out)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURE_BUNDLES, KERAS, copy_checkpoint, file_bytes
+from conftest import FIXTURE_BUNDLES, KERAS, copy_checkpoint, file_bytes, run_cli
 
 from ckptdoctor import check
 from ckptdoctor.formats.tf_bundle import BundleReader
@@ -32,9 +32,8 @@ STATISTICS = [
 ]
 
 
-def run(*args: object, **kwargs) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "ckptdoctor", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=60, **kwargs)
+def run(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return run_cli(*args, cwd=cwd)
 
 
 def patch_cli(target, donor, out, *extra) -> subprocess.CompletedProcess:

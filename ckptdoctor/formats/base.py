@@ -47,4 +47,9 @@ class CheckpointReader(Protocol):
         """Read every stored byte once: checksums, sizes and non-finite values; reports bytes done."""
         ...
 
+    def files(self) -> tuple[str, ...]:
+        """Every file this reader reads (a bundle's index and each data shard; else the one file), so a writer
+        can refuse to write over any of them."""
+        ...
+
     def close(self) -> None: ...

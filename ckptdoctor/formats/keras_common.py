@@ -490,5 +490,8 @@ class Hdf5Reader:
     def scan(self, progress: Progress | None = None) -> ScanResult:
         return scan_datasets(self._datasets, self._dtypes, self.external, progress)
 
+    def files(self) -> tuple[str, ...]:
+        return (self.location,)  # a .keras archive too: its weights are read in place
+
     def close(self) -> None:
         self.file.close()

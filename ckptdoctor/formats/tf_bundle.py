@@ -410,6 +410,9 @@ class BundleReader:
             )
         return None
 
+    def files(self) -> tuple[str, ...]:
+        return (self.location + ".index", *(self.data_path(i) for i in range(self.num_shards)))
+
     def close(self) -> None:
         for source in self._open_shards.values():
             source.close()

@@ -118,5 +118,8 @@ class V1Reader:
                     nonfinite[info.name] = bad
         return ScanResult(nonfinite=nonfinite)
 
+    def files(self) -> tuple[str, ...]:
+        return (self.location,)
+
     def close(self) -> None:
         pass

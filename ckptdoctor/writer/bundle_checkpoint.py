@@ -50,17 +50,20 @@ if TYPE_CHECKING:
 Encoded = tuple[int, tuple[int, ...], bytes, int]  # dtype code, shape, stored bytes, masked CRC
 
 
-def _with_graph_nodes(graph: ObjectGraph, added: Sequence[tuple[NewTensor, str]]) -> bytes:
+def _with_graph_nodes(location: str, graph: ObjectGraph, added: Sequence[tuple[NewTensor, str]]) -> bytes:
     """The object graph with one node per added variable, linked as a child of its layer's node.
 
     Matching on restore goes through these links, not key names: a tensor without its node is ignored,
-    and a node nobody links to makes TF's assert_consumed fail with a KeyError (FORMATS.md §10)."""
+    and a node nobody links to makes TF's assert_consumed fail with a KeyError (shared/docs/FORMATS.md §10)."""
     proto = protos.TrackableObjectGraph()
     proto.CopyFrom(graph.proto)
     for tensor, key in added:
         parent = graph.nodes_by_path.get(tensor.layer)
         if parent is None:
-            raise CheckpointError(f"layer object {tensor.layer} is not in the target's object graph")
+            raise OutputError(
+                f"{location}: layer object {tensor.layer} is not in the object graph, so a "
+                "variable cannot be added under it"
+            )
         node = proto.nodes.add()
         full_name = tensor.full_name or f"{tensor.layer}/{tensor.variable}"
         node.attributes.add(name="VARIABLE_VALUE", full_name=full_name, checkpoint_key=key)
@@ -292,7 +295,7 @@ class BundleCheckpointWriter:
                 pruned = _graph_without(graph, edits.drop, reader.location)
                 graph = dataclasses.replace(graph, proto=protos.TrackableObjectGraph.FromString(pruned))
                 graph = dataclasses.replace(graph, nodes_by_path=NodesByPath(graph.proto))
-            raw, crc = encode_string_tensor([_with_graph_nodes(graph, added)])
+            raw, crc = encode_string_tensor([_with_graph_nodes(reader.location, graph, added)])
             planner.copies.pop(OBJECT_GRAPH_KEY.encode(), None)
             planner.encoded[OBJECT_GRAPH_KEY.encode()] = (dtypes.BY_NAME["string"].code, (), raw, crc)
 

@@ -10,8 +10,12 @@ import os
 import stat
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
+from typing import TYPE_CHECKING
 
 from ckptdoctor.errors import OutputError
+
+if TYPE_CHECKING:
+    from ckptdoctor.formats.base import CheckpointReader
 
 __all__ = [
     "LOCK_SUFFIX",
@@ -27,13 +31,9 @@ __all__ = [
 LOCK_SUFFIX = ".ckptdoctor-lock"
 
 
-def input_files(reader: object) -> list[str]:
+def input_files(reader: CheckpointReader) -> list[str]:
     """Every file a checkpoint reader reads: a bundle's index and each data shard, or the one file."""
-    from ckptdoctor.formats.tf_bundle import BundleReader
-
-    if isinstance(reader, BundleReader):
-        return [reader.location + ".index", *(reader.data_path(i) for i in range(reader.num_shards))]
-    return [reader.location]  # type: ignore[attr-defined]
+    return list(reader.files())
 
 
 def files_read(paths: Iterable[str | None]) -> list[str]:
