@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from ckptdoctor import dtypes
 from ckptdoctor.formats.object_graph import ATTRIBUTE_SUFFIX, OBJECT_GRAPH_KEY
 from ckptdoctor.model import BATCHNORM_STATISTICS, Role, TensorInfo, Variable
@@ -38,6 +40,16 @@ OPTIMIZER_STATE = frozenset({"beta1_power", "beta2_power"})
 COUNTERS = frozenset({"global_step", "save_counter", "iter", "iterations", "_iterations", "step"})
 BN_STATISTICS = frozenset(BATCHNORM_STATISTICS)
 EMA = "ExponentialMovingAverage"
+# A shadow's recorded name in a TF2 object graph: eager TF numbers shadows of like-named variables (`_1`).
+EMA_SEGMENT = re.compile(EMA + r"(_\d+)?")
+
+
+def shadowed_name(full_name: str | None) -> str | None:
+    """The recorded name of the variable a TF2 shadow averages (`dense/kernel/ExponentialMovingAverage` ->
+    `dense/kernel`), or None where the name is not a shadow's."""
+    parts = (full_name or "").split("/")
+    at = next((i for i, part in enumerate(parts) if EMA_SEGMENT.fullmatch(part)), None)
+    return "/".join(parts[:at]) if at else None
 
 
 def object_path(name: str) -> str:
@@ -68,7 +80,8 @@ def role_of(info: TensorInfo) -> Role:
         return Role.OTHER
     if info.slot_of is not None or "/.OPTIMIZER_SLOT/" in path:
         return Role.OPTIMIZER_SLOT
-    if EMA in parts:
+    # A TF2 object graph keeps a shadow wherever the script tracked it; its recorded name still says what it is.
+    if EMA in parts or shadowed_name(info.full_name) is not None:
         return Role.EMA
     if leaf in COUNTERS or (not is_float and info.shape == () and info.dtype.startswith(("int", "uint"))):
         return Role.COUNTER
