@@ -8,6 +8,8 @@ outputs of the original; a stripped TF2 checkpoint passes `assert_consumed()` fo
 from __future__ import annotations
 
 import shutil
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -271,3 +273,192 @@ def test_nothing_to_drop_is_a_copy_not_an_error(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "no training state to drop" in result.stdout
     assert set(roles(tmp_path / "out" / "model.ckpt")) == set(healthy_tensors())
+
+
+# --use-ema beyond TF1. TF2 keeps tf.train.ExponentialMovingAverage shadows wherever the script tracked them
+# (named by their recorded variable names); Keras optimizers with use_ema=True keep one average per trainable
+# variable among their own variables: tf.keras names it `<Optimizer>/average/<var>`, Keras 3 `<opt>/<var>_average`
+# in a TF2 checkpoint and only a position in a .keras file. The judge is the framework's own EMA semantics:
+# `optimizer.finalize_variable_values` (Keras), `var.assign(ema.average(var))` (TF2).
+
+EMA_X = np.linspace(-1, 1, 32, dtype=np.float32).reshape(8, 4)
+EMA_Y = np.linspace(1, 2, 16, dtype=np.float32).reshape(8, 2)
+
+
+def _ema_model(api):
+    """Layers out of alphabetical order (the order a Keras 3 file stores them in), a nested model and a frozen
+    layer: everything the position of a Keras 3 average depends on. `api` is keras or tf_keras."""
+    inputs = api.Input((4,))
+    block = api.Sequential([api.layers.Dense(3, name="inner"), api.layers.BatchNormalization(name="bn")], name="block")
+    frozen = api.layers.Dense(3, name="frozen")
+    frozen.trainable = False
+    outputs = api.layers.Dense(2, name="a_head")(frozen(block(api.layers.Dense(5, name="z_first")(inputs))))
+    return api.Model(inputs, outputs)
+
+
+@dataclass
+class EmaTrained:
+    files: dict[str, Path]  # what the training saved, by kind
+    raw: np.ndarray  # its predictions with the trained values
+    averaged: np.ndarray  # its predictions after finalize_variable_values: what the stripped files must predict
+
+
+def _train_with_optimizer_ema(api, tf, directory: Path, saves) -> EmaTrained:
+    model = _ema_model(api)
+    optimizer = api.optimizers.Adam(0.05, use_ema=True, ema_momentum=0.5)
+    model.compile(optimizer, "mse")
+    for _ in range(3):
+        model.train_on_batch(EMA_X, EMA_Y)
+    files = saves(model, optimizer, directory)
+    raw = model.predict(EMA_X, verbose=0)
+    optimizer.finalize_variable_values(model.trainable_variables)
+    averaged = model.predict(EMA_X, verbose=0)
+    assert not np.array_equal(raw, averaged)  # else the comparisons below could not fail
+    return EmaTrained(files, raw, averaged)
+
+
+@pytest.fixture(scope="module")
+def keras3_ema(tmp_path_factory, tf, keras):
+    def saves(model, optimizer, directory):
+        model.save(directory / "model.keras")
+        model.save_weights(directory / "model.weights.h5")
+        prefix = tf.train.Checkpoint(model=model, optimizer=optimizer).write(str(directory / "tf2" / "ckpt"))
+        return {"keras": directory / "model.keras", "weights.h5": directory / "model.weights.h5", "tf2": Path(prefix)}
+
+    return _train_with_optimizer_ema(keras, tf, tmp_path_factory.mktemp("keras3_ema"), saves)
+
+
+@pytest.fixture(scope="module")
+def tf_keras_ema(tmp_path_factory, tf):
+    import tf_keras
+
+    def saves(model, optimizer, directory):
+        with pytest.warns(UserWarning, match="legacy"):  # tf.keras's own advice against HDF5
+            model.save(directory / "model.h5")
+        prefix = tf.train.Checkpoint(model=model, optimizer=optimizer).write(str(directory / "tf2" / "ckpt"))
+        return {"h5": directory / "model.h5", "tf2": Path(prefix)}
+
+    return _train_with_optimizer_ema(tf_keras, tf, tmp_path_factory.mktemp("tf_keras_ema"), saves)
+
+
+def _strip_ema(source: Path, out: Path) -> str:
+    before = file_bytes(source)
+    result = run_cli("strip", source, "--out", out, "--use-ema")
+    assert result.returncode == 0, result.stderr
+    assert file_bytes(source) == before
+    assert not set(roles(out).values()) & TRAINING_STATE
+    return result.stdout
+
+
+def test_use_ema_keras3_file_takes_the_averages_by_position(tmp_path, keras, keras3_ema):
+    stdout = _strip_ema(keras3_ema.files["keras"], tmp_path / "out" / "model.keras")
+    assert "8 variables written from their ExponentialMovingAverage shadows" in stdout  # the frozen layer: none
+    assert "kept as stored, without a shadow" in stdout  # the moving statistics, which Keras does not average
+    stripped = keras.saving.load_model(tmp_path / "out" / "model.keras", compile=False)
+    np.testing.assert_array_equal(stripped.predict(EMA_X, verbose=0), keras3_ema.averaged, strict=True)
+
+
+def test_use_ema_keras3_tf2_checkpoint_restores_the_averages(tmp_path, tf, keras, keras3_ema):
+    out = tmp_path / "out" / "ckpt"
+    _strip_ema(keras3_ema.files["tf2"], out)
+    fresh = _ema_model(keras)  # built anew: a clone of a compiled model would bring its optimizer along
+    tf.train.Checkpoint(model=fresh).read(str(out)).assert_consumed()
+    np.testing.assert_array_equal(fresh.predict(EMA_X, verbose=0), keras3_ema.averaged, strict=True)
+
+
+def test_use_ema_on_a_keras3_weights_file_is_refused(tmp_path, keras3_ema):
+    """A .weights.h5 stores the optimizer's variables by position without its config: averages, momenta and
+    velocities cannot be told apart, so writing any of them as weights would be a guess."""
+    result = run_cli("strip", keras3_ema.files["weights.h5"], "--out", tmp_path / "out.weights.h5", "--use-ema")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "does not record whether its optimizer keeps moving averages" in result.stderr
+    assert not (tmp_path / "out.weights.h5").exists()
+
+
+def test_use_ema_refuses_a_keras3_config_whose_averages_do_not_line_up(tmp_path):
+    """config.json claims use_ema for an optimizer that kept none: position 2 on is Adam's momenta."""
+    import json
+    import zipfile
+
+    source = tmp_path / "model.keras"
+    with zipfile.ZipFile(KERAS_FILES["keras"]) as original, zipfile.ZipFile(source, "w") as forged:
+        for info in original.infolist():
+            data = original.read(info)
+            if info.filename == "config.json":
+                config = json.loads(data)
+                config["compile_config"]["optimizer"]["config"]["use_ema"] = True
+                data = json.dumps(config).encode()
+            forged.writestr(info, data)
+    result = run_cli("strip", source, "--out", tmp_path / "out" / "model.keras", "--use-ema")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "do not line up with the model's" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_use_ema_tf_keras_h5_takes_the_named_averages(tmp_path, tf, tf_keras_ema):
+    import tf_keras
+
+    out = tmp_path / "out" / "model.h5"
+    stdout = _strip_ema(tf_keras_ema.files["h5"], out)
+    assert "8 variables written from their ExponentialMovingAverage shadows" in stdout
+    stripped = tf_keras.models.load_model(out, compile=False)
+    np.testing.assert_array_equal(stripped.predict(EMA_X, verbose=0), tf_keras_ema.averaged, strict=True)
+
+
+def test_use_ema_tf_keras_tf2_checkpoint_restores_the_averages(tmp_path, tf, tf_keras_ema):
+    import tf_keras
+
+    out = tmp_path / "out" / "ckpt"
+    _strip_ema(tf_keras_ema.files["tf2"], out)
+    fresh = _ema_model(tf_keras)
+    tf.train.Checkpoint(model=fresh).read(str(out)).assert_consumed()
+    np.testing.assert_array_equal(fresh.predict(EMA_X, verbose=0), tf_keras_ema.averaged, strict=True)
+
+
+def test_use_ema_tf2_tracked_shadows_restore_as_the_averaged_model(tmp_path, tf, keras):
+    """The tf.train.ExponentialMovingAverage docstring's way: the shadows of the trainable variables tracked
+    beside the model (BatchNorm's moving statistics, not trainable, have none)."""
+    model = _ema_model(keras)
+    optimizer = keras.optimizers.SGD(0.1)
+    ema = tf.train.ExponentialMovingAverage(0.5)
+    trained = [v.value for v in model.trainable_variables]
+    ema.apply(trained)
+    for _ in range(3):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(model(EMA_X, training=True) - EMA_Y))
+        optimizer.apply_gradients(
+            zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables, strict=True)
+        )
+        ema.apply(trained)
+    tracked = tf.train.Checkpoint(model=model, optimizer=optimizer, averaged=[ema.average(v) for v in trained])
+    source = Path(tracked.write(str(tmp_path / "in" / "ckpt")))
+    assert Counter(roles(source).values())[Role.EMA] == len(trained)
+    raw = model.predict(EMA_X, verbose=0)
+    for variable in trained:
+        variable.assign(ema.average(variable))
+    averaged = model.predict(EMA_X, verbose=0)
+    assert not np.array_equal(raw, averaged)
+
+    for use_ema, expected in ((True, averaged), (False, raw)):
+        out = tmp_path / f"ema={use_ema}" / "ckpt"
+        if use_ema:
+            assert f"{len(trained)} variables written from" in _strip_ema(source, out)
+        else:
+            strip(source, out)
+        fresh = keras.models.clone_model(model)
+        tf.train.Checkpoint(model=fresh).read(str(out)).assert_consumed()  # no shadow left behind
+        np.testing.assert_array_equal(fresh.predict(EMA_X, verbose=0), expected, strict=True)
+
+
+def test_use_ema_refuses_shadows_of_variables_that_share_a_name(tmp_path, tf):
+    """Eager tf.Variables are all named `Variable`: the shadows' names cannot say whose they are."""
+    net = tf.Module()
+    net.w, net.b = tf.Variable([1.0, 2.0]), tf.Variable(0.5)
+    ema = tf.train.ExponentialMovingAverage(0.5)
+    ema.apply([net.w, net.b])
+    shadows = {"w": ema.average(net.w), "b": ema.average(net.b)}
+    source = tf.train.Checkpoint(net=net, ema=shadows).write(str(tmp_path / "in" / "ckpt"))
+    result = run_cli("strip", source, "--out", tmp_path / "out" / "ckpt", "--use-ema")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "is of Variable, which is not the only one" in result.stderr
+    assert not (tmp_path / "out").exists()
