@@ -2,13 +2,16 @@
 
 Dropped: optimizer slots and state (`beta1_power`, a Keras optimizer's variables, its `iter` and learning
 rate), learning-rate variables, ExponentialMovingAverage shadows, and step counters unless `keep_step`.
-With `use_ema` each variable is first written from its shadow (what `ema.variables_to_restore()` restores,
-under the variable's own name), so the output evaluates with the averaged weights and needs no EMA code.
+With `use_ema` each variable is first written from its moving average, under its own name, so the output
+evaluates with the averaged weights and needs no EMA code: a `tf.train.ExponentialMovingAverage` shadow (what
+`ema.variables_to_restore()` restores) or a Keras optimizer's average (`use_ema=True`, what
+`optimizer.finalize_variable_values` writes into the model); `ema_averages` finds them in every format.
 The moving statistics are always kept: dropping them (`Saver(var_list=tf.trainable_variables())`) is what
 breaks evaluation (bn-missing-moving-stats)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -142,7 +145,9 @@ def _keras3_config(location: str) -> dict[str, Any] | None:
     from ckptdoctor.formats.keras_common import parse_json
     from ckptdoctor.formats.keras_v3 import CONFIG_MEMBER, MAX_CONFIG_SIZE, read_member
 
-    with zipfile.ZipFile(SourceFile(open_source(location)) if is_url(location) else location) as archive:
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(SourceFile(open_source(location))) if is_url(location) else location
+        archive = stack.enter_context(zipfile.ZipFile(source))
         if CONFIG_MEMBER not in archive.namelist():
             return None
         return parse_json(read_member(location, archive, CONFIG_MEMBER, MAX_CONFIG_SIZE), location)
@@ -203,8 +208,8 @@ def ema_averages(checkpoint: Checkpoint) -> list[tuple[Variable, Variable]]:
     for owner, average in pairs:
         if seen.setdefault(owner.name, average.name) != average.name:
             raise OutputError(
-                f"{checkpoint.reader.location}: {owner.name} has two moving averages ({seen[owner.name]} and"
-                f" {average.name}); strip without --use-ema or keep one"
+                f"{checkpoint.reader.location}: {shown(owner.name)} has two moving averages"
+                f" ({shown(seen[owner.name])} and {shown(average.name)}); strip without --use-ema"
             )
     return pairs
 
