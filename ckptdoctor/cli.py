@@ -696,7 +696,7 @@ def strip(
         if len(plan.dropped) > LISTED:
             console.print(f"  … and {len(plan.dropped) - LISTED} more", markup=False, soft_wrap=True)
         if plan.from_ema:
-            console.print(f"{len(plan.from_ema)} variables written from their ExponentialMovingAverage shadows")
+            console.print(f"{len(plan.from_ema)} variables written from their moving averages (EMA shadows or optimizer averages)")
         if plan.without_shadow:
             first = shown(plan.without_shadow[0])
             more = f" and {len(plan.without_shadow) - 1} more" if len(plan.without_shadow) > 1 else ""
