@@ -101,7 +101,7 @@ def test_use_ema_writes_each_variable_from_its_shadow(tmp_path, tf):
     out = tmp_path / "out" / "model.ckpt"
     result = run_cli("strip", source, "--out", out, "--use-ema")
     assert result.returncode == 0, result.stderr
-    assert f"{len(shadows)} variables written from their ExponentialMovingAverage shadows" in result.stdout
+    assert f"{len(shadows)} variables written from their moving averages" in result.stdout
     assert "kept as stored, without a shadow" in result.stdout  # the moving statistics
     assert not set(roles(out).values()) & TRAINING_STATE
     reader, original = tf.train.load_checkpoint(str(out)), tf.train.load_checkpoint(str(source))
@@ -352,7 +352,7 @@ def _strip_ema(source: Path, out: Path) -> str:
 
 def test_use_ema_keras3_file_takes_the_averages_by_position(tmp_path, keras, keras3_ema):
     stdout = _strip_ema(keras3_ema.files["keras"], tmp_path / "out" / "model.keras")
-    assert "8 variables written from their ExponentialMovingAverage shadows" in stdout  # the frozen layer: none
+    assert "8 variables written from their moving averages" in stdout  # the frozen layer: none
     assert "kept as stored, without a shadow" in stdout  # the moving statistics, which Keras does not average
     stripped = keras.saving.load_model(tmp_path / "out" / "model.keras", compile=False)
     np.testing.assert_array_equal(stripped.predict(EMA_X, verbose=0), keras3_ema.averaged, strict=True)
@@ -400,7 +400,7 @@ def test_use_ema_tf_keras_h5_takes_the_named_averages(tmp_path, tf, tf_keras_ema
 
     out = tmp_path / "out" / "model.h5"
     stdout = _strip_ema(tf_keras_ema.files["h5"], out)
-    assert "8 variables written from their ExponentialMovingAverage shadows" in stdout
+    assert "8 variables written from their moving averages" in stdout
     stripped = tf_keras.models.load_model(out, compile=False)
     np.testing.assert_array_equal(stripped.predict(EMA_X, verbose=0), tf_keras_ema.averaged, strict=True)
 
