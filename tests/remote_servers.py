@@ -3,6 +3,7 @@ sends (the ground truth the `--stats` numbers are compared with), and moto's S3 
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import socket
@@ -18,10 +19,11 @@ _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 
 @dataclass
 class Served:
-    """What the HTTP server sent: requests and body bytes per path, and the raw request lines."""
+    """What the HTTP server sent: requests, body bytes and byte ranges per path, and the raw request lines."""
 
     requests: Counter[str] = field(default_factory=Counter)
     sent: Counter[str] = field(default_factory=Counter)
+    ranges: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     lines: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -31,10 +33,16 @@ class Served:
     def total_sent(self) -> int:
         return sum(self.sent.values())
 
+    def overlapping(self, path: str) -> list[tuple[int, int]]:
+        """The byte ranges of `path` sent more than once (empty when every byte went at most once)."""
+        spans = sorted(self.ranges.get(path, []))
+        return [(b[0], min(a[1], b[1])) for a, b in itertools.pairwise(spans) if b[0] < a[1]]
+
     def reset(self) -> None:
         with self.lock:
             self.requests.clear()
             self.sent.clear()
+            self.ranges.clear()
             self.lines.clear()
 
 
@@ -82,24 +90,27 @@ class HttpServer:
                 if not file.is_file():
                     self.send_error(404)
                     return
-                data = file.read_bytes()
-                start, end, status = 0, len(data), 200
+                size = file.stat().st_size
+                start, end, status = 0, size, 200
                 match = _RANGE.match(self.headers.get("Range", ""))
                 if match and not server.ignore_ranges:
                     start = int(match.group(1))
-                    end = min(len(data), int(match.group(2)) + 1) if match.group(2) else len(data)
+                    end = min(size, int(match.group(2)) + 1) if match.group(2) else size
                     status = 206
                 self.send_response(status)
                 if not server.no_length:
                     self.send_header("Content-Length", str(end - start))
                 if status == 206:
-                    self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
+                    self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
                 if body:
                     with server.served.lock:  # counted before sending: the client may finish before we return
                         server.served.sent[parts.path] += end - start
-                    self.wfile.write(data[start:end])
+                        server.served.ranges.setdefault(parts.path, []).append((start, end))
+                    with file.open("rb") as opened:  # only the range: a large shard is not read per request
+                        opened.seek(start)
+                        self.wfile.write(opened.read(end - start))
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self._httpd.server_address[1]

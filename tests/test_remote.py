@@ -68,6 +68,22 @@ def test_check_over_http_reads_every_byte_once(http, synthetic):
     assert dict(http.served.sent) == sizes  # each file fetched exactly once, whole, and nothing else
 
 
+def test_check_larger_than_the_cache_reads_every_byte_once(http):
+    """Past the read cache (32 MiB), only reading in the shards' order keeps each byte to one fetch: the
+    index's key order jumps back and forth between tensors, and read-ahead windows are dropped before use."""
+    from ckptdoctor.formats.remote import MAX_CACHED_BYTES
+
+    prefix = http.root / "big" / "model.ckpt-1"
+    prefix.parent.mkdir()
+    write_synthetic(prefix, MAX_CACHED_BYTES + (8 << 20), 1200, shards=2)
+    result = run_cli("check", "-f", "json", f"{http.url}/big/model.ckpt-1")
+    assert result.returncode == 0, result.stderr
+    sizes = {f"/big/{file.name}": file.stat().st_size for file in prefix.parent.iterdir()}
+    assert sum(sizes.values()) > MAX_CACHED_BYTES
+    assert dict(http.served.sent) == sizes
+    assert all(http.served.overlapping(path) == [] for path in sizes)
+
+
 def test_http_directory_needs_its_state_file(http, synthetic):
     refused = run_cli("inspect", f"{http.url}/run/")
     assert refused.returncode == 2
