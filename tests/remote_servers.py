@@ -1,5 +1,6 @@
 """Real servers for the remote tests, on 127.0.0.1 only: an HTTP server with byte ranges that counts what it
-sends (the ground truth the `--stats` numbers are compared with), and moto's S3 API server."""
+sends (the ground truth the `--stats` numbers are compared with), moto's S3 API server, a GCS emulator and
+Azurite (Azure Blob Storage)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import itertools
 import os
 import re
 import socket
+import subprocess
 import threading
+import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 
@@ -145,3 +149,98 @@ def s3_env(endpoint: str) -> dict[str, str]:
         "AWS_CONFIG_FILE": os.devnull,
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
     }
+
+
+class GcsEmulator:
+    """gcp-storage-emulator in this process, in memory, on 127.0.0.1; `sent` counts the object bytes it sends,
+    per `bucket/key`, as the server answers (its download handler is the one place media leaves it)."""
+
+    def __init__(self) -> None:
+        from gcp_storage_emulator import server as emulator
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.sent: Counter[str] = Counter()
+        self._response = emulator.Response
+        self._write_file = emulator.Response.write_file
+        sent, write_file = self.sent, self._write_file
+
+        def counted(response, content, *args, **kwargs):
+            where = re.search(r"/b/([^/]+)/o/([^?]+)", response._handler.path)
+            if where:
+                sent[f"{where.group(1)}/{unquote(where.group(2))}"] += len(content)
+            return write_file(response, content, *args, **kwargs)
+
+        emulator.Response.write_file = counted
+        self._server = emulator.create_server("127.0.0.1", self.port, in_memory=True)
+        self._server.start()
+
+    def env(self) -> dict[str, str]:
+        # gcsfs's default class asks the storage control API (gRPC over TLS) for a bucket's layout, which the
+        # emulator does not serve: a minute's timeout per bucket. The plain class reads objects as before.
+        return {"STORAGE_EMULATOR_HOST": self.url, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+
+    def filesystem(self):
+        """gcsfs's plain filesystem on the emulator, to put fixtures in and look at what the CLI wrote."""
+        from gcsfs.core import GCSFileSystem
+
+        return GCSFileSystem(endpoint_url=self.url, token="anon", skip_instance_cache=True)
+
+    def put(self, local: Path, remote: str) -> None:
+        """Upload a directory's files under `bucket/prefix/`."""
+        with warnings.catch_warnings():  # gcsfs uploads a small file's bytes whole; aiohttp warns past 1 MiB
+            warnings.filterwarnings("ignore", "Sending a large body directly", ResourceWarning)
+            self.filesystem().put(f"{local}/", remote, recursive=True)
+
+    def close(self) -> None:
+        self._server.stop()
+        self._response.write_file = self._write_file
+
+
+# Azurite's well-known development account (published in its documentation; it guards nothing).
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+AZURITE_START_TIMEOUT = 30.0
+# In memory, quiet, and no telemetry: Azurite otherwise reports to a host on the internet.
+AZURITE_OPTIONS = ("--inMemoryPersistence", "--disableTelemetry", "--silent", "--skipApiVersionCheck", "--loose")
+
+
+class Azurite:
+    """Azurite's blob service (a Node program: `npm install -g azurite`) in memory on 127.0.0.1, telemetry
+    off; adlfs reaches it through AZURE_STORAGE_CONNECTION_STRING."""
+
+    def __init__(self, executable: str) -> None:
+        self.port = free_port()
+        self._process = subprocess.Popen(
+            [executable, *AZURITE_OPTIONS, "--blobHost", "127.0.0.1", "--blobPort", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + AZURITE_START_TIMEOUT
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    break
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError(f"Azurite did not start on 127.0.0.1:{self.port}")
+            time.sleep(0.1)
+        self.connection_string = (
+            f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{self.port}/devstoreaccount1;"
+        )
+
+    def env(self) -> dict[str, str]:
+        return {"AZURE_STORAGE_CONNECTION_STRING": self.connection_string}
+
+    def filesystem(self):
+        from adlfs import AzureBlobFileSystem
+
+        return AzureBlobFileSystem(connection_string=self.connection_string, skip_instance_cache=True)
+
+    def close(self) -> None:
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()

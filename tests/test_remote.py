@@ -1,5 +1,6 @@
-"""Checkpoints behind HTTP and in S3, read by byte range: a real HTTP server (with ranges, counting what it
-sends) and moto's S3 API server, both on 127.0.0.1 and started here; the CLI runs as a real subprocess."""
+"""Checkpoints behind HTTP and in buckets, read by byte range: a real HTTP server (with ranges, counting what it
+sends), moto's S3 API server, a GCS emulator (counting what it sends) and Azurite, all on 127.0.0.1 and started
+here; the CLI runs as a real subprocess."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FIXTURE_BUNDLES, KERAS, TF1, run_cli
-from remote_servers import HttpServer, free_port, s3_env
+from remote_servers import Azurite, GcsEmulator, HttpServer, free_port, s3_env
 from synthetic import write_synthetic
 
 pytest.importorskip("fsspec", reason="fsspec not installed (a dependency of ckptdoctor)")
@@ -283,3 +284,77 @@ def test_upload_puts_every_file_at_a_temporary_key_then_the_index_last(tmp_path)
         "/out/model.ckpt.index",
     ]
     assert result.out == "recording://out/model.ckpt"
+
+
+# ---- GCS: gcp-storage-emulator ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gcs():
+    pytest.importorskip("gcsfs", reason="gcsfs not installed (the [gcs] extra)")
+    pytest.importorskip("gcp_storage_emulator", reason="gcp-storage-emulator not installed (the dev extra)")
+    emulator = GcsEmulator()
+    yield emulator
+    emulator.close()
+
+
+def test_gcs_inspect_fetches_the_index_only_and_check_every_byte_once(gcs, tmp_path):
+    fs = gcs.filesystem()
+    fs.mkdir("ckpt-gcs")
+    prefix = tmp_path / "run" / "model.ckpt-5"
+    prefix.parent.mkdir()
+    write_synthetic(prefix, BIG, 400, shards=2)
+    gcs.put(prefix.parent, "ckpt-gcs/run/")
+    gcs.sent.clear()
+    listed = run_cli("inspect", "-f", "json", "gs://ckpt-gcs/run/", env=gcs.env())  # no state file: listed
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)["resolved"] == "gs://ckpt-gcs/run/model.ckpt-5"
+    assert _report(listed) == _report(run_cli("inspect", "-f", "json", prefix))
+    index = prefix.parent / "model.ckpt-5.index"
+    assert dict(gcs.sent) == {"ckpt-gcs/run/model.ckpt-5.index": index.stat().st_size}  # no data shard read
+    gcs.sent.clear()
+    checked = run_cli("check", "-f", "json", "gs://ckpt-gcs/run/model.ckpt-5", env=gcs.env())
+    local = run_cli("check", "-f", "json", prefix)
+    assert checked.returncode == local.returncode, checked.stderr
+    assert _report(checked) == _report(local)
+    assert dict(gcs.sent) == {f"ckpt-gcs/run/{file.name}": file.stat().st_size for file in prefix.parent.iterdir()}
+
+
+def test_gcs_missing_object_is_one_line(gcs):
+    gcs.filesystem().mkdir("ckpt-gcs-missing")
+    result = run_cli("inspect", "gs://ckpt-gcs-missing/run/model.ckpt-1", env=gcs.env())
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "gs://ckpt-gcs-missing/run/model.ckpt-1" in result.stderr
+
+
+# ---- Azure: Azurite (a Node package) ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def azure():
+    pytest.importorskip("adlfs", reason="adlfs not installed (the [azure] extra)")
+    executable = shutil.which("azurite-blob")
+    if executable is None:
+        pytest.skip("Azurite not installed (a Node package: npm install -g azurite)")
+    server = Azurite(executable)
+    yield server
+    server.close()
+
+
+def test_azure_inspect_check_and_patch(azure):
+    fs = azure.filesystem()
+    fs.mkdir("ckpt")
+    fs.put(str(TF1 / "finetune_trainable") + "/", "ckpt/trainable/", recursive=True)
+    target, out = "az://ckpt/trainable/model.ckpt-20", "az://ckpt/fixed/model.ckpt"
+    for command in ("inspect", "check"):
+        remote = run_cli(command, "-f", "json", "az://ckpt/trainable", env=azure.env())
+        local = run_cli(command, "-f", "json", FIXTURE_BUNDLES["finetune_trainable"])
+        assert remote.returncode == local.returncode, remote.stderr
+        assert _report(remote) == _report(local)
+    patched = run_cli("patch", target, "--from", FIXTURE_BUNDLES["finetune_full"], "--out", out, env=azure.env())
+    assert patched.returncode == 0, patched.stderr
+    assert run_cli("check", out, env=azure.env()).returncode == 0
+    assert sorted(fs.ls("ckpt/fixed", detail=False)) == [
+        "ckpt/fixed/model.ckpt.data-00000-of-00001",
+        "ckpt/fixed/model.ckpt.index",
+    ]
