@@ -231,10 +231,12 @@ def test_patch_reads_and_writes_s3(bucket):
     patched = run_cli("patch", target, "--from", FIXTURE_BUNDLES["finetune_full"], "--out", out, env=env)
     assert patched.returncode == 0, patched.stderr
     assert sorted(fs.ls(f"{name}/fixed")) == [
+        f"{name}/fixed/checkpoint",
         f"{name}/fixed/model.ckpt.data-00000-of-00001",
         f"{name}/fixed/model.ckpt.index",
     ]
     assert run_cli("check", out, env=env).returncode == 0
+    assert run_cli("check", f"s3://{name}/fixed", env=env).returncode == 0  # found through its state file
     again = run_cli("patch", target, "--from", FIXTURE_BUNDLES["finetune_full"], "--out", out, env=env)
     assert again.returncode == 2 and "use --force" in again.stderr
     onto_input = run_cli(
@@ -244,7 +246,57 @@ def test_patch_reads_and_writes_s3(bucket):
     assert fs.cat(f"{name}/trainable/model.ckpt-20.index") == before
 
 
-def test_upload_puts_every_file_at_a_temporary_key_then_the_index_last(tmp_path):
+def test_s3_output_replaces_an_older_checkpoint_whole_and_names_itself_latest(bucket, tmp_path):
+    """An output over a 2-shard checkpoint (with --force): the old shards go, and the directory's state file
+    names the new checkpoint as latest and still lists the other one, as TF's Saver and a local write do."""
+    from ckptdoctor.formats.resolve import parse_state
+
+    fs, name, env = bucket
+    old = tmp_path / "old" / "model.ckpt"
+    old.parent.mkdir()
+    write_synthetic(old, 1 << 16, 8, shards=2)
+    (old.parent / "checkpoint").write_text(
+        'model_checkpoint_path: "model.ckpt-9"\nall_model_checkpoint_paths: "model.ckpt-9"\n'
+    )
+    fs.put(str(old.parent) + "/", f"{name}/out/", recursive=True)
+    out = f"s3://{name}/out/model.ckpt"
+    args = ("patch", FIXTURE_BUNDLES["finetune_trainable"], "--from", FIXTURE_BUNDLES["finetune_full"], "--out", out)
+    refused = run_cli(*args, env=env)
+    assert refused.returncode == 2 and "use --force" in refused.stderr
+    assert len(fs.ls(f"{name}/out")) == 4  # nothing written
+    patched = run_cli(*args, "--force", env=env)
+    assert patched.returncode == 0, patched.stderr
+    assert f"s3://{name}/out/checkpoint: latest was model.ckpt-9, now model.ckpt" in patched.stdout
+    assert sorted(fs.ls(f"{name}/out", refresh=True)) == [
+        f"{name}/out/checkpoint",
+        f"{name}/out/model.ckpt.data-00000-of-00001",
+        f"{name}/out/model.ckpt.index",
+    ]
+    state = parse_state(fs.cat(f"{name}/out/checkpoint"), "checkpoint")
+    assert state.model_checkpoint_path == "model.ckpt"
+    assert list(state.all_model_checkpoint_paths) == ["model.ckpt-9", "model.ckpt"]
+    assert run_cli("check", f"s3://{name}/out/", env=env).returncode == 0
+
+
+def test_s3_damaged_state_file_stops_the_write_before_any_upload(bucket):
+    fs, name, env = bucket
+    fs.pipe(f"{name}/out/checkpoint", b"\xff\xfe not a state file")
+    out = f"s3://{name}/out/model.ckpt"
+    result = run_cli(
+        "patch",
+        FIXTURE_BUNDLES["finetune_trainable"],
+        "--from",
+        FIXTURE_BUNDLES["finetune_full"],
+        "--out",
+        out,
+        env=env,
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"s3://{name}/out/checkpoint: not a valid checkpoint state file" in result.stderr
+    assert fs.ls(f"{name}/out", refresh=True) == [f"{name}/out/checkpoint"]
+
+
+def test_upload_puts_every_file_at_a_temporary_key_then_the_index_then_the_state_file(tmp_path):
     """What a store sees during a remote write, recorded by the store itself (fsspec's memory filesystem)."""
     import fsspec
     from fsspec.implementations.memory import MemoryFileSystem
@@ -278,8 +330,10 @@ def test_upload_puts_every_file_at_a_temporary_key_then_the_index_last(tmp_path)
     puts, moves = [path for op, path in log if op == "put"], [path for op, path in log if op == "mv"]
     assert [op for op, _ in log] == ["put"] * len(puts) + ["mv"] * len(moves)  # every upload before any move
     assert all(TEMP_MARKER in path for path in puts)
-    assert moves[-1].endswith("model.ckpt.index") and len(moves) == 2  # data first, the index last
+    assert len(moves) == 3 and moves[0].endswith(".data-00000-of-00001")  # data first,
+    assert moves[1].endswith("model.ckpt.index") and moves[2].endswith("/out/checkpoint")  # the state file last
     assert sorted(RecordingFileSystem().find("/out")) == [
+        "/out/checkpoint",
         "/out/model.ckpt.data-00000-of-00001",
         "/out/model.ckpt.index",
     ]
@@ -355,6 +409,7 @@ def test_azure_inspect_check_and_patch(azure):
     assert patched.returncode == 0, patched.stderr
     assert run_cli("check", out, env=azure.env()).returncode == 0
     assert sorted(fs.ls("ckpt/fixed", detail=False)) == [
+        "ckpt/fixed/checkpoint",
         "ckpt/fixed/model.ckpt.data-00000-of-00001",
         "ckpt/fixed/model.ckpt.index",
     ]

@@ -213,9 +213,9 @@ class Store:
         info = self._info(url)
         return info is not None and info.get("type") == "directory"
 
-    def indexes(self, directory: str) -> list[str]:
-        """The `.index` files directly in a directory, oldest first (by modification time where the store
-        keeps one, then by name)."""
+    def files(self, directory: str) -> list[str]:
+        """The URLs of the files directly in a directory, oldest first (by modification time where the store
+        keeps one, then by name); none where it does not exist."""
         _stats(directory).requests += 1
         try:
             entries = self.fs.ls(self.fs_path(directory), detail=True)
@@ -223,9 +223,13 @@ class Store:
             return []
         except Exception as error:
             raise _failure(directory, error) from None
-        found = [e for e in entries if e.get("type") == "file" and str(e["name"]).endswith(".index")]
+        found = [e for e in entries if e.get("type") == "file"]
         found.sort(key=lambda e: (str(_modified(e)), str(e["name"])))
         return [self.url(str(e["name"])) for e in found]
+
+    def indexes(self, directory: str) -> list[str]:
+        """The `.index` files directly in a directory, oldest first."""
+        return [url for url in self.files(directory) if url.endswith(".index")]
 
 
 def _modified(entry: dict[str, Any]) -> object:
