@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURE_BUNDLES, KERAS, TF1, run_cli
+from conftest import FIXTURE_BUNDLES, FIXTURES, KERAS, TF1, run_cli
 from remote_servers import Azurite, GcsEmulator, HttpServer, free_port, s3_env
 from synthetic import write_synthetic
 
@@ -147,6 +147,42 @@ def test_redirect_to_another_host_is_refused(http):
     assert away.returncode == 2
     assert away.stderr.count("\n") == 1 and "redirects to another host (localhost)" in away.stderr, away.stderr
     assert not any(line.startswith("GET /model.weights.h5") for line in http.served.lines[-3:])
+
+
+def test_match_reads_the_meta_graph_by_url(http):
+    """`match CKPT_URL --meta-graph META_URL` as locally; a meta graph over the size cap is refused from its
+    size alone (no byte of it fetched); a missing one is one line."""
+    from ckptdoctor.formats.meta_graph import MAX_META_BYTES
+
+    match = FIXTURES / "match"
+    shutil.copytree(match / "counter", http.root / "counter")
+    shutil.copy(match / "model.meta", http.root / "model.meta")
+    local = run_cli("match", "-f", "json", match / "counter", "--meta-graph", match / "model.meta")
+    remote = run_cli("match", "-f", "json", f"{http.url}/counter/model.ckpt", "--meta-graph", f"{http.url}/model.meta")
+    assert local.returncode == remote.returncode == 1, remote.stderr
+    assert _report(remote) == _report(local)
+    with (http.root / "huge.meta").open("wb") as huge:
+        huge.truncate(MAX_META_BYTES + 1)
+    refused = run_cli("match", f"{http.url}/counter/model.ckpt", "--meta-graph", f"{http.url}/huge.meta")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert f"{http.url}/huge.meta: it is larger than 64 MiB, not read" in refused.stderr
+    assert http.served.sent["/huge.meta"] == 0
+    missing = run_cli("match", f"{http.url}/counter/model.ckpt", "--meta-graph", f"{http.url}/gone.meta")
+    assert missing.returncode == 2
+    assert missing.stderr == f"ckptdoctor: error: {http.url}/gone.meta: meta graph file not found\n"
+
+
+def test_stale_statistics_use_the_meta_graph_beside_a_remote_checkpoint(http):
+    """bn-stats-stale reads the decays from PREFIX.meta beside the checkpoint, over HTTP as on disk."""
+    shutil.copytree(FIXTURES / "stale" / "steps_10", http.root / "steps_10")
+    local = run_cli("check", "-f", "json", FIXTURES / "stale" / "steps_10" / "model.ckpt-10")
+    remote = run_cli("check", "-f", "json", f"{http.url}/steps_10/model.ckpt-10")
+    assert remote.returncode == local.returncode, remote.stderr
+    assert _report(remote) == _report(local)
+    assert any(finding["code"] == "BN005" for finding in json.loads(remote.stdout)["findings"])
+    assert (
+        http.served.sent["/steps_10/model.ckpt-10.meta"] == (http.root / "steps_10/model.ckpt-10.meta").stat().st_size
+    )
 
 
 def test_server_without_ranges_is_one_line(http, synthetic):
