@@ -405,14 +405,10 @@ def saver_var_list(assignment_map: dict[str, str], model_names: Iterable[str]) -
 def load_model(meta_graph: str | None = None, model: str | None = None) -> tuple[ModelVariable, ...]:
     """What the model restores: from a meta graph, a `.keras` file (both without TensorFlow), or a
     `package.module:builder` (with the [tf] extra)."""
-    from ckptdoctor.errors import ModelError
-
     if meta_graph is not None:
         from ckptdoctor.formats.meta_graph import read_variables
 
-        if not os.path.lexists(meta_graph):
-            raise ModelError(f"{meta_graph}: meta graph file not found")
-        return read_variables(meta_graph)
+        return read_variables(meta_graph)  # a path or a URL; an absent one is "meta graph file not found"
     assert model is not None
     if os.path.lexists(model):
         from ckptdoctor.formats.model_spec import keras_file_variables

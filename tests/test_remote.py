@@ -1,5 +1,6 @@
-"""Checkpoints behind HTTP and in S3, read by byte range: a real HTTP server (with ranges, counting what it
-sends) and moto's S3 API server, both on 127.0.0.1 and started here; the CLI runs as a real subprocess."""
+"""Checkpoints behind HTTP and in buckets, read by byte range: a real HTTP server (with ranges, counting what it
+sends), moto's S3 API server, a GCS emulator (counting what it sends) and Azurite, all on 127.0.0.1 and started
+here; the CLI runs as a real subprocess."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURE_BUNDLES, KERAS, TF1, run_cli
-from remote_servers import HttpServer, free_port, s3_env
+from conftest import FIXTURE_BUNDLES, FIXTURES, KERAS, TF1, run_cli
+from remote_servers import Azurite, GcsEmulator, HttpServer, free_port, s3_env
 from synthetic import write_synthetic
 
 pytest.importorskip("fsspec", reason="fsspec not installed (a dependency of ckptdoctor)")
@@ -66,6 +67,22 @@ def test_check_over_http_reads_every_byte_once(http, synthetic):
     assert _report(remote) == _report(local)
     sizes = {f"/run/{file.name}": file.stat().st_size for file in synthetic.parent.iterdir()}
     assert dict(http.served.sent) == sizes  # each file fetched exactly once, whole, and nothing else
+
+
+def test_check_larger_than_the_cache_reads_every_byte_once(http):
+    """Past the read cache (32 MiB), only reading in the shards' order keeps each byte to one fetch: the
+    index's key order jumps back and forth between tensors, and read-ahead windows are dropped before use."""
+    from ckptdoctor.formats.remote import MAX_CACHED_BYTES
+
+    prefix = http.root / "big" / "model.ckpt-1"
+    prefix.parent.mkdir()
+    write_synthetic(prefix, MAX_CACHED_BYTES + (8 << 20), 1200, shards=2)
+    result = run_cli("check", "-f", "json", f"{http.url}/big/model.ckpt-1")
+    assert result.returncode == 0, result.stderr
+    sizes = {f"/big/{file.name}": file.stat().st_size for file in prefix.parent.iterdir()}
+    assert sum(sizes.values()) > MAX_CACHED_BYTES
+    assert dict(http.served.sent) == sizes
+    assert all(http.served.overlapping(path) == [] for path in sizes)
 
 
 def test_http_directory_needs_its_state_file(http, synthetic):
@@ -130,6 +147,42 @@ def test_redirect_to_another_host_is_refused(http):
     assert away.returncode == 2
     assert away.stderr.count("\n") == 1 and "redirects to another host (localhost)" in away.stderr, away.stderr
     assert not any(line.startswith("GET /model.weights.h5") for line in http.served.lines[-3:])
+
+
+def test_match_reads_the_meta_graph_by_url(http):
+    """`match CKPT_URL --meta-graph META_URL` as locally; a meta graph over the size cap is refused from its
+    size alone (no byte of it fetched); a missing one is one line."""
+    from ckptdoctor.formats.meta_graph import MAX_META_BYTES
+
+    match = FIXTURES / "match"
+    shutil.copytree(match / "counter", http.root / "counter")
+    shutil.copy(match / "model.meta", http.root / "model.meta")
+    local = run_cli("match", "-f", "json", match / "counter", "--meta-graph", match / "model.meta")
+    remote = run_cli("match", "-f", "json", f"{http.url}/counter/model.ckpt", "--meta-graph", f"{http.url}/model.meta")
+    assert local.returncode == remote.returncode == 1, remote.stderr
+    assert _report(remote) == _report(local)
+    with (http.root / "huge.meta").open("wb") as huge:
+        huge.truncate(MAX_META_BYTES + 1)
+    refused = run_cli("match", f"{http.url}/counter/model.ckpt", "--meta-graph", f"{http.url}/huge.meta")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert f"{http.url}/huge.meta: it is larger than 64 MiB, not read" in refused.stderr
+    assert http.served.sent["/huge.meta"] == 0
+    missing = run_cli("match", f"{http.url}/counter/model.ckpt", "--meta-graph", f"{http.url}/gone.meta")
+    assert missing.returncode == 2
+    assert missing.stderr == f"ckptdoctor: error: {http.url}/gone.meta: meta graph file not found\n"
+
+
+def test_stale_statistics_use_the_meta_graph_beside_a_remote_checkpoint(http):
+    """bn-stats-stale reads the decays from PREFIX.meta beside the checkpoint, over HTTP as on disk."""
+    shutil.copytree(FIXTURES / "stale" / "steps_10", http.root / "steps_10")
+    local = run_cli("check", "-f", "json", FIXTURES / "stale" / "steps_10" / "model.ckpt-10")
+    remote = run_cli("check", "-f", "json", f"{http.url}/steps_10/model.ckpt-10")
+    assert remote.returncode == local.returncode, remote.stderr
+    assert _report(remote) == _report(local)
+    assert any(finding["code"] == "BN005" for finding in json.loads(remote.stdout)["findings"])
+    assert (
+        http.served.sent["/steps_10/model.ckpt-10.meta"] == (http.root / "steps_10/model.ckpt-10.meta").stat().st_size
+    )
 
 
 def test_server_without_ranges_is_one_line(http, synthetic):
@@ -214,10 +267,12 @@ def test_patch_reads_and_writes_s3(bucket):
     patched = run_cli("patch", target, "--from", FIXTURE_BUNDLES["finetune_full"], "--out", out, env=env)
     assert patched.returncode == 0, patched.stderr
     assert sorted(fs.ls(f"{name}/fixed")) == [
+        f"{name}/fixed/checkpoint",
         f"{name}/fixed/model.ckpt.data-00000-of-00001",
         f"{name}/fixed/model.ckpt.index",
     ]
     assert run_cli("check", out, env=env).returncode == 0
+    assert run_cli("check", f"s3://{name}/fixed", env=env).returncode == 0  # found through its state file
     again = run_cli("patch", target, "--from", FIXTURE_BUNDLES["finetune_full"], "--out", out, env=env)
     assert again.returncode == 2 and "use --force" in again.stderr
     onto_input = run_cli(
@@ -227,7 +282,57 @@ def test_patch_reads_and_writes_s3(bucket):
     assert fs.cat(f"{name}/trainable/model.ckpt-20.index") == before
 
 
-def test_upload_puts_every_file_at_a_temporary_key_then_the_index_last(tmp_path):
+def test_s3_output_replaces_an_older_checkpoint_whole_and_names_itself_latest(bucket, tmp_path):
+    """An output over a 2-shard checkpoint (with --force): the old shards go, and the directory's state file
+    names the new checkpoint as latest and still lists the other one, as TF's Saver and a local write do."""
+    from ckptdoctor.formats.resolve import parse_state
+
+    fs, name, env = bucket
+    old = tmp_path / "old" / "model.ckpt"
+    old.parent.mkdir()
+    write_synthetic(old, 1 << 16, 8, shards=2)
+    (old.parent / "checkpoint").write_text(
+        'model_checkpoint_path: "model.ckpt-9"\nall_model_checkpoint_paths: "model.ckpt-9"\n'
+    )
+    fs.put(str(old.parent) + "/", f"{name}/out/", recursive=True)
+    out = f"s3://{name}/out/model.ckpt"
+    args = ("patch", FIXTURE_BUNDLES["finetune_trainable"], "--from", FIXTURE_BUNDLES["finetune_full"], "--out", out)
+    refused = run_cli(*args, env=env)
+    assert refused.returncode == 2 and "use --force" in refused.stderr
+    assert len(fs.ls(f"{name}/out")) == 4  # nothing written
+    patched = run_cli(*args, "--force", env=env)
+    assert patched.returncode == 0, patched.stderr
+    assert f"s3://{name}/out/checkpoint: latest was model.ckpt-9, now model.ckpt" in patched.stdout
+    assert sorted(fs.ls(f"{name}/out", refresh=True)) == [
+        f"{name}/out/checkpoint",
+        f"{name}/out/model.ckpt.data-00000-of-00001",
+        f"{name}/out/model.ckpt.index",
+    ]
+    state = parse_state(fs.cat(f"{name}/out/checkpoint"), "checkpoint")
+    assert state.model_checkpoint_path == "model.ckpt"
+    assert list(state.all_model_checkpoint_paths) == ["model.ckpt-9", "model.ckpt"]
+    assert run_cli("check", f"s3://{name}/out/", env=env).returncode == 0
+
+
+def test_s3_damaged_state_file_stops_the_write_before_any_upload(bucket):
+    fs, name, env = bucket
+    fs.pipe(f"{name}/out/checkpoint", b"\xff\xfe not a state file")
+    out = f"s3://{name}/out/model.ckpt"
+    result = run_cli(
+        "patch",
+        FIXTURE_BUNDLES["finetune_trainable"],
+        "--from",
+        FIXTURE_BUNDLES["finetune_full"],
+        "--out",
+        out,
+        env=env,
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"s3://{name}/out/checkpoint: not a valid checkpoint state file" in result.stderr
+    assert fs.ls(f"{name}/out", refresh=True) == [f"{name}/out/checkpoint"]
+
+
+def test_upload_puts_every_file_at_a_temporary_key_then_the_index_then_the_state_file(tmp_path):
     """What a store sees during a remote write, recorded by the store itself (fsspec's memory filesystem)."""
     import fsspec
     from fsspec.implementations.memory import MemoryFileSystem
@@ -261,9 +366,86 @@ def test_upload_puts_every_file_at_a_temporary_key_then_the_index_last(tmp_path)
     puts, moves = [path for op, path in log if op == "put"], [path for op, path in log if op == "mv"]
     assert [op for op, _ in log] == ["put"] * len(puts) + ["mv"] * len(moves)  # every upload before any move
     assert all(TEMP_MARKER in path for path in puts)
-    assert moves[-1].endswith("model.ckpt.index") and len(moves) == 2  # data first, the index last
+    assert len(moves) == 3 and moves[0].endswith(".data-00000-of-00001")  # data first,
+    assert moves[1].endswith("model.ckpt.index") and moves[2].endswith("/out/checkpoint")  # the state file last
     assert sorted(RecordingFileSystem().find("/out")) == [
+        "/out/checkpoint",
         "/out/model.ckpt.data-00000-of-00001",
         "/out/model.ckpt.index",
     ]
     assert result.out == "recording://out/model.ckpt"
+
+
+# ---- GCS: gcp-storage-emulator ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gcs():
+    pytest.importorskip("gcsfs", reason="gcsfs not installed (the [gcs] extra)")
+    pytest.importorskip("gcp_storage_emulator", reason="gcp-storage-emulator not installed (the dev extra)")
+    emulator = GcsEmulator()
+    yield emulator
+    emulator.close()
+
+
+def test_gcs_inspect_fetches_the_index_only_and_check_every_byte_once(gcs, tmp_path):
+    fs = gcs.filesystem()
+    fs.mkdir("ckpt-gcs")
+    prefix = tmp_path / "run" / "model.ckpt-5"
+    prefix.parent.mkdir()
+    write_synthetic(prefix, BIG, 400, shards=2)
+    gcs.put(prefix.parent, "ckpt-gcs/run/")
+    gcs.sent.clear()
+    listed = run_cli("inspect", "-f", "json", "gs://ckpt-gcs/run/", env=gcs.env())  # no state file: listed
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)["resolved"] == "gs://ckpt-gcs/run/model.ckpt-5"
+    assert _report(listed) == _report(run_cli("inspect", "-f", "json", prefix))
+    index = prefix.parent / "model.ckpt-5.index"
+    assert dict(gcs.sent) == {"ckpt-gcs/run/model.ckpt-5.index": index.stat().st_size}  # no data shard read
+    gcs.sent.clear()
+    checked = run_cli("check", "-f", "json", "gs://ckpt-gcs/run/model.ckpt-5", env=gcs.env())
+    local = run_cli("check", "-f", "json", prefix)
+    assert checked.returncode == local.returncode, checked.stderr
+    assert _report(checked) == _report(local)
+    assert dict(gcs.sent) == {f"ckpt-gcs/run/{file.name}": file.stat().st_size for file in prefix.parent.iterdir()}
+
+
+def test_gcs_missing_object_is_one_line(gcs):
+    gcs.filesystem().mkdir("ckpt-gcs-missing")
+    result = run_cli("inspect", "gs://ckpt-gcs-missing/run/model.ckpt-1", env=gcs.env())
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "gs://ckpt-gcs-missing/run/model.ckpt-1" in result.stderr
+
+
+# ---- Azure: Azurite (a Node package) ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def azure():
+    pytest.importorskip("adlfs", reason="adlfs not installed (the [azure] extra)")
+    executable = shutil.which("azurite-blob")
+    if executable is None:
+        pytest.skip("Azurite not installed (a Node package: npm install -g azurite)")
+    server = Azurite(executable)
+    yield server
+    server.close()
+
+
+def test_azure_inspect_check_and_patch(azure):
+    fs = azure.filesystem()
+    fs.mkdir("ckpt")
+    fs.put(str(TF1 / "finetune_trainable") + "/", "ckpt/trainable/", recursive=True)
+    target, out = "az://ckpt/trainable/model.ckpt-20", "az://ckpt/fixed/model.ckpt"
+    for command in ("inspect", "check"):
+        remote = run_cli(command, "-f", "json", "az://ckpt/trainable", env=azure.env())
+        local = run_cli(command, "-f", "json", FIXTURE_BUNDLES["finetune_trainable"])
+        assert remote.returncode == local.returncode, remote.stderr
+        assert _report(remote) == _report(local)
+    patched = run_cli("patch", target, "--from", FIXTURE_BUNDLES["finetune_full"], "--out", out, env=azure.env())
+    assert patched.returncode == 0, patched.stderr
+    assert run_cli("check", out, env=azure.env()).returncode == 0
+    assert sorted(fs.ls("ckpt/fixed", detail=False)) == [
+        "ckpt/fixed/checkpoint",
+        "ckpt/fixed/model.ckpt.data-00000-of-00001",
+        "ckpt/fixed/model.ckpt.index",
+    ]

@@ -11,8 +11,9 @@ as tf.layers and slim write it for fused BatchNorm), or by FusedBatchNormV3 itse
 VariableV2 node, never by name: ops and variables live under different scopes (slim's
 `InceptionV3/InceptionV3/...` ops update `InceptionV3/...` variables).
 
-The file is untrusted: its size, the node count and the depth of folded expressions are bounded, only scalar
-constants are folded, and anything unexpected means "no decay known here", never an exception.
+The file (a path, or a URL read by range through the byte source) is untrusted: its size, the node count and
+the depth of folded expressions are bounded, only scalar constants are folded, and anything unexpected means
+"no decay known here", never an exception.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import math
 import os
 import stat
 import struct
+from contextlib import closing
 from dataclasses import dataclass, field
 
 from ckptdoctor import dtypes
@@ -55,27 +57,50 @@ def meta_graph_path(prefix: str) -> str:
     return prefix + ".meta"
 
 
+def _read(path: str) -> tuple[bytes | None, str | None]:
+    """The file's bytes through its byte source (a URL is fetched by range), at most MAX_META_BYTES; or None
+    and why not in a few words; None, None when absent. A local symbolic link is not followed."""
+    from ckptdoctor.errors import CheckpointError
+    from ckptdoctor.formats.bytesource import MissingFile, is_url, open_source, without_secrets
+
+    if not is_url(path):
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return None, None
+        if stat.S_ISLNK(info.st_mode):
+            return None, "it is a symbolic link, not followed"
+        if not stat.S_ISREG(info.st_mode):
+            return None, "it is not a regular file"
+    try:
+        with closing(open_source(path)) as source:
+            if source.size() > MAX_META_BYTES:
+                return None, f"it is larger than {MAX_META_BYTES >> 20} MiB, not read"
+            data = source.read(0, MAX_META_BYTES + 1)
+    except MissingFile:
+        return None, None
+    except CheckpointError as error:  # e.g. a store's 403: the message names the file, said once here
+        return None, f"it cannot be read ({str(error).removeprefix(without_secrets(path) + ': ')})"
+    except OSError as error:
+        return None, f"it cannot be read ({error.strerror})"
+    if len(data) > MAX_META_BYTES:  # grew since its size was asked
+        return None, f"it is larger than {MAX_META_BYTES >> 20} MiB, not read"
+    return data, None
+
+
 def _parse(path: str):
     """(MetaGraphDef, None) or (None, why it cannot be read in a few words); None, None when absent."""
     from google.protobuf.message import DecodeError
 
     from ckptdoctor.formats import protos
 
-    try:
-        info = os.lstat(path)
-    except OSError:
-        return None, None
-    if stat.S_ISLNK(info.st_mode):
-        return None, "it is a symbolic link, not followed"
-    if not stat.S_ISREG(info.st_mode):
-        return None, "it is not a regular file"
-    if info.st_size > MAX_META_BYTES:
-        return None, f"it is larger than {MAX_META_BYTES >> 20} MiB, not read"
+    data, problem = _read(path)
+    if data is None:
+        return None, problem
     meta = protos.MetaGraphDef()
     try:
-        with open(path, "rb") as file:
-            meta.ParseFromString(file.read(MAX_META_BYTES + 1))
-    except (OSError, DecodeError, RecursionError) as error:
+        meta.ParseFromString(data)
+    except (DecodeError, RecursionError) as error:
         return None, f"it cannot be parsed as a MetaGraphDef ({type(error).__name__})"
     if len(meta.graph_def.node) > MAX_NODES:
         return None, f"its graph has more than {MAX_NODES} nodes, not read"
@@ -97,8 +122,10 @@ def read_variables(path: str) -> tuple[ModelVariable, ...]:
 
     from ckptdoctor.errors import ModelError
     from ckptdoctor.formats import protos
+    from ckptdoctor.formats.bytesource import without_secrets
 
     meta, problem = _parse(path)
+    path = without_secrets(path)  # a URL's token stays out of every message
     if meta is None:
         raise ModelError(f"{path}: {problem or 'meta graph file not found'}")
     collections = {entry.key: entry.value.bytes_list.value for entry in meta.collection_def}

@@ -25,6 +25,10 @@ READ_AHEAD = 256 << 10
 TINY_READ = 4 << 10
 MAX_CACHED_BYTES = 32 << 20  # fetched windows kept for re-reads, least recently used dropped first
 COALESCE_GAP = 4 << 10  # missing ranges closer than this are fetched as one request
+# A read this small (a bias, a BatchNorm statistic) is also kept exactly as read: `check` reads such tensors
+# again after its scan (the rules' values), when the scan's windows of a large checkpoint are long gone.
+KEPT_READ = 64 << 10
+MAX_KEPT_BYTES = 16 << 20  # reads kept, least recently used dropped first
 HTTP_PROTOCOLS = frozenset({"http", "https"})
 # The library a protocol needs and the extra that installs it (fsspec itself is a dependency).
 LIBRARIES = {
@@ -209,9 +213,9 @@ class Store:
         info = self._info(url)
         return info is not None and info.get("type") == "directory"
 
-    def indexes(self, directory: str) -> list[str]:
-        """The `.index` files directly in a directory, oldest first (by modification time where the store
-        keeps one, then by name)."""
+    def files(self, directory: str) -> list[str]:
+        """The URLs of the files directly in a directory, oldest first (by modification time where the store
+        keeps one, then by name); none where it does not exist."""
         _stats(directory).requests += 1
         try:
             entries = self.fs.ls(self.fs_path(directory), detail=True)
@@ -219,9 +223,13 @@ class Store:
             return []
         except Exception as error:
             raise _failure(directory, error) from None
-        found = [e for e in entries if e.get("type") == "file" and str(e["name"]).endswith(".index")]
+        found = [e for e in entries if e.get("type") == "file"]
         found.sort(key=lambda e: (str(_modified(e)), str(e["name"])))
         return [self.url(str(e["name"])) for e in found]
+
+    def indexes(self, directory: str) -> list[str]:
+        """The `.index` files directly in a directory, oldest first."""
+        return [url for url in self.files(directory) if url.endswith(".index")]
 
 
 def _modified(entry: dict[str, Any]) -> object:
@@ -232,6 +240,9 @@ def _modified(entry: dict[str, Any]) -> object:
 _WINDOWS: OrderedDict[tuple[str, int, str], OrderedDict[int, bytes]] = OrderedDict()
 _VERSION_FIELDS = ("ETag", "etag", "LastModified", "Last-Modified", "mtime", "updated", "last_modified")
 _cached_bytes = 0
+# Small reads by (object, offset, length), least recently used first; bounded in bytes.
+_KEPT: OrderedDict[tuple[tuple[str, int, str], int, int], bytes] = OrderedDict()
+_kept_bytes = 0
 _LOCK = threading.Lock()
 
 
@@ -277,6 +288,10 @@ class RemoteFile:
         if offset >= end:
             return b""
         with _LOCK:
+            kept = _KEPT.get((self._key, offset, end))
+            if kept is not None:
+                _KEPT.move_to_end((self._key, offset, end))
+                return kept
             cached = self._cached_windows(offset, end)
             in_run = self._last_end is None or abs(offset - self._last_end) <= COALESCE_GAP or length <= TINY_READ
             missing = self._missing(offset, end, cached, small=length < READ_AHEAD and in_run)
@@ -290,7 +305,19 @@ class RemoteFile:
             if start <= position < start + len(data):
                 out.append(data[position - start : end - start])
                 position = min(start + len(data), end)
-        return b"".join(out)
+        result = b"".join(out)
+        if end - offset <= KEPT_READ:
+            self._keep_read(offset, end, result)
+        return result
+
+    def _keep_read(self, offset: int, end: int, data: bytes) -> None:
+        global _kept_bytes
+        with _LOCK:
+            if (self._key, offset, end) not in _KEPT:
+                _KEPT[(self._key, offset, end)] = data
+                _kept_bytes += len(data)
+            while _kept_bytes > MAX_KEPT_BYTES:
+                _kept_bytes -= len(_KEPT.popitem(last=False)[1])
 
     def _cached_windows(self, offset: int, end: int) -> list[tuple[int, bytes]]:
         found = []

@@ -346,7 +346,10 @@ class BundleReader:
         problems = list(self.open_problems)
         nonfinite: dict[str, int] = {}
         total, done = sum(e.size for e in self.entries.values()), 0
-        for entry in self.entries.values():
+        # In the shards' order, not the index's key order: each shard is read front to back, so a remote one is
+        # fetched once (read-ahead windows are used before the bounded cache drops them) and a local one
+        # sequentially.
+        for entry in sorted(self.entries.values(), key=lambda e: (e.shard_id, e.offset)):
             done += entry.size
             if progress:
                 progress(done, total)
