@@ -696,7 +696,8 @@ def strip(
         if len(plan.dropped) > LISTED:
             console.print(f"  … and {len(plan.dropped) - LISTED} more", markup=False, soft_wrap=True)
         if plan.from_ema:
-            console.print(f"{len(plan.from_ema)} variables written from their moving averages (EMA shadows or optimizer averages)")
+            averaged = f"{len(plan.from_ema)} variables written from their moving averages"
+            console.print(f"{averaged} (EMA shadows or optimizer averages)", markup=False, soft_wrap=True)
         if plan.without_shadow:
             first = shown(plan.without_shadow[0])
             more = f" and {len(plan.without_shadow) - 1} more" if len(plan.without_shadow) > 1 else ""
