@@ -482,6 +482,10 @@ def verify(
         for mismatch in result.mismatched:
             line = f"  mismatched  {mismatch.key}: graph {mismatch.expected}, checkpoint {mismatch.found}"
             console.print(shown(line), markup=False, soft_wrap=True)
+        for warning in result.warnings:
+            sys.stderr.write(f"ckptdoctor: warning: {shown(warning)}\n")
+        for note in result.notes:
+            console.print(f"note: {shown(note)}", markup=False, soft_wrap=True)
         if result.tf_error:
             console.print(f"the restore failed: {shown(result.tf_error)}", markup=False, soft_wrap=True)
         if result.ok:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ckptdoctor.errors import MissingExtraError, ModelError, first_line, message_line
@@ -26,6 +31,8 @@ class VerifyResult:
     mismatched: tuple[Mismatch, ...]
     restored: bool
     tf_error: str | None
+    notes: tuple[str, ...] = ()  # what was left unrestored on purpose, and why
+    warnings: tuple[str, ...] = ()  # what Keras or TF warned while loading, one line each, each once
 
     @property
     def ok(self) -> bool:
@@ -162,9 +169,90 @@ def _compare_keras_layers(reader, model) -> tuple[list[str], list[Mismatch]]:
     return missing, mismatched
 
 
+WARNINGS_SHOWN = 10  # distinct warnings a result keeps
+QUIET_BY_DEFAULT = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)  # as Python
+
+
+@contextmanager
+def _warnings_in_one_line(kept: list[str]) -> Iterator[None]:
+    """Python warnings raised inside, each distinct one once, as one line (`3×` where it repeats with other
+    numbers, as Keras's per-container warnings do), instead of two lines of file, line and source each."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    visible = [warning for warning in caught if not issubclass(warning.category, QUIET_BY_DEFAULT)]
+    lines = [
+        f"{warning.category.__name__}: {message_line(str(warning.message), ESSENTIAL_LINE_LIMIT)}"
+        for warning in visible
+    ]
+    counts = Counter(re.sub(r"\d+", "N", line) for line in lines)
+    first = {re.sub(r"\d+", "N", line): line for line in reversed(lines)}  # each template's first line
+    for template in list(counts)[:WARNINGS_SHOWN]:
+        line = first[template]
+        kept.append(f"{line} ({counts[template]}×)" if counts[template] > 1 else line)
+
+
+NAMES_SHOWN = 6  # unrestored variables a note names before "and N more"
+
+
+def _variable_name(variable) -> str:
+    return (getattr(variable, "path", None) or variable.name).split(":", 1)[0]
+
+
+def _bound_objects(status) -> set[int] | None:
+    """ids of the Python objects the restore bound to checkpoint values. TF's own test
+    (assert_existing_objects_matched) compares every object with this map; it is not public API, so where it
+    is gone None leaves TF's verdict as it stands."""
+    bound = getattr(getattr(status, "_checkpoint", None), "object_by_proto_id", None)
+    values = getattr(bound, "values", None)
+    return {id(found) for found in values()} if callable(values) else None
+
+
+def _training_state_note(model, bound: set[int], failure: AssertionError) -> str:
+    """What the restore left unbound although every model variable was restored: the optimizer's and the
+    metrics' variables, which the checkpoint holds no value for (it was written without them)."""
+    optimizer = getattr(model, "optimizer", None)
+    training_state = [*getattr(optimizer, "variables", []), *getattr(model, "metrics_variables", [])]
+    unbound = [_variable_name(variable) for variable in training_state if id(variable) not in bound]
+    counted = re.search(r"Found (\d+) Python objects", str(failure))
+    others = max(int(counted.group(1)) - len(unbound), 0) if counted else 0  # e.g. tf.keras's learning rate
+    rest = max(len(unbound) - NAMES_SHOWN, 0) + others
+    named = ", ".join(unbound[:NAMES_SHOWN]) or "training state"
+    what = f"{named} and {rest} more" if rest else named
+    return (
+        f"not restored: {what}: optimizer and metric state the checkpoint holds no value for (written without "
+        "it); every variable of the model itself was restored, and evaluating or serving the model does not use it"
+    )
+
+
+def _restore_bundle(tf, model, location: str, roots: set[str], missing: list[str], notes: list[str]) -> None:
+    """Restore a TF2 checkpoint into the model; unbound model variables are named in `missing` and fail the
+    restore, unbound training state alone passes with a note."""
+    root = tf.train.Checkpoint(model=model) if "model" in roots else tf.train.Checkpoint(root=model)
+    status = root.read(location)
+    status.expect_partial()  # optimizer state the eval model does not hold is expected, not an error
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as failure:
+        bound = _bound_objects(status)
+        if bound is None:
+            raise
+        missing.extend(_variable_name(variable) for variable in model.weights if id(variable) not in bound)
+        if missing:
+            raise
+        notes.append(_training_state_note(model, bound, failure))
+
+
 def verify_model(checkpoint: str | os.PathLike[str], model_spec: str) -> VerifyResult:
     """Load CHECKPOINT into a fresh copy of the model: Keras files with load_weights, TF2 checkpoints
-    with tf.train.Checkpoint(...).read(...).assert_consumed()."""
+    with tf.train.Checkpoint(...).read(...).assert_existing_objects_matched()."""
+    kept_warnings: list[str] = []
+    with _warnings_in_one_line(kept_warnings):
+        result = _verify_model(checkpoint, model_spec)
+    return dataclasses.replace(result, warnings=tuple(kept_warnings))
+
+
+def _verify_model(checkpoint: str | os.PathLike[str], model_spec: str) -> VerifyResult:
     reader, resolved = open_checkpoint(checkpoint)
     try:
         tf = _import_tensorflow()
@@ -178,18 +266,18 @@ def verify_model(checkpoint: str | os.PathLike[str], model_spec: str) -> VerifyR
             missing, mismatched = _compare_keras_layers(reader, model)
     finally:
         reader.close()
-    error = None
+    error, notes = None, list[str]()
     try:
         if resolved.storage is Storage.BUNDLE:
-            root = tf.train.Checkpoint(model=model) if "model" in roots else tf.train.Checkpoint(root=model)
-            status = root.read(resolved.location)
-            status.expect_partial()  # optimizer state the eval model does not hold is expected, not an error
-            status.assert_existing_objects_matched()
+            _restore_bundle(tf, model, resolved.location, roots, missing, notes)
         else:
             model.load_weights(resolved.location)
-    except AssertionError as failure:  # TF names the unbound variables by their Keras path
-        missing.extend(sorted(re.findall(r"<Variable path=([^,>]+)", str(failure))))
+    except AssertionError as failure:  # TF names (up to 10 of) the unbound variables by their Keras path
+        if not missing:
+            missing.extend(sorted(re.findall(r"<Variable path=([^,>]+)", str(failure))))
         error = f"AssertionError: {_first_line(failure).split(': [<')[0]}"
     except Exception as failure:  # what TF or Keras says is the verdict, whatever its type
         error = f"{type(failure).__name__}: {_first_line(failure)}"
-    return VerifyResult(resolved.location, expected, tuple(missing), tuple(mismatched), error is None, error)
+    return VerifyResult(
+        resolved.location, expected, tuple(missing), tuple(mismatched), error is None, error, tuple(notes)
+    )

@@ -20,6 +20,7 @@ from ckptdoctor.formats.keras_common import (
     parse_json,
     read_dataset,
 )
+from ckptdoctor.formats.keras_optimizer import OptimizerSpec, StoredVar, optimizer_names, optimizer_spec
 from ckptdoctor.model import (
     BATCHNORM_PARTS,
     BATCHNORM_STATISTICS,
@@ -28,6 +29,7 @@ from ckptdoctor.model import (
     IntegrityProblem,
     LayerConfig,
     ProblemKind,
+    TensorInfo,
 )
 
 if TYPE_CHECKING:
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 
 WEIGHTS_MEMBER = "model.weights.h5"
 CONFIG_MEMBER = "config.json"
+METADATA_MEMBER = "metadata.json"  # {"keras_version": …}: which Keras wrote the file
 # A compressed member is inflated only up to these sizes: a 1 MB zip member can claim gigabytes. Keras
 # itself stores every member uncompressed, and its config.json is kilobytes.
 MAX_CONFIG_SIZE = 64 << 20
@@ -120,6 +123,10 @@ def damaged_member(path: str, archive: zipfile.ZipFile, progress: Progress | Non
     return None
 
 
+def _indices(group: h5py.Group) -> list[int]:
+    return sorted(int(k) for k in group if k.isdigit())  # h5py lists "10" before "2"
+
+
 def is_v3_layout(file: h5py.File) -> bool:
     return member(file, "layers") is not None or member(file, "vars") is not None
 
@@ -170,6 +177,8 @@ class KerasV3Reader(Hdf5Reader):
         self.configs: dict[str, LayerConfig] = {}
         self._layers: dict[str, LayerConfig] = {}
         self.vars_groups: dict[str, str] = {}  # layer path -> HDF5 path of its `vars` group
+        self._optimizer: OptimizerSpec | None = None
+        self._trainable: dict[str, list[TensorInfo]] = {}  # layer path -> its trainable variables, in order
         if file is None:
             self.format = Format.KERAS_ZIP
             self.file = self._open_archive(path)
@@ -186,8 +195,9 @@ class KerasV3Reader(Hdf5Reader):
             if WEIGHTS_MEMBER not in names:
                 raise CheckpointError(f"{path}: .keras archive has no {WEIGHTS_MEMBER}")
             if CONFIG_MEMBER in names:
-                config = read_member(path, self._zip, CONFIG_MEMBER, MAX_CONFIG_SIZE)
-                self.configs = layer_configs(parse_json(config, path))
+                config = parse_json(read_member(path, self._zip, CONFIG_MEMBER, MAX_CONFIG_SIZE), path)
+                self.configs = layer_configs(config)
+                self._optimizer = optimizer_spec(config, self._keras_version(path, names))
             return open_hdf5(_member_file(path, self._zip.getinfo(WEIGHTS_MEMBER), self._zip), path)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, CheckpointError) as error:
             if self._zip is not None:
@@ -200,6 +210,17 @@ class KerasV3Reader(Hdf5Reader):
                 raise
             raise CheckpointError(f"{path}: damaged .keras archive ({error})") from None
 
+    def _keras_version(self, path: str, names: set[str]) -> str | None:
+        """The version metadata.json records; only optimizer naming uses it, so a damaged one is no error."""
+        if self._zip is None or METADATA_MEMBER not in names:
+            return None
+        try:
+            metadata = parse_json(read_member(path, self._zip, METADATA_MEMBER, MAX_CONFIG_SIZE), path)
+        except CheckpointError:
+            return None
+        version = metadata.get("keras_version") if isinstance(metadata, dict) else None
+        return version if isinstance(version, str) else None
+
     def _walk(self) -> None:
         layers = self._child(self.file, "layers")
         if layers is not None:
@@ -209,8 +230,7 @@ class KerasV3Reader(Hdf5Reader):
             self._add_vars(model_vars, path_prefix=decode_text(model_vars.attrs.get("name", "model")))
         optimizer_vars = self._child(self.file, "optimizer/vars")
         if optimizer_vars is not None:
-            names = ["iterations", "learning_rate"]  # then one slot per trainable weight and slot kind
-            self._add_vars(optimizer_vars, path_prefix="optimizer", names=names, optimizer_state=True)
+            self._add_optimizer_vars(optimizer_vars)
 
     def _walk_layers(self, layers: h5py.Group, prefix: str) -> None:
         for container in layers:
@@ -230,15 +250,42 @@ class KerasV3Reader(Hdf5Reader):
                 else:
                     names = list(_KNOWN_ORDER.get(config.class_name, ()))[:count]
                     names += [str(i) for i in range(len(names), count)]
-                self._add_vars(vars_group, path_prefix=path, names=names)
+                added = self._add_vars(vars_group, path_prefix=path, names=names)
+                statistics = {f"{path}/{part}" for part in BATCHNORM_STATISTICS}
+                self._trainable[path] = [info for info in added if config.trainable and info.path not in statistics]
             nested = self._child(group, "layers")
             if nested is not None:
                 self._walk_layers(nested, prefix=f"{path}/")
 
-    def _add_vars(self, group: h5py.Group, path_prefix: str, names=None, optimizer_state: bool = False) -> None:
-        for index in sorted(int(k) for k in group if k.isdigit()):  # h5py lists "10" before "2"
+    def _add_vars(self, group: h5py.Group, path_prefix: str, names=None) -> list[TensorInfo]:
+        """Add the group's variables `0`, `1`, … named by position; returns the ones added."""
+        before = len(self._infos)
+        for index in _indices(group):
             leaf = names[index] if names and index < len(names) else str(index)
-            self._add(self._child(group, str(index)), path=f"{path_prefix}/{leaf}", optimizer_state=optimizer_state)
+            self._add(self._child(group, str(index)), path=f"{path_prefix}/{leaf}")
+        return self._infos[before:]
+
+    def _add_optimizer_vars(self, group: h5py.Group) -> None:
+        """Keras loads `optimizer/vars/<i>` by position; named after the model's variables where the layout the
+        optimizer's config implies fits the stored count and shapes (formats/keras_optimizer.py)."""
+        import h5py
+
+        datasets = [self._child(group, str(index)) for index in _indices(group)]
+        stored = [
+            StoredVar(tuple(int(d) for d in found.shape), found.dtype.kind == "f")
+            if isinstance(found, h5py.Dataset)
+            else StoredVar((-1,), False)  # never matches a variable: positions stay
+            for found in datasets
+        ]
+        names = optimizer_names(stored, self._optimizer, self._trainable_in_model_order())
+        for found, name in zip(datasets, names, strict=True):
+            self._add(found, path=name.path, slot_of=name.slot_of, optimizer_state=True)
+
+    def _trainable_in_model_order(self) -> list[tuple[str, tuple[int, ...]]] | None:
+        """(path, shape) of `model.trainable_variables`: layers in config order, or None without a config."""
+        if not self.configs or any(path not in self.configs for path in self._trainable):
+            return None
+        return [(info.path or info.name, info.shape) for path in self.configs for info in self._trainable.get(path, [])]
 
     def layers(self) -> tuple[LayerConfig, ...]:
         return tuple(self._layers.values())
