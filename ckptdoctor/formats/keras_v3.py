@@ -270,16 +270,17 @@ class KerasV3Reader(Hdf5Reader):
         optimizer's config implies fits the stored count and shapes (formats/keras_optimizer.py)."""
         import h5py
 
-        datasets = [self._child(group, str(index)) for index in _indices(group)]
-        stored = [
-            StoredVar(tuple(int(d) for d in found.shape), found.dtype.kind == "f")
-            if isinstance(found, h5py.Dataset)
-            else StoredVar((-1,), False)  # never matches a variable: positions stay
-            for found in datasets
-        ]
+        indices = _indices(group)
+        stored = []
+        for index in indices:  # shapes first; each dataset is looked up again when it is added, as layers' are
+            found = self._child(group, str(index))
+            is_dataset = isinstance(found, h5py.Dataset)
+            shape = tuple(int(d) for d in found.shape) if is_dataset else (-1,)  # (-1,) never matches: positions stay
+            stored.append(StoredVar(shape, is_dataset and found.dtype.kind == "f"))
+            del found
         names = optimizer_names(stored, self._optimizer, self._trainable_in_model_order())
-        for found, name in zip(datasets, names, strict=True):
-            self._add(found, path=name.path, slot_of=name.slot_of, optimizer_state=True)
+        for index, name in zip(indices, names, strict=True):
+            self._add(self._child(group, str(index)), path=name.path, slot_of=name.slot_of, optimizer_state=True)
 
     def _trainable_in_model_order(self) -> list[tuple[str, tuple[int, ...]]] | None:
         """(path, shape) of `model.trainable_variables`: layers in config order, or None without a config."""
