@@ -61,7 +61,12 @@ def to_dict(report: Report) -> dict[str, Any]:
 
 
 def _summary(summary: StatisticSummary | None) -> dict[str, Any] | None:
-    return None if summary is None else dataclasses.asdict(summary)
+    if summary is None:
+        return None
+    return {name: getattr(summary, name) for name in _SUMMARY_FIELDS}
+
+
+_SUMMARY_FIELDS = tuple(field.name for field in dataclasses.fields(StatisticSummary))  # as asdict, no deep copy
 
 
 def _stats(stats: BatchNormStats) -> dict[str, Any]:
@@ -94,11 +99,32 @@ def _variable(v: Variable) -> dict[str, Any]:
     }
 
 
+# json's C encoder runs only without `indent` (the indenting encoder is pure Python: seconds for 100,000
+# variables), so the layout is ours: containers indented down to a record, each record on one line.
+_ONE_LINE = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "), allow_nan=True)
+_INDENT = "  "
+
+
+def _dumps(value: Any, levels: int, indent: str = "") -> str:
+    """`value` with its containers indented `levels` deep and anything deeper on one line (C encoder)."""
+    if levels <= 0 or not isinstance(value, (dict, list)) or not value:
+        return _ONE_LINE.encode(value)
+    inner = indent + _INDENT
+    if isinstance(value, dict):
+        items = [f"{inner}{_ONE_LINE.encode(key)}: {_dumps(item, levels - 1, inner)}" for key, item in value.items()]
+        return "{\n" + ",\n".join(items) + f"\n{indent}}}"
+    items = [inner + _dumps(item, levels - 1, inner) for item in value]
+    return "[\n" + ",\n".join(items) + f"\n{indent}]"
+
+
+_REPORT_LEVELS = 2  # the report's keys, then one line per variable, layer, finding and summary entry
+
+
 def render(reports: Sequence[Report], threshold: Severity | None = None) -> str:
     """One report as itself; several as {"schema_version", "reports": [...]}, in the order given.
 
     Every finding is listed whatever the threshold (the exit code says which ones fail)."""
     if len(reports) == 1:
-        return json.dumps(to_dict(reports[0]), indent=2, ensure_ascii=False) + "\n"
+        return _dumps(to_dict(reports[0]), _REPORT_LEVELS) + "\n"
     document = {"schema_version": SCHEMA_VERSION, "reports": [to_dict(report) for report in reports]}
-    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    return _dumps(document, _REPORT_LEVELS + 2) + "\n"
