@@ -162,7 +162,14 @@ FormatOpt = Annotated[InspectFormat, typer.Option("--format", "-f", help="Output
 
 
 @app.command()
-def inspect(path: PathArg, output_format: FormatOpt = InspectFormat.text) -> None:
+def inspect(
+    path: PathArg,
+    output_format: FormatOpt = InspectFormat.text,
+    every_variable: Annotated[
+        bool,
+        typer.Option("--all", help="Text: every variable, however many (past 1000 the table shows totals by scope)."),
+    ] = False,
+) -> None:
     """List every variable with dtype, shape, size and role, grouped by layer, with a BatchNorm summary."""
     from ckptdoctor.diagnose import inspect as run_inspect
 
@@ -178,7 +185,7 @@ def inspect(path: PathArg, output_format: FormatOpt = InspectFormat.text) -> Non
         else:
             from ckptdoctor.report.text import render_inspect
 
-            render_inspect(_stdout(), report)
+            render_inspect(_stdout(), report, every_variable=every_variable)
 
 
 @app.command()
