@@ -4,6 +4,7 @@ tensors. The timings themselves are measured by bench/run.py; these tests guard 
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from conftest import FIXTURE_BUNDLES, cli_env, run_cli
 from ckptdoctor.report.text import MAX_SCOPE_ROWS, MAX_TABLE_ROWS
 
 # Modules that cost start-up time and that these commands have no use for.
-HEAVY = ("numpy", "h5py", "tensorflow", "google.protobuf.descriptor_pb2", "rich", "ckptdoctor.rules")
+HEAVY = ("numpy", "h5py", "tensorflow", "google.protobuf", "rich", "ckptdoctor.rules")
 FULL = str(FIXTURE_BUNDLES["finetune_full"])
 
 
@@ -36,8 +37,9 @@ def _loaded(modules: set[str], prefixes: tuple[str, ...]) -> list[str]:
     return sorted(m for m in modules if m.startswith(prefixes))
 
 
-def test_inspect_json_imports_nothing_it_does_not_use():
-    modules = _imported("inspect", FULL, "--format", "json")
+def test_inspect_json_imports_nothing_it_does_not_use(tmp_path):
+    """A bundle without a .meta beside it: listing needs neither protobuf, numpy, rich nor the rules."""
+    modules = _imported("inspect", str(_many_tensors(tmp_path, 3)), "--format", "json")
     assert "ckptdoctor.formats.tf_bundle" in modules  # the probe saw the real work
     assert _loaded(modules, HEAVY) == []
 
@@ -124,3 +126,63 @@ def test_the_hand_serialised_descriptor_is_what_descriptor_pb2_builds():
     extent.oneof_decl.add(name="has_length")
     extent.field[1].oneof_index = 0
     assert protos.serialized_file() == file.SerializeToString()
+
+
+def _mutations(samples: list[bytes], count: int, seed: int):
+    """Each sample with one to three bytes changed, deleted or inserted."""
+    rng = random.Random(seed)
+    for _ in range(count):
+        value = bytearray(rng.choice(samples))
+        for _ in range(rng.randint(1, 3)):
+            where = rng.randrange(len(value) + 1)
+            choice = rng.random()
+            if choice < 0.5 and where < len(value):
+                value[where] = rng.randrange(256)
+            elif choice < 0.75 and where < len(value):
+                del value[where]
+            else:
+                value.insert(where, rng.randrange(256))
+        yield bytes(value)
+
+
+def test_the_index_shortcut_reads_what_protobuf_reads():
+    """The listing parses index entries and the header without protobuf where they have TensorFlow's plain
+    layout; on real entries and on damaged ones, whatever the shortcut accepts, protobuf reads the same."""
+    from ckptdoctor.formats import protos
+    from ckptdoctor.formats.bytesource import open_source
+    from ckptdoctor.formats.sstable import TableReader
+    from ckptdoctor.formats.tf_bundle import _canonical_entry, _canonical_header
+
+    def reference_entry(value: bytes) -> tuple:
+        proto = protos.BundleEntryProto.FromString(value)
+        shape = tuple(int(d.size) for d in proto.shape.dim)
+        return proto.dtype, shape, proto.shard_id, proto.offset, proto.size, proto.crc32c, len(proto.slices)
+
+    def reference_header(value: bytes) -> tuple:
+        header = protos.BundleHeaderProto.FromString(value)
+        return header.num_shards, header.endianness, header.version.min_consumer
+
+    entries, headers = [], []
+    for prefix in FIXTURE_BUNDLES.values():
+        source = open_source(f"{prefix}.index")
+        try:
+            records, _ = TableReader(source).read_all()
+        finally:
+            source.close()
+        headers.append(records[0][1])
+        entries += [value for key, value in records if key]
+    assert all(_canonical_header(value) == reference_header(value) for value in headers)
+    shortcut = [value for value in entries if _canonical_entry(value) is not None]
+    assert len(shortcut) > len(entries) * 0.9  # TensorFlow's own entries take the shortcut
+    assert all(_canonical_entry(value) == reference_entry(value) for value in shortcut)
+    for parse, reference, samples in (
+        (_canonical_entry, reference_entry, entries),
+        (_canonical_header, reference_header, headers),
+    ):
+        taken = 0
+        for value in _mutations(samples, 5000, seed=len(samples)):
+            fields = parse(value)
+            if fields is not None:
+                taken += 1
+                assert fields == reference(value), value.hex()
+        assert taken > 100  # the damage exercised the shortcut, not only its refusals

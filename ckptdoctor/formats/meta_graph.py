@@ -57,14 +57,14 @@ def meta_graph_path(prefix: str) -> str:
 
 def _parse(path: str):
     """(MetaGraphDef, None) or (None, why it cannot be read in a few words); None, None when absent."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None, None  # the common case, before protobuf's import: listing a bundle never needs it
     from google.protobuf.message import DecodeError
 
     from ckptdoctor.formats import protos
 
-    try:
-        info = os.lstat(path)
-    except OSError:
-        return None, None
     if stat.S_ISLNK(info.st_mode):
         return None, "it is a symbolic link, not followed"
     if not stat.S_ISREG(info.st_mode):

@@ -1,18 +1,14 @@
 """TensorFlow checkpoint protobuf messages, declared at runtime in a private descriptor pool.
 
-The file descriptor is serialised here by hand (a few varints and strings) rather than built with
-`descriptor_pb2`, whose import alone costs more start-up time than listing a checkpoint's index;
-tests/test_scale.py compares these bytes with what descriptor_pb2 builds."""
+Start-up time counts (a CI loop lists checkpoints): importing this module costs nothing; protobuf is imported
+and the message classes are made on the first use of any of them (`protos.BundleEntryProto`). The file
+descriptor is serialised here by hand (a few varints and strings) rather than built with `descriptor_pb2`,
+whose import alone costs more than listing a checkpoint's index; tests/test_scale.py compares these bytes
+with what descriptor_pb2 builds."""
 
 from __future__ import annotations
 
 from typing import Any
-
-from google.protobuf import descriptor_pool, message_factory
-
-# A private pool, so that these declarations never collide with TensorFlow's own
-# `tensorflow.*` messages when both live in one process (verify imports TF).
-_POOL = descriptor_pool.DescriptorPool()
 
 # FieldDescriptorProto.Type and .Label values (google/protobuf/descriptor.proto).
 _SCALARS = {
@@ -246,25 +242,35 @@ def serialized_file() -> bytes:
     return out + _bytes_field(12, "proto3")
 
 
-_POOL.AddSerializedFile(serialized_file())
-
-
 # The message classes are made at runtime from the descriptors above, so no type checker knows their fields:
 # they, and their instances, are typed as Any (`Message` in annotations).
 Message = Any
 
+_CLASSES = (
+    "TensorShapeProto",
+    "TensorSliceProto",
+    "BundleHeaderProto",
+    "BundleEntryProto",
+    "TensorProto",
+    "SavedTensorSlices",
+    "CheckpointState",
+    "TrackableObjectGraph",
+    "MetaGraphDef",
+    "VariableDef",
+)
 
-def _message_class(name: str) -> Any:
-    return message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
 
+def __getattr__(name: str) -> Any:
+    """Every message class, made together on the first access to one of them."""
+    if name not in _CLASSES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from google.protobuf import descriptor_pool, message_factory
 
-TensorShapeProto = _message_class("TensorShapeProto")
-TensorSliceProto = _message_class("TensorSliceProto")
-BundleHeaderProto = _message_class("BundleHeaderProto")
-BundleEntryProto = _message_class("BundleEntryProto")
-TensorProto = _message_class("TensorProto")
-SavedTensorSlices = _message_class("SavedTensorSlices")
-CheckpointState = _message_class("CheckpointState")
-TrackableObjectGraph = _message_class("TrackableObjectGraph")
-MetaGraphDef = _message_class("MetaGraphDef")
-VariableDef = _message_class("VariableDef")
+    # A private pool, so that these declarations never collide with TensorFlow's own
+    # `tensorflow.*` messages when both live in one process (verify imports TF).
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(serialized_file())
+    for class_name in _CLASSES:
+        descriptor = pool.FindMessageTypeByName(f"{_PACKAGE}.{class_name}")
+        globals()[class_name] = message_factory.GetMessageClass(descriptor)
+    return globals()[name]
