@@ -39,7 +39,7 @@ def data_file_name(prefix: str, shard_id: int, num_shards: int) -> str:
     return f"{prefix}.data-{shard_id:05d}-of-{num_shards:05d}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per index entry: 100,000 of them are no rarity
 class BundleEntry:
     """One index entry: where a tensor's bytes live and what they should hash to."""
 

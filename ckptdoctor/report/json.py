@@ -6,7 +6,7 @@ import dataclasses
 import json
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ckptdoctor import __version__
@@ -18,6 +18,20 @@ SCHEMA_VERSION = "1.2"  # 1.1: names shown escaped, name_hex where that changed 
 
 
 def to_dict(report: Report) -> dict[str, Any]:
+    return _document(report, list)
+
+
+class _Encoded(list):
+    """Records already encoded, one JSON text each: `_dumps` writes them as they are."""
+
+
+def _encoded(records: Iterable[Any]) -> _Encoded:
+    """Each record encoded as soon as it is made, so that 100,000 variables never live as dicts at once."""
+    return _Encoded(map(_ONE_LINE.encode, records))
+
+
+def _document(report: Report, records: Callable[[Iterable[Any]], Any]) -> dict[str, Any]:
+    """The report as JSON data; `records` makes each list of records (variables, layers, findings, stats)."""
     roles = Counter(v.role.value for v in report.variables)
     severities = Counter(f.severity.value for f in report.findings)
     return {
@@ -35,16 +49,16 @@ def to_dict(report: Report) -> dict[str, Any]:
             "batchnorm_layers": len(report.batchnorm),
             "findings": {s.value: severities.get(s.value, 0) for s in Severity},
         },
-        "variables": [_variable(v) for v in report.variables],
-        "batchnorm": [
+        "variables": records(map(_variable, report.variables)),
+        "batchnorm": records(
             {
                 "layer": shown(layer.layer),
                 **{part: _shown_or_none(getattr(layer, part)) for part in PARTS},
                 "missing": list(layer.missing_statistics),
             }
             for layer in report.batchnorm
-        ],
-        "findings": [
+        ),
+        "findings": records(
             {
                 "code": f.code,
                 "name": f.name,
@@ -55,8 +69,8 @@ def to_dict(report: Report) -> dict[str, Any]:
                 "hint": shown(f.hint),
             }
             for f in report.findings
-        ],
-        **({} if report.batchnorm_stats is None else {"batchnorm_stats": list(map(_stats, report.batchnorm_stats))}),
+        ),
+        **({} if report.batchnorm_stats is None else {"batchnorm_stats": records(map(_stats, report.batchnorm_stats))}),
     }
 
 
@@ -107,6 +121,9 @@ _INDENT = "  "
 
 def _dumps(value: Any, levels: int, indent: str = "") -> str:
     """`value` with its containers indented `levels` deep and anything deeper on one line (C encoder)."""
+    if isinstance(value, _Encoded):
+        inner = indent + _INDENT
+        return "[\n" + ",\n".join(inner + text for text in value) + f"\n{indent}]" if value else "[]"
     if levels <= 0 or not isinstance(value, (dict, list)) or not value:
         return _ONE_LINE.encode(value)
     inner = indent + _INDENT
@@ -125,6 +142,6 @@ def render(reports: Sequence[Report], threshold: Severity | None = None) -> str:
 
     Every finding is listed whatever the threshold (the exit code says which ones fail)."""
     if len(reports) == 1:
-        return _dumps(to_dict(reports[0]), _REPORT_LEVELS) + "\n"
-    document = {"schema_version": SCHEMA_VERSION, "reports": [to_dict(report) for report in reports]}
+        return _dumps(_document(reports[0], _encoded), _REPORT_LEVELS) + "\n"
+    document = {"schema_version": SCHEMA_VERSION, "reports": [_document(report, _encoded) for report in reports]}
     return _dumps(document, _REPORT_LEVELS + 2) + "\n"
