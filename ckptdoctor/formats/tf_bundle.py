@@ -118,7 +118,9 @@ def _canonical_entry(value: bytes) -> tuple[int, tuple[int, ...], int, int, int,
                 return None
             last = number
             if tag == 0x12:  # 2: shape, a TensorShapeProto of dims (field 2) holding only a size (field 1)
-                length, pos = decode_varint(value, pos, end)
+                length, pos = (
+                    (value[pos], pos + 1) if pos < end and value[pos] < 0x80 else decode_varint(value, pos, end)
+                )
                 shape, pos = _canonical_shape(value, pos, pos + length)
                 if pos < 0:
                     return None
@@ -128,7 +130,10 @@ def _canonical_entry(value: bytes) -> tuple[int, tuple[int, ...], int, int, int,
                 crc = int.from_bytes(value[pos : pos + 4], "little")
                 pos += 4
             elif tag in (0x08, 0x18, 0x20, 0x28):  # 1 dtype, 3 shard_id (int32), 4 offset, 5 size (int64)
-                number_value, pos = decode_varint(value, pos, end)
+                if pos < end and value[pos] < 0x80:  # one byte, the usual dtype and shard (saves a call)
+                    number_value, pos = value[pos], pos + 1
+                else:
+                    number_value, pos = decode_varint(value, pos, end)
                 if number_value > (_INT32_MAX if tag in (0x08, 0x18) else _INT64_MAX):
                     return None
                 if tag == 0x08:
@@ -198,7 +203,8 @@ def _canonical_shape(value: bytes, pos: int, end: int) -> tuple[tuple[int, ...],
     while pos < end:
         if value[pos] != 0x12 or len(dims) > MAX_RANK:  # 2: dim
             return (), -1
-        length, pos = decode_varint(value, pos + 1, end)
+        pos += 1
+        length, pos = (value[pos], pos + 1) if pos < end and value[pos] < 0x80 else decode_varint(value, pos, end)
         dim_end = pos + length
         if dim_end > end:
             return (), -1
@@ -207,7 +213,10 @@ def _canonical_shape(value: bytes, pos: int, end: int) -> tuple[tuple[int, ...],
             continue
         if value[pos] != 0x08:  # 1: size
             return (), -1
-        size, pos = decode_varint(value, pos + 1, dim_end)
+        if pos + 2 == dim_end and value[pos + 1] < 0x80:  # a one-byte size
+            size, pos = value[pos + 1], dim_end
+        else:
+            size, pos = decode_varint(value, pos + 1, dim_end)
         if pos != dim_end or size > _INT64_MAX:
             return (), -1
         dims.append(size)
