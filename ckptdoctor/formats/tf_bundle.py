@@ -199,7 +199,7 @@ def _canonical_shape(value: bytes, pos: int, end: int) -> tuple[tuple[int, ...],
     """The dims of a plain TensorShapeProto in value[pos:end] and the position after it; (), -1 if not plain."""
     if end > len(value):
         return (), -1
-    dims = []
+    dims: list[int] = []
     while pos < end:
         if value[pos] != 0x12 or len(dims) > MAX_RANK:  # 2: dim
             return (), -1

@@ -134,7 +134,7 @@ def _table(console: Console, header: Sequence[str], rows: Sequence[Sequence[Cell
             out += [pad, (text, style)] if i in right else [(text, style), pad]
         return out
 
-    lines = [aligned([(title, "bold") for title in header])]
+    lines: list[Sequence[Cell]] = [aligned([(title, "bold") for title in header])]
     lines += [row if isinstance(row, _Heading) else aligned(row) for row in rows]
     plain = console.no_color or not console.is_terminal or console.color_system is None
     for start in range(0, len(lines), _LINES_PER_WRITE):
