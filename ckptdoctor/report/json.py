@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from collections import Counter
@@ -12,7 +13,7 @@ from typing import Any
 from ckptdoctor import __version__
 from ckptdoctor.analysis.batchnorm import PARTS
 from ckptdoctor.model import BatchNormStats, Report, Role, Severity, StatisticSummary, Variable
-from ckptdoctor.names import encode_name, needs_escaping, shown
+from ckptdoctor.names import encode_name, shown
 
 SCHEMA_VERSION = "1.2"  # 1.1: names shown escaped, name_hex where that changed them; 1.2: findings' key
 
@@ -99,18 +100,25 @@ def _shown_or_none(text: str | None) -> str | None:
 
 def _variable(v: Variable) -> dict[str, Any]:
     """Names are shown escaped; where escaping changed the key, name_hex holds its exact bytes."""
+    name = shown(v.name)
     return {
-        "name": shown(v.name),
-        **({"name_hex": encode_name(v.name).hex()} if needs_escaping(v.name) else {}),
+        "name": name,
+        **({"name_hex": encode_name(v.name).hex()} if name != v.name else {}),  # escaping changed it
         "dtype": v.dtype,
         "shape": list(v.shape),
         "elements": math.prod(v.shape),
         "bytes": v.nbytes,
         "role": v.role.value,
-        "layer": shown(v.layer),
-        "path": shown(v.path),
+        "layer": _shown_layer(v.layer),
+        "path": name if v.path == v.name else shown(v.path),  # TF1: the path is the key
         "full_name": _shown_or_none(v.full_name),
     }
+
+
+@functools.lru_cache(maxsize=4096)
+def _shown_layer(layer: str) -> str:
+    """A layer's name, escaped once for all its variables."""
+    return shown(layer)
 
 
 # json's C encoder runs only without `indent` (the indenting encoder is pure Python: seconds for 100,000
