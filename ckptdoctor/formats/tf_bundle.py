@@ -7,9 +7,8 @@ import math
 import struct
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ckptdoctor import dtypes
 from ckptdoctor.formats import object_graph, protos
@@ -39,9 +38,11 @@ def data_file_name(prefix: str, shard_id: int, num_shards: int) -> str:
     return f"{prefix}.data-{shard_id:05d}-of-{num_shards:05d}"
 
 
-@dataclass(frozen=True, slots=True)  # one per index entry: 100,000 of them are no rarity
-class BundleEntry:
-    """One index entry: where a tensor's bytes live and what they should hash to."""
+class BundleEntry(NamedTuple):
+    """One index entry: where a tensor's bytes live and what they should hash to.
+
+    A named tuple, not a frozen dataclass: one is made per index entry (100,000 are no rarity) and a tuple is
+    made in one step, where a frozen dataclass sets each of its ten fields through object.__setattr__."""
 
     key: bytes
     name: str
