@@ -89,12 +89,6 @@ def compare_many(runs: int, commands: list[list[str]]) -> list[Sample]:
     return [Sample(statistics.median(s.seconds for s in each), max(s.peak_mib for s in each)) for each in samples]
 
 
-def spread(runs: int, command: list[str]) -> tuple[float, float]:
-    """The fastest and slowest of `runs` fresh runs, in seconds (the spread the medians hide)."""
-    times = [run_once(command).seconds for _ in range(runs)]
-    return min(times), max(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("story", type=Path, help="directory written by bench/make_inception.py")
