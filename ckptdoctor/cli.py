@@ -1,6 +1,7 @@
-"""The command line: typer and rich live here and in the text reporter only."""
+"""The command line: typer and rich live here and in the text reporter only.
 
-from __future__ import annotations
+No `from __future__ import annotations` here: typer would `eval` every parameter's annotation string of every
+command at each start (12 ms); annotations naming what only type checkers import are quoted instead."""
 
 import functools
 import os
@@ -59,7 +60,7 @@ def _plain_usage(typer_app: typer.Typer) -> None:
 
 
 @functools.cache
-def _stdout() -> Console:
+def _stdout() -> "Console":
     from rich.console import Console  # not imported for JSON output: start-up time matters in CI loops
 
     class StdoutConsole(Console):
@@ -162,7 +163,14 @@ FormatOpt = Annotated[InspectFormat, typer.Option("--format", "-f", help="Output
 
 
 @app.command()
-def inspect(path: PathArg, output_format: FormatOpt = InspectFormat.text) -> None:
+def inspect(
+    path: PathArg,
+    output_format: FormatOpt = InspectFormat.text,
+    every_variable: Annotated[
+        bool,
+        typer.Option("--all", help="Text: every variable, however many (past 1000 the table shows totals by scope)."),
+    ] = False,
+) -> None:
     """List every variable with dtype, shape, size and role, grouped by layer, with a BatchNorm summary."""
     from ckptdoctor.diagnose import inspect as run_inspect
 
@@ -178,7 +186,7 @@ def inspect(path: PathArg, output_format: FormatOpt = InspectFormat.text) -> Non
         else:
             from ckptdoctor.report.text import render_inspect
 
-            render_inspect(_stdout(), report)
+            render_inspect(_stdout(), report, every_variable=every_variable)
 
 
 @app.command()
@@ -422,7 +430,7 @@ def patch(
 MAX_PATCHED_LAYERS_SHOWN = 20  # patch's summary: one line per layer up to this many, then a count
 
 
-def _additions_by_layer(added: Sequence[Addition], donor: str) -> list[str]:
+def _additions_by_layer(added: Sequence["Addition"], donor: str) -> list[str]:
     """`added 8 tensors to 4 BatchNorm layers from DONOR:`, then one line per layer with what it got."""
     by_layer: dict[str, list[Addition]] = {}
     for addition in added:
@@ -634,7 +642,7 @@ def match(
 LISTED = 50  # tensors strip and rename name one per line; a large model's hundreds of slots are counted
 
 
-def _load_policy() -> Policy:
+def _load_policy() -> "Policy":
     """The project's policy, loaded before a writing command writes: a bad one stops it before any byte."""
     from ckptdoctor.policy import load_policy
 
@@ -642,7 +650,7 @@ def _load_policy() -> Policy:
         return load_policy()
 
 
-def _recheck(resolved: Resolved, policy: Policy) -> Verdict:
+def _recheck(resolved: "Resolved", policy: "Policy") -> "Verdict":
     """Check what a writing command wrote, read as exactly what was written, through the library gate: every
     policy key applies exactly as in `check`. Run before anything is printed, so a closed pipe cannot lose it."""
     from ckptdoctor.gate import gate
@@ -650,7 +658,7 @@ def _recheck(resolved: Resolved, policy: Policy) -> Verdict:
     return gate([resolved], policy=policy, progress=lambda *_: watchdog.beat())
 
 
-def _show_recheck(verdict: Verdict) -> None:
+def _show_recheck(verdict: "Verdict") -> None:
     from ckptdoctor.report.text import render_check
 
     _stdout().print("re-checking the result:")

@@ -11,6 +11,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -25,7 +26,6 @@ from conftest import (
     FLOAT32,
     KERAS,
     bundle_header,
-    cli_command,
     cli_env,
     copy_checkpoint,
     entry_proto,
@@ -44,19 +44,35 @@ MEMORY_LIMIT = 512 << 20
 TIME_LIMIT = 30
 
 
+# The CLI's own peak, written by the process that ran it: a forked child's ru_maxrss starts at the forking
+# process's resident size (this pytest, hundreds of MiB once TensorFlow is imported), VmHWM after exec does not.
+_PEAK_REPORTER = """
+import atexit, runpy, sys
+report = sys.argv.pop(1)
+def peak():
+    with open('/proc/self/status') as status, open(report, 'a') as out:
+        out.write(next(line for line in status if line.startswith('VmHWM')))
+atexit.register(peak)  # the worker the stall watchdog forks exits normally and writes it; the supervisor does not
+sys.argv[0] = 'ckptdoctor'
+runpy.run_module('ckptdoctor', run_name='__main__', alter_sys=True)
+"""
+
+
 def measured(*args, env=None, open_files: int | None = None) -> tuple[int, str, str, int, float]:
     """(exit code, stdout, stderr, peak RSS in bytes, seconds) of the CLI run in a child process.
 
     The address space is capped too (at 2 GiB), so a regression fails fast rather than swapping."""
+    import tempfile
 
     def limits() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
         if open_files:
             resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
 
+    report = Path(tempfile.mkstemp(prefix="ckptdoctor-peak-")[1])
     start = time.monotonic()
     child = subprocess.Popen(
-        cli_command(*args),
+        [sys.executable, "-c", _PEAK_REPORTER, str(report), *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         preexec_fn=limits,
@@ -79,7 +95,10 @@ def measured(*args, env=None, open_files: int | None = None) -> tuple[int, str, 
     child.stdout.close()
     child.stderr.close()
     seconds = time.monotonic() - start
-    return child.returncode, output["out"].decode(), output["err"].decode(), usage.ru_maxrss * 1024, seconds
+    peaks = [int(line.split()[1]) * 1024 for line in report.read_text().splitlines()]
+    report.unlink()
+    peak = max(peaks) if peaks else usage.ru_maxrss * 1024  # killed before exit: the (upper-bound) rusage
+    return child.returncode, output["out"].decode(), output["err"].decode(), peak, seconds
 
 
 def within_bounds(code, out, err, peak, seconds, expected_code) -> None:

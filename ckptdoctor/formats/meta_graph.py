@@ -90,13 +90,13 @@ def _read(path: str) -> tuple[bytes | None, str | None]:
 
 def _parse(path: str):
     """(MetaGraphDef, None) or (None, why it cannot be read in a few words); None, None when absent."""
+    data, problem = _read(path)
+    if data is None:
+        return None, problem  # the common case (no .meta) returns before protobuf's import
     from google.protobuf.message import DecodeError
 
     from ckptdoctor.formats import protos
 
-    data, problem = _read(path)
-    if data is None:
-        return None, problem
     meta = protos.MetaGraphDef()
     try:
         meta.ParseFromString(data)

@@ -1,27 +1,29 @@
-"""TensorFlow checkpoint protobuf messages, declared at runtime in a private descriptor pool."""
+"""TensorFlow checkpoint protobuf messages, declared at runtime in a private descriptor pool.
+
+Start-up time counts (a CI loop lists checkpoints): importing this module costs nothing; protobuf is imported
+and the message classes are made on the first use of any of them (`protos.BundleEntryProto`). The file
+descriptor is serialised here by hand (a few varints and strings) rather than built with `descriptor_pb2`,
+whose import alone costs more than listing a checkpoint's index; tests/test_scale.py compares these bytes
+with what descriptor_pb2 builds."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
-# A private pool, so that these declarations never collide with TensorFlow's own
-# `tensorflow.*` messages when both live in one process (verify imports TF).
-_POOL = descriptor_pool.DescriptorPool()
-
-_F = descriptor_pb2.FieldDescriptorProto
+# FieldDescriptorProto.Type and .Label values (google/protobuf/descriptor.proto).
 _SCALARS = {
-    "int32": _F.TYPE_INT32,
-    "int64": _F.TYPE_INT64,
-    "uint32": _F.TYPE_UINT32,
-    "fixed32": _F.TYPE_FIXED32,
-    "bool": _F.TYPE_BOOL,
-    "string": _F.TYPE_STRING,
-    "bytes": _F.TYPE_BYTES,
-    "float": _F.TYPE_FLOAT,
-    "double": _F.TYPE_DOUBLE,
+    "double": 1,
+    "float": 2,
+    "int64": 3,
+    "int32": 5,
+    "fixed32": 7,
+    "bool": 8,
+    "string": 9,
+    "bytes": 12,
+    "uint32": 13,
 }
+_TYPE_MESSAGE = 11
+_LABEL_OPTIONAL, _LABEL_REPEATED = 1, 3
 
 # (message name, [(field name, number, type, repeated)]); a type that is not a scalar
 # names another message of this file. Enums are declared as int32: same wire format.
@@ -182,49 +184,93 @@ _MESSAGES: list[tuple[str, list[tuple[str, int, str, bool]]]] = [
 _PACKAGE = "ckptdoctor.tf"
 
 
-def _build_file() -> descriptor_pb2.FileDescriptorProto:
-    file = descriptor_pb2.FileDescriptorProto(name="ckptdoctor/tf_checkpoint.proto", package=_PACKAGE, syntax="proto3")
-    by_name: dict[str, descriptor_pb2.DescriptorProto] = {}
-    for full_name, fields in _MESSAGES:
-        outer, _, inner = full_name.partition(".")
-        if outer not in by_name:
-            by_name[outer] = file.message_type.add(name=outer)
-        message = by_name[outer].nested_type.add(name=inner) if inner else by_name[outer]
-        by_name[full_name] = message
-        for field_name, number, type_name, repeated in fields:
-            field = message.field.add(name=field_name, number=number)
-            field.label = _F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL
-            if type_name in _SCALARS:
-                field.type = _SCALARS[type_name]
-            else:
-                field.type = _F.TYPE_MESSAGE
-                field.type_name = f".{_PACKAGE}.{type_name}"
-    # `length` sits in `oneof has_length`: an absent length means "to the end of the dimension".
-    extent = by_name["TensorSliceProto.Extent"]
-    extent.oneof_decl.add(name="has_length")
-    extent.field[1].oneof_index = 0
-    return file
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
-_POOL.Add(_build_file())
+def _int_field(number: int, value: int) -> bytes:
+    return _varint(number << 3) + _varint(value)
+
+
+def _bytes_field(number: int, value: bytes | str) -> bytes:
+    data = value.encode() if isinstance(value, str) else value
+    return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
+def _field(name: str, number: int, type_name: str, repeated: bool, oneof_index: int | None) -> bytes:
+    """A FieldDescriptorProto: name 1, number 3, label 4, type 5, type_name 6, oneof_index 9."""
+    out = _bytes_field(1, name) + _int_field(3, number)
+    out += _int_field(4, _LABEL_REPEATED if repeated else _LABEL_OPTIONAL)
+    if type_name in _SCALARS:
+        out += _int_field(5, _SCALARS[type_name])
+    else:
+        out += _int_field(5, _TYPE_MESSAGE) + _bytes_field(6, f".{_PACKAGE}.{type_name}")
+    return out + (b"" if oneof_index is None else _int_field(9, oneof_index))
+
+
+# `length` sits in `oneof has_length`: an absent length means "to the end of the dimension".
+_ONEOFS = {"TensorSliceProto.Extent": ("has_length", "length")}
+
+
+def _message(full_name: str, nested: list[bytes]) -> bytes:
+    """A DescriptorProto: name 1, field 2, nested_type 3, oneof_decl 8."""
+    fields = dict(_MESSAGES).get(full_name, [])
+    oneof = _ONEOFS.get(full_name)
+    out = _bytes_field(1, full_name.rpartition(".")[2])
+    for name, number, type_name, repeated in fields:
+        out += _bytes_field(2, _field(name, number, type_name, repeated, 0 if oneof and oneof[1] == name else None))
+    out += b"".join(_bytes_field(3, message) for message in nested)
+    return out + (_bytes_field(8, _bytes_field(1, oneof[0])) if oneof else b"")
+
+
+def serialized_file() -> bytes:
+    """The FileDescriptorProto of every message above: name 1, package 2, message_type 4, syntax 12."""
+    outer_names = dict.fromkeys(name.partition(".")[0] for name, _ in _MESSAGES)  # in order of first mention
+    messages = [
+        _message(
+            outer, [_message(name, []) for name, _ in _MESSAGES if name.partition(".")[0] == outer and name != outer]
+        )
+        for outer in outer_names
+    ]
+    out = _bytes_field(1, "ckptdoctor/tf_checkpoint.proto") + _bytes_field(2, _PACKAGE)
+    out += b"".join(_bytes_field(4, message) for message in messages)
+    return out + _bytes_field(12, "proto3")
 
 
 # The message classes are made at runtime from the descriptors above, so no type checker knows their fields:
 # they, and their instances, are typed as Any (`Message` in annotations).
 Message = Any
 
+_CLASSES = (
+    "TensorShapeProto",
+    "TensorSliceProto",
+    "BundleHeaderProto",
+    "BundleEntryProto",
+    "TensorProto",
+    "SavedTensorSlices",
+    "CheckpointState",
+    "TrackableObjectGraph",
+    "MetaGraphDef",
+    "VariableDef",
+)
 
-def _message_class(name: str) -> Any:
-    return message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
 
+def __getattr__(name: str) -> Any:
+    """Every message class, made together on the first access to one of them."""
+    if name not in _CLASSES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from google.protobuf import descriptor_pool, message_factory
 
-TensorShapeProto = _message_class("TensorShapeProto")
-TensorSliceProto = _message_class("TensorSliceProto")
-BundleHeaderProto = _message_class("BundleHeaderProto")
-BundleEntryProto = _message_class("BundleEntryProto")
-TensorProto = _message_class("TensorProto")
-SavedTensorSlices = _message_class("SavedTensorSlices")
-CheckpointState = _message_class("CheckpointState")
-TrackableObjectGraph = _message_class("TrackableObjectGraph")
-MetaGraphDef = _message_class("MetaGraphDef")
-VariableDef = _message_class("VariableDef")
+    # A private pool, so that these declarations never collide with TensorFlow's own
+    # `tensorflow.*` messages when both live in one process (verify imports TF).
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(serialized_file())
+    for class_name in _CLASSES:
+        descriptor = pool.FindMessageTypeByName(f"{_PACKAGE}.{class_name}")
+        globals()[class_name] = message_factory.GetMessageClass(descriptor)
+    return globals()[name]

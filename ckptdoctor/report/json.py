@@ -3,21 +3,36 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ckptdoctor import __version__
 from ckptdoctor.analysis.batchnorm import PARTS
 from ckptdoctor.model import BatchNormStats, Report, Role, Severity, StatisticSummary, Variable
-from ckptdoctor.names import encode_name, needs_escaping, shown
+from ckptdoctor.names import encode_name, shown
 
 SCHEMA_VERSION = "1.2"  # 1.1: names shown escaped, name_hex where that changed them; 1.2: findings' key
 
 
 def to_dict(report: Report) -> dict[str, Any]:
+    return _document(report, list)
+
+
+class _Encoded(list):
+    """Records already encoded, one JSON text each: `_dumps` writes them as they are."""
+
+
+def _encoded(records: Iterable[Any]) -> _Encoded:
+    """Each record encoded as soon as it is made, so that 100,000 variables never live as dicts at once."""
+    return _Encoded(map(_ONE_LINE.encode, records))
+
+
+def _document(report: Report, records: Callable[[Iterable[Any]], Any]) -> dict[str, Any]:
+    """The report as JSON data; `records` makes each list of records (variables, layers, findings, stats)."""
     roles = Counter(v.role.value for v in report.variables)
     severities = Counter(f.severity.value for f in report.findings)
     return {
@@ -35,16 +50,16 @@ def to_dict(report: Report) -> dict[str, Any]:
             "batchnorm_layers": len(report.batchnorm),
             "findings": {s.value: severities.get(s.value, 0) for s in Severity},
         },
-        "variables": [_variable(v) for v in report.variables],
-        "batchnorm": [
+        "variables": records(map(_variable, report.variables)),
+        "batchnorm": records(
             {
                 "layer": shown(layer.layer),
                 **{part: _shown_or_none(getattr(layer, part)) for part in PARTS},
                 "missing": list(layer.missing_statistics),
             }
             for layer in report.batchnorm
-        ],
-        "findings": [
+        ),
+        "findings": records(
             {
                 "code": f.code,
                 "name": f.name,
@@ -55,13 +70,18 @@ def to_dict(report: Report) -> dict[str, Any]:
                 "hint": shown(f.hint),
             }
             for f in report.findings
-        ],
-        **({} if report.batchnorm_stats is None else {"batchnorm_stats": list(map(_stats, report.batchnorm_stats))}),
+        ),
+        **({} if report.batchnorm_stats is None else {"batchnorm_stats": records(map(_stats, report.batchnorm_stats))}),
     }
 
 
 def _summary(summary: StatisticSummary | None) -> dict[str, Any] | None:
-    return None if summary is None else dataclasses.asdict(summary)
+    if summary is None:
+        return None
+    return {name: getattr(summary, name) for name in _SUMMARY_FIELDS}
+
+
+_SUMMARY_FIELDS = tuple(field.name for field in dataclasses.fields(StatisticSummary))  # as asdict, no deep copy
 
 
 def _stats(stats: BatchNormStats) -> dict[str, Any]:
@@ -80,18 +100,49 @@ def _shown_or_none(text: str | None) -> str | None:
 
 def _variable(v: Variable) -> dict[str, Any]:
     """Names are shown escaped; where escaping changed the key, name_hex holds its exact bytes."""
+    name = shown(v.name)
     return {
-        "name": shown(v.name),
-        **({"name_hex": encode_name(v.name).hex()} if needs_escaping(v.name) else {}),
+        "name": name,
+        **({"name_hex": encode_name(v.name).hex()} if name != v.name else {}),  # escaping changed it
         "dtype": v.dtype,
         "shape": list(v.shape),
         "elements": math.prod(v.shape),
         "bytes": v.nbytes,
         "role": v.role.value,
-        "layer": shown(v.layer),
-        "path": shown(v.path),
+        "layer": _shown_layer(v.layer),
+        "path": name if v.path == v.name else shown(v.path),  # TF1: the path is the key
         "full_name": _shown_or_none(v.full_name),
     }
+
+
+@functools.lru_cache(maxsize=4096)
+def _shown_layer(layer: str) -> str:
+    """A layer's name, escaped once for all its variables."""
+    return shown(layer)
+
+
+# json's C encoder runs only without `indent` (the indenting encoder is pure Python: seconds for 100,000
+# variables), so the layout is ours: containers indented down to a record, each record on one line.
+_ONE_LINE = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "), allow_nan=True)
+_INDENT = "  "
+
+
+def _dumps(value: Any, levels: int, indent: str = "") -> str:
+    """`value` with its containers indented `levels` deep and anything deeper on one line (C encoder)."""
+    if isinstance(value, _Encoded):
+        inner = indent + _INDENT
+        return "[\n" + ",\n".join(inner + text for text in value) + f"\n{indent}]" if value else "[]"
+    if levels <= 0 or not isinstance(value, (dict, list)) or not value:
+        return _ONE_LINE.encode(value)
+    inner = indent + _INDENT
+    if isinstance(value, dict):
+        items = [f"{inner}{_ONE_LINE.encode(key)}: {_dumps(item, levels - 1, inner)}" for key, item in value.items()]
+        return "{\n" + ",\n".join(items) + f"\n{indent}}}"
+    items = [inner + _dumps(item, levels - 1, inner) for item in value]
+    return "[\n" + ",\n".join(items) + f"\n{indent}]"
+
+
+_REPORT_LEVELS = 2  # the report's keys, then one line per variable, layer, finding and summary entry
 
 
 def render(reports: Sequence[Report], threshold: Severity | None = None) -> str:
@@ -99,6 +150,6 @@ def render(reports: Sequence[Report], threshold: Severity | None = None) -> str:
 
     Every finding is listed whatever the threshold (the exit code says which ones fail)."""
     if len(reports) == 1:
-        return json.dumps(to_dict(reports[0]), indent=2, ensure_ascii=False) + "\n"
-    document = {"schema_version": SCHEMA_VERSION, "reports": [to_dict(report) for report in reports]}
-    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+        return _dumps(_document(reports[0], _encoded), _REPORT_LEVELS) + "\n"
+    document = {"schema_version": SCHEMA_VERSION, "reports": [_document(report, _encoded) for report in reports]}
+    return _dumps(document, _REPORT_LEVELS + 2) + "\n"

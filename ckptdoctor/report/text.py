@@ -105,25 +105,46 @@ def _paragraph(console: Console, text: str, indent: str = "", style: str = "", c
         _line(console, Text(line, style=style))
 
 
-def _table(console: Console, header: Sequence[str], rows: Sequence[Sequence[Text] | Text], right: set[int]) -> None:
-    """Plain aligned columns; a row that is a single Text (a group heading) spans the line."""
-    cells = [row for row in rows if not isinstance(row, Text)]
-    widths = [max([cell_len(title)] + [row[i].cell_len for row in cells]) for i, title in enumerate(header)]
+Cell = tuple[str, str]  # (text already escaped by `shown`, rich style)
 
-    def aligned(row: Sequence[Text]) -> list[Text | str]:
-        out: list[Text | str] = []
-        for i, cell in enumerate(row):
-            pad = " " * (widths[i] - cell.cell_len)
-            out += [_GAP] if i else []
-            out += [pad, cell] if i in right else [cell, pad]
+
+def _width(text: str) -> int:
+    """Terminal cells: an ASCII character is one (rich's cell_len measures every character)."""
+    return len(text) if text.isascii() else cell_len(text)
+
+
+class _Heading(tuple):
+    """A table row that spans the line (a layer's heading): its (text, style) segments."""
+
+
+_LINES_PER_WRITE = 2000  # a table goes out in blocks of lines: rich's cost is per print, not per line
+
+
+def _table(console: Console, header: Sequence[str], rows: Sequence[Sequence[Cell]], right: set[int]) -> None:
+    """Plain aligned columns; a `_Heading` row spans the line. Without colour (a pipe, a file) the lines are
+    written as plain strings: 100,000 rows in well under a second; with colour, rich styles each block."""
+    cells = [row for row in rows if not isinstance(row, _Heading)]
+    widths = [max([_width(title)] + [_width(row[i][0]) for row in cells]) for i, title in enumerate(header)]
+
+    def aligned(row: Sequence[Cell]) -> list[Cell]:
+        out: list[Cell] = []
+        for i, (text, style) in enumerate(row):
+            pad = (" " * (widths[i] - _width(text)), "")
+            out += [(_GAP, "")] if i else []
+            out += [pad, (text, style)] if i in right else [(text, style), pad]
         return out
 
-    _line(console, *aligned([Text(title, style="bold") for title in header]))
-    for row in rows:
-        if isinstance(row, Text):
-            _line(console, row)
+    lines: list[Sequence[Cell]] = [aligned([(title, "bold") for title in header])]
+    lines += [row if isinstance(row, _Heading) else aligned(row) for row in rows]
+    plain = console.no_color or not console.is_terminal or console.color_system is None
+    for start in range(0, len(lines), _LINES_PER_WRITE):
+        block = lines[start : start + _LINES_PER_WRITE]
+        if plain:
+            console.file.write("".join("".join(text for text, _ in line).rstrip() + "\n" for line in block))
         else:
-            _line(console, *aligned(row))
+            text = Text("\n").join(Text.assemble(*line) for line in block)
+            text.rstrip()
+            console.print(text, soft_wrap=True)
 
 
 def _header(console: Console, report: Report) -> None:
@@ -139,36 +160,87 @@ def _framework_layer(members: Sequence) -> str | None:
     return scopes.pop() if len(scopes) == 1 else None
 
 
-def render_inspect(console: Console, report: Report) -> None:
+MAX_TABLE_ROWS = 1000  # beyond this many variables, `inspect` shows totals by scope (`--all`: every variable)
+MAX_SCOPE_ROWS = 50  # the totals by scope are at the deepest scope depth with at most this many scopes
+
+
+def render_inspect(console: Console, report: Report, every_variable: bool = False) -> None:
+    """The variables by layer; past MAX_TABLE_ROWS (no one reads 100,000 rows) totals by scope instead, unless
+    `every_variable`."""
     _header(console, report)
+    if every_variable or len(report.variables) <= MAX_TABLE_ROWS:
+        _variable_table(console, report)
+    else:
+        _scope_table(console, report)
+    _role_totals(console, report)
+    _batchnorm_summary(console, report)
+
+
+def _variable_table(console: Console, report: Report) -> None:
     named = any(v.full_name for v in report.variables)
     header = ["variable", *(["full name"] if named else []), "dtype", "shape", "size", "role"]
     size_column = len(header) - 2
-    rows: list[Sequence[Text] | Text] = []
+    rows: list[Sequence[Cell]] = []
     by_layer = sorted(report.variables, key=lambda v: (encode_name(v.layer), _natural(v.path)))
     for layer, group in groupby(by_layer, key=lambda v: v.layer):
         members = list(group)
-        heading = _shown(f"{layer or '(top level)'}/", style="bold")
+        heading = [(shown(f"{layer or '(top level)'}/"), "bold")]
         framework = _framework_layer(members) if layer else None
         if framework and framework != layer:
-            heading.append_text(_shown(f"  ({framework})", style="dim"))
-        rows.append(heading)
+            heading.append((shown(f"  ({framework})"), "dim"))
+        rows.append(_Heading(heading))
         for var in members:
             local = var.path[len(layer) + 1 :] if layer and var.path.startswith(layer + "/") else var.path
             shape = "[" + ", ".join(map(str, var.shape)) + "]"
             rows.append(
                 [
-                    _shown(f"  {local}"),
-                    *([_shown(var.full_name or "", style="dim")] if named else []),
-                    _shown(var.dtype),
-                    Text(shape),
-                    Text(human_bytes(var.nbytes)),
-                    Text(var.role.value, style=_ROLE_STYLE[var.role]),
+                    (shown(f"  {local}"), ""),
+                    *([(shown(var.full_name or ""), "dim")] if named else []),
+                    (shown(var.dtype), ""),
+                    (shape, ""),
+                    (human_bytes(var.nbytes), ""),
+                    (var.role.value, _ROLE_STYLE[var.role]),
                 ]
             )
     _table(console, header, rows, right={size_column})
-    _role_totals(console, report)
-    _batchnorm_summary(console, report)
+
+
+def _scope_table(console: Console, report: Report) -> None:
+    """Tensors, size and roles per scope, at the deepest scope depth that still fits MAX_SCOPE_ROWS rows."""
+    depth = 1
+    while depth < _MAX_SCOPE_DEPTH and len({_scope(v.layer, depth + 1) for v in report.variables}) <= MAX_SCOPE_ROWS:
+        depth += 1
+    counts: defaultdict[str, Counter[Role]] = defaultdict(Counter)
+    sizes: defaultdict[str, int] = defaultdict(int)
+    for var in report.variables:
+        scope = _scope(var.layer, depth)
+        counts[scope][var.role] += 1
+        sizes[scope] += var.nbytes
+    _line(
+        console,
+        Text(
+            f"{plural(len(report.variables), 'variable')} in {plural(len(counts), 'scope')} "
+            "(`inspect --all` lists every variable)",
+            style="dim",
+        ),
+    )
+    rows = [
+        [
+            (shown(f"{scope or '(top level)'}/"), ""),
+            (str(sum(counts[scope].values())), ""),
+            (human_bytes(sizes[scope]), ""),
+            (", ".join(f"{role.value} {counts[scope][role]}" for role in Role if counts[scope][role]), ""),
+        ]
+        for scope in sorted(counts, key=encode_name)
+    ]
+    _table(console, ["scope", "tensors", "size", "roles"], rows, right={1, 2})
+
+
+_MAX_SCOPE_DEPTH = 64  # deeper scopes are summed into their ancestor at this depth
+
+
+def _scope(layer: str, depth: int) -> str:
+    return "/".join(layer.split("/")[:depth])
 
 
 def _role_totals(console: Console, report: Report) -> None:
@@ -177,10 +249,10 @@ def _role_totals(console: Console, report: Report) -> None:
     for var in report.variables:
         counts[var.role] += 1
         sizes[var.role] += var.nbytes
-    rows: list[Sequence[Text] | Text] = [
-        [Text(role.value), Text(str(counts[role])), Text(human_bytes(sizes[role]))] for role in Role if counts[role]
+    rows: list[Sequence[Cell]] = [
+        [(role.value, ""), (str(counts[role]), ""), (human_bytes(sizes[role]), "")] for role in Role if counts[role]
     ]
-    rows.append([Text("all", style="bold"), Text(str(len(report.variables))), Text(human_bytes(sum(sizes.values())))])
+    rows.append([("all", "bold"), (str(len(report.variables)), ""), (human_bytes(sum(sizes.values())), "")])
     console.print()
     _line(console, ("totals by role", "bold"))
     _table(console, ["role", "tensors", "size"], rows, right={1, 2})
@@ -307,7 +379,7 @@ def render_explanation(console: Console, rule: Rule) -> None:
 
 def render_rules(console: Console, rules: Sequence[Rule]) -> None:
     """`rules`: the catalogue, one line per rule."""
-    rows: list[Sequence[Text] | Text] = [
-        [Text(rule.code), Text(rule.name), Text(rule.severity.value), Text(rule.title)] for rule in rules
+    rows: list[Sequence[Cell]] = [
+        [(rule.code, ""), (rule.name, ""), (rule.severity.value, ""), (rule.title, "")] for rule in rules
     ]
     _table(console, ["code", "name", "severity", "what it finds"], rows, right=set())

@@ -84,7 +84,7 @@ def write_checkpoint(
         raise OutputError(f"{parent}: not a directory")
     readers = [reader, *(checkpoint.reader for checkpoint in also_read), *edits.readers()]
     refuse_external_data(readers)
-    inputs = [path for each in readers for path in input_files(each)]
+    inputs = list(dict.fromkeys(path for each in readers for path in input_files(each)))  # a donor once, not per tensor
     is_bundle = writer.storage is Storage.BUNDLE
     state_files = [str(state_path(out_text)), lock_path(str(state_path(out_text)))] if is_bundle else []
     outputs = [*writer.output_files(out_text), lock_path(out_text), *state_files]  # locks are deleted on release
