@@ -160,6 +160,13 @@ PathArg = Annotated[
     ),
 ]
 FormatOpt = Annotated[InspectFormat, typer.Option("--format", "-f", help="Output format.")]
+# Options several commands share, declared once.
+ReportFormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
+FailOnOpt = Annotated[
+    FailOn | None,
+    typer.Option("--fail-on", help="Lowest severity that makes the exit code 1 [default: error].", show_default=False),
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace a checkpoint already at --out.")]
 
 
 @app.command()
@@ -204,13 +211,8 @@ def check(
             help="The checkpoint training started from (e.g. the pretrained model).",
         ),
     ] = None,
-    fail_on: Annotated[
-        FailOn | None,
-        typer.Option(
-            "--fail-on", help="Lowest severity that makes the exit code 1 [default: error].", show_default=False
-        ),
-    ] = None,
-    output_format: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = OutputFormat.TEXT,
+    fail_on: FailOnOpt = None,
+    output_format: ReportFormatOpt = OutputFormat.TEXT,
     output: Annotated[
         str | None,
         typer.Option(
@@ -388,7 +390,7 @@ def patch(
     out: Annotated[
         str, typer.Option("--out", "-o", metavar="OUT", help="Prefix of the new checkpoint.", show_default=False)
     ],
-    force: Annotated[bool, typer.Option("--force", help="Replace a checkpoint already at --out.")] = False,
+    force: ForceOpt = False,
     name_map: Annotated[
         str | None,
         typer.Option(
@@ -583,13 +585,8 @@ def match(
             show_default=False,
         ),
     ] = None,
-    fail_on: Annotated[
-        FailOn | None,
-        typer.Option(
-            "--fail-on", help="Lowest severity that makes the exit code 1 [default: error].", show_default=False
-        ),
-    ] = None,
-    output_format: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = OutputFormat.TEXT,
+    fail_on: FailOnOpt = None,
+    output_format: ReportFormatOpt = OutputFormat.TEXT,
     config: Annotated[
         str | None,
         typer.Option("--config", metavar="FILE", help="Policy file (TOML), as for check.", show_default=False),
@@ -676,7 +673,7 @@ def strip(
         bool, typer.Option("--use-ema", help="Write each variable from its ExponentialMovingAverage shadow.")
     ] = False,
     keep_step: Annotated[bool, typer.Option("--keep-step", help="Keep global_step and save_counter.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace a checkpoint already at --out.")] = False,
+    force: ForceOpt = False,
 ) -> None:
     """Write a deployment checkpoint: weights and BatchNorm statistics kept; optimizer state, learning rates,
     EMA shadows and step counters dropped."""
@@ -734,7 +731,7 @@ def rename(
         ),
     ],
     out: Annotated[str, typer.Option("--out", "-o", help="The renamed checkpoint to write.", show_default=False)],
-    force: Annotated[bool, typer.Option("--force", help="Replace a checkpoint already at --out.")] = False,
+    force: ForceOpt = False,
 ) -> None:
     """Write CHECKPOINT with its names following MAP (TF1 keys, legacy Keras layer names), bytes as stored."""
     from ckptdoctor.rename import rename as run_rename
@@ -803,7 +800,7 @@ def recalibrate(
     samples: Annotated[
         int | None, typer.Option("--samples", min=1, help="Use at most this many samples.", show_default=False)
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace a checkpoint already at --out.")] = False,
+    force: ForceOpt = False,
 ) -> None:
     """Recompute BatchNorm statistics by running the model in training mode over samples (needs the tf extra)."""
     from ckptdoctor.recalibrate import MIN_SAMPLES, DataSpec, parse_feeds
