@@ -414,18 +414,13 @@ def patch(
 
         result = run_patch(target, donor, out, force=force, progress=progress, name_map=name_map)
     verdict = _recheck(result.resolved, policy)
-    console = _stdout()  # every path and name below is escaped and printed as plain text, never as markup
     with _reader_may_stop():
         if result.added:
             for line in _additions_by_layer(result.added, result.donor):
-                console.print(line, markup=False, soft_wrap=True)
+                _say(line)
         else:
-            console.print("nothing was missing: the output is a copy of the target", soft_wrap=True)
-        for path in result.written:  # one per line: two long paths on one line would not fit a terminal
-            console.print(f"wrote {shown(path)}", markup=False, soft_wrap=True)
-        if result.state_change:
-            console.print(shown(result.state_change), markup=False, soft_wrap=True)
-        _show_recheck(verdict)
+            _say("nothing was missing: the output is a copy of the target")
+        _show_written(result.written, result.state_change, verdict)
     raise typer.Exit(verdict.exit_code)
 
 
@@ -483,23 +478,22 @@ def verify(
         else:
             assert model is not None  # exactly one of the two, checked above
             result = verify_model(checkpoint, model)
-    console = _stdout()
     with _reader_may_stop():
         summary = f"{result.graph_variables} variables in the model, checkpoint {result.checkpoint}"
-        console.print(shown(summary), markup=False, soft_wrap=True)
+        _say(shown(summary))
         for key in result.missing:
-            console.print(f"  missing     {shown(key)}", markup=False, soft_wrap=True)
+            _say(f"  missing     {shown(key)}")
         for mismatch in result.mismatched:
             line = f"  mismatched  {mismatch.key}: graph {mismatch.expected}, checkpoint {mismatch.found}"
-            console.print(shown(line), markup=False, soft_wrap=True)
+            _say(shown(line))
         for warning in result.warnings:
             sys.stderr.write(f"ckptdoctor: warning: {shown(warning)}\n")
         for note in result.notes:
-            console.print(f"note: {shown(note)}", markup=False, soft_wrap=True)
+            _say(f"note: {shown(note)}")
         if result.tf_error:
-            console.print(f"the restore failed: {shown(result.tf_error)}", markup=False, soft_wrap=True)
+            _say(f"the restore failed: {shown(result.tf_error)}")
         if result.ok:
-            console.print("[bold green]restored for real: every variable matched[/]")
+            _stdout().print("[bold green]restored for real: every variable matched[/]")
     raise typer.Exit(outcome_exit_code(result.ok))
 
 
@@ -597,8 +591,8 @@ def match(
     import dataclasses
     import json
 
-    from ckptdoctor.match import input_files, summary
     from ckptdoctor.match import match as run_match
+    from ckptdoctor.match import summary
     from ckptdoctor.policy import load_policy
 
     if (meta_graph is None) == (model is None):
@@ -611,9 +605,9 @@ def match(
         result, report = run_match(checkpoint, meta_graph=meta_graph, model=model)
         if assignment_map is not None:
             from ckptdoctor.writer.atomic import write_report
-            from ckptdoctor.writer.guard import refuse_overwriting_inputs
+            from ckptdoctor.writer.guard import files_read, refuse_overwriting_inputs
 
-            refuse_overwriting_inputs(assignment_map, [assignment_map], input_files(checkpoint, meta_graph, model))
+            refuse_overwriting_inputs(assignment_map, [assignment_map], files_read([checkpoint, meta_graph, model]))
             try:
                 write_report(assignment_map, json.dumps(result.assignment_map, indent=2, sort_keys=True) + "\n")
             except OSError as error:
@@ -624,12 +618,11 @@ def match(
         if output_format is OutputFormat.TEXT:
             from ckptdoctor.report.text import render_check
 
-            console = _stdout()
-            render_check(console, report)
+            render_check(_stdout(), report)
             for line in summary(result):
-                console.print(shown(line), markup=False, soft_wrap=True)
+                _say(shown(line))
             if assignment_map is not None:
-                console.print(f"wrote the assignment map to {shown(assignment_map)}", markup=False, soft_wrap=True)
+                _say(f"wrote the assignment map to {shown(assignment_map)}")
         else:
             sys.stdout.write(render_report([report], output_format, threshold))
             sys.stdout.flush()
@@ -655,9 +648,20 @@ def _recheck(resolved: "Resolved", policy: "Policy") -> "Verdict":
     return gate([resolved], policy=policy, progress=lambda *_: watchdog.beat())
 
 
-def _show_recheck(verdict: "Verdict") -> None:
+def _say(line: str) -> None:
+    """One line of plain text on stdout: names in it are already escaped, nothing is markup, nothing wraps."""
+    _stdout().print(line, markup=False, soft_wrap=True)
+
+
+def _show_written(written: Sequence[str], state_change: str | None, verdict: "Verdict") -> None:
+    """What every writing command ends with: the files written (one per line: two long paths would not fit a
+    terminal), what changed in the state file, and the re-check."""
     from ckptdoctor.report.text import render_check
 
+    for path in written:
+        _say(f"wrote {shown(path)}")
+    if state_change:
+        _say(shown(state_change))
     _stdout().print("re-checking the result:")
     for unreadable in verdict.unreadable:
         _error(unreadable.message)
@@ -687,37 +691,27 @@ def strip(
     with _one_line_errors():
         result = run_strip(checkpoint, out, use_ema=use_ema, keep_step=keep_step, force=force)
     verdict = _recheck(result.resolved, policy)
-    console = _stdout()
     with _reader_may_stop():
         plan = result.plan
         kinds = Counter(dropped.what for dropped in plan.dropped)
         summary = ", ".join(f"{count} {what}" for what, count in sorted(kinds.items()))
         if plan.dropped:
-            console.print(f"dropped {len(plan.dropped)} tensors ({summary}):", markup=False, soft_wrap=True)
+            _say(f"dropped {len(plan.dropped)} tensors ({summary}):")
         else:
-            console.print("no training state to drop: the output holds every tensor of the input")
+            _say("no training state to drop: the output holds every tensor of the input")
         for dropped in plan.dropped[:LISTED]:
-            console.print(
-                f"  - {shown(dropped.name)}  ({dropped.what}, {human_bytes(dropped.nbytes)})",
-                markup=False,
-                soft_wrap=True,
-            )
+            _say(f"  - {shown(dropped.name)}  ({dropped.what}, {human_bytes(dropped.nbytes)})")
         if len(plan.dropped) > LISTED:
-            console.print(f"  … and {len(plan.dropped) - LISTED} more", markup=False, soft_wrap=True)
+            _say(f"  … and {len(plan.dropped) - LISTED} more")
         if plan.from_ema:
             averaged = f"{len(plan.from_ema)} variables written from their moving averages"
-            console.print(f"{averaged} (EMA shadows or optimizer averages)", markup=False, soft_wrap=True)
+            _say(f"{averaged} (EMA shadows or optimizer averages)")
         if plan.without_shadow:
             first = shown(plan.without_shadow[0])
             more = f" and {len(plan.without_shadow) - 1} more" if len(plan.without_shadow) > 1 else ""
-            console.print(f"kept as stored, without a shadow: {first}{more}", markup=False, soft_wrap=True)
-        console.print(
-            f"size: {human_bytes(result.size_before)} -> {human_bytes(result.size_after)}", markup=False, soft_wrap=True
-        )
-        console.print(f"wrote {' and '.join(shown(path) for path in result.written)}", markup=False, soft_wrap=True)
-        if result.state_change:
-            console.print(shown(result.state_change), markup=False, soft_wrap=True)
-        _show_recheck(verdict)
+            _say(f"kept as stored, without a shadow: {first}{more}")
+        _say(f"size: {human_bytes(result.size_before)} -> {human_bytes(result.size_after)}")
+        _show_written(result.written, result.state_change, verdict)
     raise typer.Exit(verdict.exit_code)
 
 
@@ -741,17 +735,13 @@ def rename(
     with _one_line_errors():
         result = run_rename(checkpoint, name_map, out, force=force)
     verdict = _recheck(result.resolved, policy)
-    console = _stdout()
     with _reader_may_stop():
-        console.print(f"renamed {len(result.renamed)} tensors:", markup=False, soft_wrap=True)
+        _say(f"renamed {len(result.renamed)} tensors:")
         for old, new in result.renamed[:LISTED]:
-            console.print(f"  {shown(old)} -> {shown(new)}", markup=False, soft_wrap=True)
+            _say(f"  {shown(old)} -> {shown(new)}")
         if len(result.renamed) > LISTED:
-            console.print(f"  … and {len(result.renamed) - LISTED} more", markup=False, soft_wrap=True)
-        console.print(f"wrote {' and '.join(shown(path) for path in result.written)}", markup=False, soft_wrap=True)
-        if result.state_change:
-            console.print(shown(result.state_change), markup=False, soft_wrap=True)
-        _show_recheck(verdict)
+            _say(f"  … and {len(result.renamed) - LISTED} more")
+        _show_written(result.written, result.state_change, verdict)
     raise typer.Exit(verdict.exit_code)
 
 
@@ -828,24 +818,18 @@ def recalibrate(
             f"ckptdoctor: warning: only {result.samples} samples; population statistics from fewer than "
             f"{MIN_SAMPLES:,} are noisy\n"
         )
-    console = _stdout()
     with _reader_may_stop():
-        console.print(
+        _say(
             f"recalibrated {len(result.layers)} BatchNorm layers over {result.samples} samples in {result.batches} "
-            f"batches: {result.replaced} statistics replaced, {result.added} added",
-            markup=False,
-            soft_wrap=True,
+            f"batches: {result.replaced} statistics replaced, {result.added} added"
         )
-        console.print("  layer: largest relative change of moving_mean, moving_variance", markup=False, soft_wrap=True)
+        _say("  layer: largest relative change of moving_mean, moving_variance")
         for change in result.layers:
             moved = ", ".join(
                 "added" if value is None else f"{value:.3g}" for value in (change.mean_change, change.variance_change)
             )
-            console.print(f"  {shown(change.layer)}: {moved}", markup=False, soft_wrap=True)
-        console.print(f"wrote {' and '.join(shown(path) for path in result.written)}", markup=False, soft_wrap=True)
-        if result.state_change:
-            console.print(shown(result.state_change), markup=False, soft_wrap=True)
-        _show_recheck(verdict)
+            _say(f"  {shown(change.layer)}: {moved}")
+        _show_written(result.written, result.state_change, verdict)
     raise typer.Exit(verdict.exit_code)
 
 

@@ -445,19 +445,6 @@ def match(
         return result, _report(path, checkpoint, findings(result))
 
 
-def input_files(path: str | os.PathLike[str], meta_graph: str | None, model: str | None) -> list[str]:
-    """Every file `match` reads, which an --assignment-map output must never replace."""
-    from ckptdoctor.formats import open_checkpoint
-    from ckptdoctor.writer.guard import input_files as checkpoint_files
-
-    reader, _ = open_checkpoint(path)
-    try:
-        files = checkpoint_files(reader)
-    finally:
-        reader.close()
-    return [*files, *(f for f in (meta_graph, model) if f and os.path.lexists(f))]
-
-
 def summary(result: MatchResult) -> list[str]:
     """The buckets in a few lines of plain text (names are escaped by the caller)."""
     lines = [

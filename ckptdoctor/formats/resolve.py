@@ -43,14 +43,7 @@ def read_state_file(directory: Path) -> protos.Message | None:
         os.close(fd)
     if len(text) > MAX_STATE_FILE_SIZE:
         raise CheckpointError(f"{path}: over {MAX_STATE_FILE_SIZE} bytes, not a checkpoint state file")
-    from google.protobuf import text_format  # only directories need it: keep it off the listing path
-
-    state = protos.CheckpointState()
-    try:
-        text_format.Parse(text.decode("utf-8"), state)
-    except (text_format.ParseError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path}: not a valid checkpoint state file ({error})") from None
-    return state
+    return parse_state(text, str(path))
 
 
 def _state_path(directory: Path, stored: str) -> str:
