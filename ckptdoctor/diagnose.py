@@ -58,7 +58,7 @@ def check(
     from ckptdoctor.rules import CheckContext, run_rules  # inspect never needs the rule catalogue
 
     def diagnosed(checkpoint: Checkpoint, reference_checkpoint: Checkpoint | None) -> Report:
-        scan = checkpoint.reader.scan(progress)
+        scan = checkpoint.reader.scan(progress, checkpoint.resolved.verified)
         ctx = CheckContext(checkpoint, scan, reference_checkpoint, decay, steps, stale_threshold)
         findings = run_rules(ctx)
         stats = batchnorm_stats(checkpoint, ctx.values, reference_checkpoint)

@@ -57,7 +57,9 @@ def test_every_format_has_a_writer_or_says_why_not():
                 writer_for(format, "x")
             assert "\n" not in str(err.value)
         else:
-            assert writer_for(format, "x") is entry
+            writer = writer_for(format, "x")
+            assert type(writer).__name__ == entry.name and callable(writer.prepare)
+            assert writer_for(format, "y") is writer  # made once
     with pytest.raises(OutputError, match="does not write pickle checkpoints"):
         writer_for("pickle", "x")
 

@@ -27,6 +27,20 @@ class ScanResult:
     problems: tuple[IntegrityProblem, ...] = ()
 
 
+@dataclass(frozen=True)
+class VerifiedBytes:
+    """Tensor bytes a writer checked as it wrote them: the CRC-32C (unmasked) and NaN/Inf count of each
+    range, keyed by the file's identity (st_dev, st_ino), offset, size and dtype code. A re-check of the
+    output takes these instead of reading the same bytes back; any range not here is read as usual, and the
+    output's index, read from disk, still decides which ranges hold which tensor."""
+
+    ranges: dict[tuple[int, int, int, int, int], tuple[int, int]] = field(default_factory=dict)
+
+    def lookup(self, file: tuple[int, int], offset: int, size: int, dtype_code: int) -> tuple[int, int] | None:
+        """(crc32c, nonfinite) of the range as the writer computed them, or None where it did not check it."""
+        return self.ranges.get((file[0], file[1], offset, size, dtype_code))
+
+
 class CheckpointReader(Protocol):
     format: Format  # decided from the bytes (and, for a SavedModel, from where the variables lie)
     location: str  # the prefix or file actually read
@@ -43,8 +57,10 @@ class CheckpointReader(Protocol):
         """One tensor's values."""
         ...
 
-    def scan(self, progress: Progress | None = None) -> ScanResult:
-        """Read every stored byte once: checksums, sizes and non-finite values; reports bytes done."""
+    def scan(self, progress: Progress | None = None, verified: VerifiedBytes | None = None) -> ScanResult:
+        """Read every stored byte once: checksums, sizes and non-finite values; reports bytes done. Ranges in
+        `verified` (a writer's own check of what it just wrote) are taken from there where the reader can
+        tell they are the same bytes of the same file."""
         ...
 
     def files(self) -> tuple[str, ...]:

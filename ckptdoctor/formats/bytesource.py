@@ -169,6 +169,11 @@ class LocalFile:
     def size(self) -> int:
         return self._size
 
+    def identity(self) -> tuple[int, int]:
+        """(st_dev, st_ino) of the open file: the same bytes whatever it has been renamed to since."""
+        status = os.fstat(self._fd)
+        return status.st_dev, status.st_ino
+
     def read(self, offset: int, length: int) -> bytes:
         """Exactly `length` bytes at `offset`, or fewer where the file ends first."""
         chunks = []

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ckptdoctor import dtypes
 from ckptdoctor.errors import first_line
-from ckptdoctor.formats.base import MAX_EXPANDED_BYTES, SCAN_CHUNK, Progress, ScanResult
+from ckptdoctor.formats.base import MAX_EXPANDED_BYTES, SCAN_CHUNK, Progress, ScanResult, VerifiedBytes
 from ckptdoctor.formats.bytesource import SourceFile, is_url, open_source, require_regular
 from ckptdoctor.formats.resolve import HDF5_SIGNATURE
 from ckptdoctor.model import CheckpointError, IntegrityProblem, LayerConfig, ProblemKind, TensorInfo
@@ -487,7 +487,7 @@ class Hdf5Reader:
         except Exception as error:
             raise damaged_structure(self.location, error) from None
 
-    def scan(self, progress: Progress | None = None) -> ScanResult:
+    def scan(self, progress: Progress | None = None, verified: VerifiedBytes | None = None) -> ScanResult:
         return scan_datasets(self._datasets, self._dtypes, self.external, progress)
 
     def files(self) -> tuple[str, ...]:

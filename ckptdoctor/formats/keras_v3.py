@@ -9,7 +9,7 @@ import zipfile
 from contextlib import closing
 from typing import TYPE_CHECKING
 
-from ckptdoctor.formats.base import Progress, ScanResult
+from ckptdoctor.formats.base import Progress, ScanResult, VerifiedBytes
 from ckptdoctor.formats.bytesource import SourceFile, is_url, open_source, require_regular
 from ckptdoctor.formats.keras_common import (
     Hdf5Reader,
@@ -291,9 +291,9 @@ class KerasV3Reader(Hdf5Reader):
     def layers(self) -> tuple[LayerConfig, ...]:
         return tuple(self._layers.values())
 
-    def scan(self, progress: Progress | None = None) -> ScanResult:
+    def scan(self, progress: Progress | None = None, verified: VerifiedBytes | None = None) -> ScanResult:
         if self._zip is None:
-            return super().scan(progress)
+            return super().scan(progress, verified)
         # One progress over both passes: the datasets, then every member's CRC-32 (a megabyte at a time).
         archive_bytes = sum(info.file_size for info in self._zip.infolist())
         datasets_total = 0

@@ -6,10 +6,11 @@ import dataclasses
 import os
 import re
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckptdoctor.formats import protos
+from ckptdoctor.formats.base import VerifiedBytes
 from ckptdoctor.formats.bytesource import ByteSource, MissingFile, is_url, local_path, open_regular, open_source
 from ckptdoctor.model import CheckpointError, Format, Storage
 
@@ -26,6 +27,8 @@ class Resolved:
     location: str  # the prefix (bundle) or the file (v1, hdf5, zip)
     format: Format | None = None  # set where the path says more than the bytes, e.g. a SavedModel
     note: str | None = None  # one line telling the user what was chosen
+    # A writer's output: the bytes it checked as it wrote them, which a re-check need not read again.
+    verified: VerifiedBytes | None = field(default=None, compare=False, repr=False)
 
 
 def read_state_file(directory: Path) -> protos.Message | None:

@@ -6,14 +6,14 @@ import itertools
 import math
 import struct
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import cached_property
 from typing import TYPE_CHECKING, NamedTuple
 
 from ckptdoctor import dtypes
 from ckptdoctor.formats import object_graph, protos
-from ckptdoctor.formats.base import SCAN_CHUNK, Progress, ScanResult
-from ckptdoctor.formats.bytesource import ByteSource, MissingFile, copy_range, open_source
+from ckptdoctor.formats.base import SCAN_CHUNK, Progress, ScanResult, VerifiedBytes
+from ckptdoctor.formats.bytesource import ByteSource, LocalFile, MissingFile, copy_range, open_source
 from ckptdoctor.formats.crc import crc32c, mask, unmask
 from ckptdoctor.formats.object_graph import OBJECT_GRAPH_KEY
 from ckptdoctor.formats.ordered_code import slice_key
@@ -150,6 +150,29 @@ def _canonical_entry(value: bytes) -> tuple[int, tuple[int, ...], int, int, int,
         return dtype, shape, shard_id, offset, size, crc, 0
     except TableError:
         return None
+
+
+def encode_entry(dtype: int, shape: tuple[int, ...], shard_id: int, offset: int, size: int, crc: int) -> bytes:
+    """A BundleEntryProto without slices, byte for byte as protobuf serialises it for TF: fields in order,
+    zeros omitted, except the shape, which TF always writes (`12 00` for a scalar). The writer's path past
+    protobuf's import, the mirror of `_canonical_entry`; tests compare it with protobuf's own output."""
+    dims = [b"\x08" + encode_varint(dim) if dim else b"" for dim in shape]
+    shape_bytes = b"".join(b"\x12" + encode_varint(len(dim)) + dim for dim in dims)
+    out = [b"\x08" + encode_varint(dtype)] if dtype else []
+    out.append(b"\x12" + encode_varint(len(shape_bytes)) + shape_bytes)
+    for tag, number in ((b"\x18", shard_id), (b"\x20", offset), (b"\x28", size)):
+        if number:
+            out.append(tag + encode_varint(number))
+    if crc:
+        out.append(b"\x35" + crc.to_bytes(4, "little"))
+    return b"".join(out)
+
+
+def encode_header(num_shards: int) -> bytes:
+    """The BundleHeaderProto the writer stores: num_shards, little-endian (the default, so omitted) and a
+    VersionDef of producer 1, as protobuf serialises it."""
+    version = b"\x08\x01"
+    return (b"\x08" + encode_varint(num_shards) if num_shards else b"") + b"\x1a\x02" + version
 
 
 def _canonical_header(value: bytes) -> tuple[int, int, int] | None:
@@ -476,7 +499,7 @@ class BundleReader:
 
     # ---- scanning -------------------------------------------------------------------------------
 
-    def scan(self, progress: Progress | None = None) -> ScanResult:
+    def scan(self, progress: Progress | None = None, verified: VerifiedBytes | None = None) -> ScanResult:
         problems = list(self.open_problems)
         nonfinite: dict[str, int] = {}
         total, done = sum(e.size for e in self.entries.values()), 0
@@ -500,16 +523,21 @@ class BundleReader:
                 if string_tensor_crc(raw, count) != unmask(entry.crc32c):
                     problems.append(_crc_problem(entry, self.data_path(entry.shard_id)))
                 continue
-            crc, bad = 0, 0
-            for chunk in self.iter_bytes(entry, _aligned_chunk(entry.dtype)):
-                crc = crc32c(chunk, crc)
-                if entry.dtype.is_float:
-                    bad += count_nonfinite(chunk, entry.dtype)
+            known = self._verified(entry, verified) if verified else None
+            crc, bad = known or checksum_and_count(self.iter_bytes(entry, aligned_chunk(entry.dtype)), entry.dtype)
             if crc != unmask(entry.crc32c):
                 problems.append(_crc_problem(entry, self.data_path(entry.shard_id)))
             if bad:
                 nonfinite[entry.name] = bad
         return ScanResult(nonfinite=nonfinite, problems=tuple(problems))
+
+    def _verified(self, entry: BundleEntry, verified: VerifiedBytes) -> tuple[int, int] | None:
+        """(crc, nonfinite) of the entry's bytes as the writer checked them, where this shard is the very file
+        it wrote (local, same device and inode) and it checked exactly this range as this dtype."""
+        source = self._located(entry)
+        if not isinstance(source, LocalFile):
+            return None
+        return verified.lookup(source.identity(), entry.offset, entry.size, entry.dtype.code)
 
     def _missing_slices(self, entry: BundleEntry) -> list[IntegrityProblem]:
         """A partitioned variable whose slices are not all in the index cannot be restored (TF: NotFound)."""
@@ -566,6 +594,8 @@ def slice_extents(entry: BundleEntry) -> list[list[tuple[int, int]]]:
     """Each slice of a partitioned variable's full entry as (start, length) per dimension, -1 for all of it.
 
     The slice's bytes are stored under `ordered_code.slice_key(entry.key, extents)`."""
+    if not entry.num_slices:  # nearly every entry: no protobuf needed to say so
+        return []
     return [
         [(e.start, e.length if e.HasField("length") else -1) for e in tensor_slice.extent]
         for tensor_slice in protos.BundleEntryProto.FromString(entry.proto).slices
@@ -578,8 +608,20 @@ def _crc_problem(entry: BundleEntry, data_file: str) -> IntegrityProblem:
     )
 
 
-def _aligned_chunk(dtype: dtypes.DType) -> int:
+def aligned_chunk(dtype: dtypes.DType) -> int:
+    """SCAN_CHUNK rounded down to whole elements, so each chunk's values decode on their own."""
     return SCAN_CHUNK - SCAN_CHUNK % (dtype.itemsize or 1)
+
+
+def checksum_and_count(chunks: Iterable[bytes], dtype: dtypes.DType) -> tuple[int, int]:
+    """The CRC-32C (unmasked) of a numeric tensor's stored bytes, and its NaN/Inf count for a float dtype;
+    `chunks` hold whole elements each (`aligned_chunk`)."""
+    crc, bad = 0, 0
+    for chunk in chunks:
+        crc = crc32c(chunk, crc)
+        if dtype.is_float:
+            bad += count_nonfinite(chunk, dtype)
+    return crc, bad
 
 
 def count_nonfinite(raw: bytes, dtype: dtypes.DType) -> int:

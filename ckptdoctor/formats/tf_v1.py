@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ckptdoctor import dtypes
 from ckptdoctor.formats import protos
-from ckptdoctor.formats.base import MAX_EXPANDED_BYTES, Progress, ScanResult
+from ckptdoctor.formats.base import MAX_EXPANDED_BYTES, Progress, ScanResult, VerifiedBytes
 from ckptdoctor.formats.bytesource import open_source
 from ckptdoctor.formats.sstable import TableError, TableReader
 from ckptdoctor.model import CheckpointError, Format, LayerConfig, TensorInfo
@@ -104,7 +104,7 @@ class V1Reader:
             stored = np.full(count, stored[0], dtype=stored.dtype)
         return stored.reshape(info.shape)
 
-    def scan(self, progress: Progress | None = None) -> ScanResult:
+    def scan(self, progress: Progress | None = None, verified: VerifiedBytes | None = None) -> ScanResult:
 
         nonfinite = {}
         for info in self._infos.values():

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from ckptdoctor.analysis.checkpoint import Checkpoint
-    from ckptdoctor.formats.base import CheckpointReader
+    from ckptdoctor.formats.base import CheckpointReader, VerifiedBytes
 
 Progress = Callable[[int, int], None]  # (bytes written, bytes in all)
 
@@ -101,6 +101,7 @@ class Placed:
 class Written:
     files: tuple[str, ...]  # the files that make up the output
     placed: tuple[Placed, ...]  # one per `Edits.add`, in the same order
+    verified: VerifiedBytes | None = None  # tensor bytes checked as they were written, for the re-check
 
 
 class PreparedWrite(Protocol):

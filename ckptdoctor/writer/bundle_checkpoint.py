@@ -199,7 +199,7 @@ class BundlePlan:
         for stale in previous:  # shards of an older checkpoint at this prefix with another shard count
             if stale.name not in (Path(writer.data_path).name, Path(writer.index_path).name):
                 stale.unlink(missing_ok=True)
-        return Written((writer.index_path, writer.data_path), self.placed)
+        return Written((writer.index_path, writer.data_path), self.placed, writer.verified)
 
 
 class _Planner:

@@ -99,4 +99,5 @@ def write_checkpoint(
         clear_debris(out_text, inputs)
         written = prepared.write(out_text, previous, progress)
         state_change = update_state_file(out_text, inputs, locked=True) if is_bundle else None
-    return WriteResult(out_text, written.files, written.placed, Resolved(writer.storage, out_text), state_change)
+    resolved = Resolved(writer.storage, out_text, verified=written.verified)
+    return WriteResult(out_text, written.files, written.placed, resolved, state_change)

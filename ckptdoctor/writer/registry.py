@@ -1,8 +1,14 @@
-"""Which writer writes each checkpoint format: one table, used by every command that writes (patch, strip, …)."""
+"""Which writer writes each checkpoint format: one table, used by every command that writes (patch, strip, …).
+
+The table names each writer's module and class rather than importing them: writing a TF bundle must not pay
+for importing the Keras writer (and h5py behind it), nor the other way round."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
 
 from ckptdoctor.errors import OutputError
 from ckptdoctor.model import Format
@@ -16,25 +22,33 @@ class NotWritable:
     reason: str
 
 
-def _registry() -> dict[Format, CheckpointWriter | NotWritable]:
-    from ckptdoctor.writer.bundle_checkpoint import BundleCheckpointWriter
-    from ckptdoctor.writer.keras import KerasLegacyWriter, KerasV3Writer
+@dataclass(frozen=True)
+class WriterClass:
+    """A writer, named by module and class, made (once) with `options` when a command first needs it."""
 
-    bundle = BundleCheckpointWriter()
-    return {
-        Format.TF1_NAME_BASED: bundle,
-        Format.TF2_OBJECT_BASED: bundle,
-        Format.TF_SAVEDMODEL: bundle,  # its variables bundle, written as a bundle at the output prefix
-        Format.TF_V1_LEGACY: NotWritable(
-            "V1 checkpoints (one SSTable file) are read only; TF itself no longer writes them"
-        ),
-        Format.KERAS_H5: KerasLegacyWriter(),
-        Format.KERAS_WEIGHTS_H5: KerasV3Writer(zipped=False),
-        Format.KERAS_ZIP: KerasV3Writer(zipped=True),
-    }
+    module: str
+    name: str
+    options: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
-WRITERS: dict[Format, CheckpointWriter | NotWritable] = _registry()
+_BUNDLE = WriterClass("ckptdoctor.writer.bundle_checkpoint", "BundleCheckpointWriter")
+WRITERS: dict[Format, WriterClass | NotWritable] = {
+    Format.TF1_NAME_BASED: _BUNDLE,
+    Format.TF2_OBJECT_BASED: _BUNDLE,
+    Format.TF_SAVEDMODEL: _BUNDLE,  # its variables bundle, written as a bundle at the output prefix
+    Format.TF_V1_LEGACY: NotWritable(
+        "V1 checkpoints (one SSTable file) are read only; TF itself no longer writes them"
+    ),
+    Format.KERAS_H5: WriterClass("ckptdoctor.writer.keras", "KerasLegacyWriter"),
+    Format.KERAS_WEIGHTS_H5: WriterClass("ckptdoctor.writer.keras", "KerasV3Writer", {"zipped": False}),
+    Format.KERAS_ZIP: WriterClass("ckptdoctor.writer.keras", "KerasV3Writer", {"zipped": True}),
+}
+
+
+@functools.cache
+def _instance(module: str, name: str, options: tuple[tuple[str, Any], ...]) -> CheckpointWriter:
+    writer: CheckpointWriter = getattr(importlib.import_module(module), name)(**dict(options))
+    return writer
 
 
 def writer_for(format: Format | str, location: str) -> CheckpointWriter:
@@ -45,4 +59,4 @@ def writer_for(format: Format | str, location: str) -> CheckpointWriter:
         raise OutputError(f"{location}: ckptdoctor does not write {format} checkpoints") from None
     if isinstance(entry, NotWritable):
         raise OutputError(f"{location}: ckptdoctor does not write {Format(format).value} checkpoints: {entry.reason}")
-    return entry
+    return _instance(entry.module, entry.name, tuple(sorted(entry.options.items())))
