@@ -1,24 +1,23 @@
-"""The command line: typer and rich live here and in the text reporter only.
+"""The command line: argparse and rich live here and in the text reporter only.
 
-No `from __future__ import annotations` here: typer would `eval` every parameter's annotation string of every
-command at each start (12 ms); annotations naming what only type checkers import are quoted instead."""
+argparse, not typer: importing typer alone took 2.7x `python -c pass`, more than issue 13 allows `--help`
+(2.5x). This module's own imports are what parsing and `--help` need (the standard library, names.py, the
+report formats' enum); every command imports the library, and rich for text, when it runs."""
 
+from __future__ import annotations
+
+import argparse
 import functools
 import os
+import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from enum import Enum
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import typer
-from typer.core import TyperCommand
-
-from ckptdoctor import __version__, watchdog
-from ckptdoctor.errors import CkptDoctorError, OutputError
-from ckptdoctor.model import Severity
+from ckptdoctor import __version__
 from ckptdoctor.names import shown
-from ckptdoctor.policy import ExitCode, exit_code, outcome_exit_code
 from ckptdoctor.report import OutputFormat
 from ckptdoctor.report import render as render_report
 
@@ -27,40 +26,15 @@ if TYPE_CHECKING:
 
     from ckptdoctor.formats import Resolved
     from ckptdoctor.gate import Verdict
+    from ckptdoctor.model import Severity
     from ckptdoctor.patch import Addition
     from ckptdoctor.policy import Policy
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,  # help text is plain: `[default: error]` and `[tool.ckptdoctor]` are text, not markup
-    context_settings={"help_option_names": ["-h", "--help"]},
-    help="Inspect, check, repair and verify TensorFlow and Keras checkpoints.",
-)
-
-
-class _Command(TyperCommand):
-    """Usage lines name arguments by their metavar (`check [OPTIONS] PATH...`), not typer's `{paths}`."""
-
-    def collect_usage_pieces(self, ctx: Any) -> list[str]:
-        pieces = [self.options_metavar] if self.options_metavar else []
-        for param in self.get_params(ctx):
-            if param.param_type_name == "argument":
-                metavar = param.metavar or (param.name or "").upper()
-                pieces.append(metavar if param.required else f"[{metavar}]")
-        return pieces
-
-
-def _plain_usage(typer_app: typer.Typer) -> None:
-    """Every command, including those registered after this module's own, gets `_Command`'s usage line."""
-    for info in typer_app.registered_commands:
-        if info.cls in (None, TyperCommand):
-            info.cls = _Command
+SEVERITIES = ("error", "warning", "info")  # model.Severity's values: model.py is not imported to show the help
 
 
 @functools.cache
-def _stdout() -> "Console":
+def _stdout() -> Console:
     from rich.console import Console  # not imported for JSON output: start-up time matters in CI loops
 
     class StdoutConsole(Console):
@@ -81,10 +55,9 @@ class InspectFormat(str, Enum):
     json = "json"
 
 
-class FailOn(str, Enum):
-    error = "error"
-    warning = "warning"
-    info = "info"
+class DiffFormat(str, Enum):
+    text = "text"
+    json = "json"
 
 
 def _error(message: str) -> None:
@@ -92,56 +65,47 @@ def _error(message: str) -> None:
     sys.stderr.write(f"ckptdoctor: error: {shown(message)}\n")
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the flush at interpreter exit has nowhere to fail ("Exception ignored
+    ... BrokenPipeError") once the reader has closed the pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 @contextmanager
 def _reader_may_stop() -> Iterator[None]:
     """`ckptdoctor inspect X | head -1`: a reader that closes the pipe early is not an error.
 
-    The rest of the output is dropped and the command's own exit code stands (click would turn the
-    BrokenPipeError into exit 1, which reads as findings). stdout is pointed at /dev/null so that the flush
-    at interpreter exit has nowhere to fail ("Exception ignored ... BrokenPipeError")."""
+    The rest of the output is dropped and the command's own exit code stands (not an error's 2, nor a 1 that
+    would read as findings)."""
     try:
         yield
     except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        _silence_stdout()
 
 
 @contextmanager
 def _one_line_errors() -> Iterator[None]:
     """Anything that stops a command becomes one line on stderr and exit code 2."""
+    from ckptdoctor.errors import CkptDoctorError
+
     try:
         yield
     except CkptDoctorError as error:
+        from ckptdoctor.policy import ExitCode
+
         _error(str(error))
-        raise typer.Exit(ExitCode.ERROR) from None
+        raise SystemExit(ExitCode.ERROR) from None
 
 
 def _supervise(*inputs: str | None) -> None:
     """Run the rest of the command under the stall watchdog when an input is read by native code (HDF5)."""
+    from ckptdoctor import watchdog
+    from ckptdoctor.policy import ExitCode
+
     watchdog.subject(next((i for i in inputs if i), "the input"))
     watchdog.supervise(inputs, ExitCode.ERROR)
-
-
-def _version(value: bool) -> None:
-    if value:
-        _stdout().print(f"ckptdoctor {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
-    ] = False,
-    stats: Annotated[
-        bool, typer.Option("--stats", help="Afterwards, print on stderr the requests and bytes of each remote read.")
-    ] = False,
-) -> None:
-    if stats:
-        import atexit
-
-        atexit.register(_print_remote_stats)
 
 
 def _print_remote_stats() -> None:
@@ -153,33 +117,10 @@ def _print_remote_stats() -> None:
         sys.stderr.write(f"ckptdoctor: stats: {shown(line)}\n")
 
 
-PathArg = Annotated[
-    str,
-    typer.Argument(
-        metavar="CHECKPOINT", help="Checkpoint prefix, any of its files, or a directory.", show_default=False
-    ),
-]
-FormatOpt = Annotated[InspectFormat, typer.Option("--format", "-f", help="Output format.")]
-# Options several commands share, declared once.
-ReportFormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
-FailOnOpt = Annotated[
-    FailOn | None,
-    typer.Option("--fail-on", help="Lowest severity that makes the exit code 1 [default: error].", show_default=False),
-]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Replace a checkpoint already at --out.")]
-
-
-@app.command()
-def inspect(
-    path: PathArg,
-    output_format: FormatOpt = InspectFormat.text,
-    every_variable: Annotated[
-        bool,
-        typer.Option("--all", help="Text: every variable, however many (past 1000 the table shows totals by scope)."),
-    ] = False,
-) -> None:
+def inspect(*, path: str, output_format: InspectFormat, every_variable: bool) -> int:
     """List every variable with dtype, shape, size and role, grouped by layer, with a BatchNorm summary."""
     from ckptdoctor.diagnose import inspect as run_inspect
+    from ckptdoctor.policy import ExitCode
 
     _supervise(path)
     with _one_line_errors():
@@ -194,70 +135,23 @@ def inspect(
             from ckptdoctor.report.text import render_inspect
 
             render_inspect(_stdout(), report, every_variable=every_variable)
+    return ExitCode.OK
 
 
-@app.command()
 def check(
-    paths: Annotated[
-        list[str],
-        typer.Argument(metavar="PATH...", help="Checkpoints (prefixes, files or directories).", show_default=False),
-    ],
-    reference: Annotated[
-        str | None,
-        typer.Option(
-            "--reference",
-            "-r",
-            metavar="CHECKPOINT",
-            help="The checkpoint training started from (e.g. the pretrained model).",
-        ),
-    ] = None,
-    fail_on: FailOnOpt = None,
-    output_format: ReportFormatOpt = OutputFormat.TEXT,
-    output: Annotated[
-        str | None,
-        typer.Option(
-            "--output",
-            "-o",
-            metavar="FILE",
-            help="Write the report to this file instead of stdout.",
-            show_default=False,
-        ),
-    ] = None,
-    config: Annotated[
-        str | None,
-        typer.Option(
-            "--config",
-            metavar="FILE",
-            help="Policy file (TOML); default: [tool.ckptdoctor] in ./pyproject.toml.",
-            show_default=False,
-        ),
-    ] = None,
-    decay: Annotated[
-        float | None,
-        typer.Option(
-            "--decay",
-            metavar="D",
-            min=0.0,
-            max=1.0,
-            help="BatchNorm decay (momentum) for every layer, over what the files say.",
-            show_default=False,
-        ),
-    ] = None,
-    steps: Annotated[
-        int | None,
-        typer.Option(
-            "--steps",
-            metavar="N",
-            min=0,
-            help="Training steps since the statistics started, over what the files say.",
-            show_default=False,
-        ),
-    ] = None,
-    verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Text: every finding in full, not one line per subject.")
-    ] = False,
-) -> None:
+    *,
+    paths: list[str],
+    reference: str | None,
+    fail_on: Severity | None,
+    output_format: OutputFormat,
+    output: str | None,
+    config: str | None,
+    decay: float | None,
+    steps: int | None,
+    verbose: bool,
+) -> int:
     """Diagnose checkpoints; exit 0 healthy, 1 findings at or above --fail-on, 2 unreadable."""
+    from ckptdoctor import watchdog
     from ckptdoctor.gate import gate
     from ckptdoctor.policy import load_policy
 
@@ -282,7 +176,7 @@ def check(
             paths,
             reference=reference,
             policy=policy,
-            fail_on=Severity(fail_on.value) if fail_on else None,
+            fail_on=fail_on,
             decay=decay,
             steps=steps,
             progress=progress,
@@ -300,7 +194,7 @@ def check(
         with _one_line_errors(), _reader_may_stop():
             _emit(render_report(reports, output_format, verdict.fail_on), output)
             sys.stdout.flush()
-    raise typer.Exit(verdict.exit_code)
+    return verdict.exit_code
 
 
 @contextmanager
@@ -344,6 +238,7 @@ def _emit(text: str, output: str | None) -> None:
     if output is None:
         sys.stdout.write(text)
         return
+    from ckptdoctor.errors import OutputError
     from ckptdoctor.writer.atomic import write_report
 
     try:
@@ -352,55 +247,36 @@ def _emit(text: str, output: str | None) -> None:
         raise OutputError(f"{output}: cannot write the report ({error.strerror})") from None
 
 
-@app.command()
-def rules() -> None:
+def rules() -> int:
     """List every rule: code, name, severity and what it finds."""
+    from ckptdoctor.policy import ExitCode
     from ckptdoctor.report.text import render_rules
     from ckptdoctor.rules import CATALOGUE
 
     with _reader_may_stop():
         render_rules(_stdout(), CATALOGUE)
+    return ExitCode.OK
 
 
-@app.command()
-def explain(
-    rule: Annotated[str, typer.Argument(metavar="RULE", help="A rule code (BN001) or name (bn-missing-moving-stats).")],
-) -> None:
+def explain(*, rule: str) -> int:
     """What a rule means, why it happens (with the TF/Keras error it explains) and how to fix it, per format."""
+    from ckptdoctor.policy import ExitCode
     from ckptdoctor.rules import BY_NAME
 
     found = BY_NAME.get(rule) or BY_NAME.get(rule.upper())
     if found is None:
         _error(f"{rule}: no such rule (see `ckptdoctor rules`)")
-        raise typer.Exit(ExitCode.ERROR)
+        return ExitCode.ERROR
     from ckptdoctor.report.text import render_explanation
 
     with _reader_may_stop():
         render_explanation(_stdout(), found)
+    return ExitCode.OK
 
 
-@app.command()
-def patch(
-    target: Annotated[
-        str, typer.Argument(metavar="TARGET", help="The checkpoint that lacks statistics.", show_default=False)
-    ],
-    donor: Annotated[
-        str, typer.Option("--from", metavar="DONOR", help="A full save holding the statistics.", show_default=False)
-    ],
-    out: Annotated[
-        str, typer.Option("--out", "-o", metavar="OUT", help="Prefix of the new checkpoint.", show_default=False)
-    ],
-    force: ForceOpt = False,
-    name_map: Annotated[
-        str | None,
-        typer.Option(
-            "--map",
-            help="Assignment map (JSON, as match --assignment-map writes) from the donor's names to the target's.",
-            show_default=False,
-        ),
-    ] = None,
-) -> None:
+def patch(*, target: str, donor: str, out: str, force: bool, name_map: str | None) -> int:
     """Write a new checkpoint: TARGET plus the moving statistics its BatchNorm layers lack, from DONOR."""
+    from ckptdoctor import watchdog
     from ckptdoctor.patch import patch as run_patch
 
     policy = _load_policy()
@@ -421,13 +297,13 @@ def patch(
         else:
             _say("nothing was missing: the output is a copy of the target")
         _show_written(result.written, result.state_change, verdict)
-    raise typer.Exit(verdict.exit_code)
+    return verdict.exit_code
 
 
 MAX_PATCHED_LAYERS_SHOWN = 20  # patch's summary: one line per layer up to this many, then a count
 
 
-def _additions_by_layer(added: Sequence["Addition"], donor: str) -> list[str]:
+def _additions_by_layer(added: Sequence[Addition], donor: str) -> list[str]:
     """`added 8 tensors to 4 BatchNorm layers from DONOR:`, then one line per layer with what it got."""
     by_layer: dict[str, list[Addition]] = {}
     for addition in added:
@@ -449,28 +325,14 @@ def _plural(count: int, noun: str) -> str:
     return plural(count, noun)
 
 
-@app.command()
-def verify(
-    checkpoint: PathArg,
-    meta_graph: Annotated[
-        str | None,
-        typer.Option(
-            "--meta-graph", metavar="META", help="TF1: the evaluation graph's .meta (MetaGraphDef).", show_default=False
-        ),
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model", metavar="MODEL", help="Keras/TF2: MODEL.keras or package.module:builder.", show_default=False
-        ),
-    ] = None,
-) -> None:
+def verify(*, checkpoint: str, meta_graph: str | None, model: str | None) -> int:
     """Restore CHECKPOINT into the real model in TensorFlow or Keras (needs the tf extra)."""
+    from ckptdoctor.policy import ExitCode, outcome_exit_code
     from ckptdoctor.verify import verify_meta_graph, verify_model
 
     if (meta_graph is None) == (model is None):
         _error("verify needs exactly one of --meta-graph (TF1 graphs) or --model (Keras and TF2)")
-        raise typer.Exit(ExitCode.ERROR)
+        return ExitCode.ERROR
     _supervise(checkpoint)
     with _one_line_errors():
         if meta_graph is not None:
@@ -494,28 +356,12 @@ def verify(
             _say(f"the restore failed: {shown(result.tf_error)}")
         if result.ok:
             _stdout().print("[bold green]restored for real: every variable matched[/]")
-    raise typer.Exit(outcome_exit_code(result.ok))
+    return outcome_exit_code(result.ok)
 
 
-class DiffFormat(str, Enum):
-    text = "text"
-    json = "json"
-
-
-@app.command()
-def diff(
-    a: Annotated[str, typer.Argument(metavar="A", help="The checkpoint before.", show_default=False)],
-    b: Annotated[str, typer.Argument(metavar="B", help="The checkpoint after.", show_default=False)],
-    output_format: Annotated[DiffFormat, typer.Option("--format", "-f", help="Output format.")] = DiffFormat.text,
-    atol: Annotated[
-        float, typer.Option("--atol", metavar="ATOL", min=0.0, help="Absolute tolerance for float values.")
-    ] = 0.0,
-    rtol: Annotated[
-        float,
-        typer.Option("--rtol", metavar="RTOL", min=0.0, help="Relative tolerance for float values, of max(|a|, |b|)."),
-    ] = 0.0,
-) -> None:
+def diff(*, a: str, b: str, output_format: DiffFormat, atol: float, rtol: float) -> int:
     """Compare two checkpoints tensor by tensor, in any formats; exit 0 identical, 1 differences, 2 unreadable."""
+    from ckptdoctor import watchdog
     from ckptdoctor.diff import diff as run_diff
 
     _supervise(a, b)
@@ -528,76 +374,32 @@ def diff(
     with _reader_may_stop():
         sys.stdout.write(render(report))
         sys.stdout.flush()  # inside the guard: a closed pipe shows here, not at interpreter exit
-    raise typer.Exit(report.exit_code)
+    return report.exit_code
 
 
-def _run_app() -> int:
-    """The command, as an exit code; any exception is one line on stderr, never a traceback."""
-    _plain_usage(app)
-    try:
-        app()
-    except SystemExit as exit:
-        return exit.code if isinstance(exit.code, int) else (0 if exit.code is None else ExitCode.ERROR)
-    except Exception as error:  # the promise is one line, never a traceback
-        if os.environ.get("CKPTDOCTOR_DEBUG"):
-            raise
-        _error(f"unexpected {type(error).__name__}: {error} (set CKPTDOCTOR_DEBUG=1 for a traceback)")
-        return ExitCode.ERROR
-    return ExitCode.OK
-
-
-def main() -> None:
-    # A last guard: a name that reaches stdout without `shown` (an undecodable byte kept as a surrogate) is
-    # written as an escape rather than failing the command.
-    if hasattr(sys.stdout, "reconfigure"):
-        sys.stdout.reconfigure(errors="backslashreplace")
-    sys.exit(_run_app())
-
-
-@app.command()
 def match(
-    checkpoint: PathArg,
-    meta_graph: Annotated[
-        str | None,
-        typer.Option("--meta-graph", metavar="META", help="TF1: the graph's .meta (MetaGraphDef).", show_default=False),
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            metavar="MODEL",
-            help="Keras: MODEL.keras, or package.module:builder (tf extra).",
-            show_default=False,
-        ),
-    ] = None,
-    assignment_map: Annotated[
-        str | None,
-        typer.Option(
-            "--assignment-map",
-            metavar="FILE",
-            help="Write the init_from_checkpoint assignment map (JSON) here.",
-            show_default=False,
-        ),
-    ] = None,
-    fail_on: FailOnOpt = None,
-    output_format: ReportFormatOpt = OutputFormat.TEXT,
-    config: Annotated[
-        str | None,
-        typer.Option("--config", metavar="FILE", help="Policy file (TOML), as for check.", show_default=False),
-    ] = None,
-) -> None:
+    *,
+    checkpoint: str,
+    meta_graph: str | None,
+    model: str | None,
+    assignment_map: str | None,
+    fail_on: Severity | None,
+    output_format: OutputFormat,
+    config: str | None,
+) -> int:
     """Match CHECKPOINT against the model that restores it: matched, missing, unexpected, shape and dtype
     mismatches, renames that line names up; exit 0 all matched, 1 findings at or above --fail-on, 2 unreadable."""
     import dataclasses
     import json
 
+    from ckptdoctor.errors import OutputError
     from ckptdoctor.match import match as run_match
     from ckptdoctor.match import summary
-    from ckptdoctor.policy import load_policy
+    from ckptdoctor.policy import ExitCode, exit_code, load_policy
 
     if (meta_graph is None) == (model is None):
         _error("match needs exactly one of --meta-graph (TF1 graphs) or --model (Keras)")
-        raise typer.Exit(ExitCode.ERROR)
+        return ExitCode.ERROR
     with _one_line_errors():
         policy = load_policy(config)
     _supervise(checkpoint, model)
@@ -613,7 +415,7 @@ def match(
             except OSError as error:
                 raise OutputError(f"{assignment_map}: cannot write the assignment map ({error.strerror})") from None
     report = dataclasses.replace(report, findings=policy.apply(checkpoint, report.findings))
-    threshold = policy.threshold(Severity(fail_on.value) if fail_on else None)
+    threshold = policy.threshold(fail_on)
     with _reader_may_stop():
         if output_format is OutputFormat.TEXT:
             from ckptdoctor.report.text import render_check
@@ -626,13 +428,13 @@ def match(
         else:
             sys.stdout.write(render_report([report], output_format, threshold))
             sys.stdout.flush()
-    raise typer.Exit(exit_code(report.findings, threshold))
+    return exit_code(report.findings, threshold)
 
 
 LISTED = 50  # tensors strip and rename name one per line; a large model's hundreds of slots are counted
 
 
-def _load_policy() -> "Policy":
+def _load_policy() -> Policy:
     """The project's policy, loaded before a writing command writes: a bad one stops it before any byte."""
     from ckptdoctor.policy import load_policy
 
@@ -640,9 +442,10 @@ def _load_policy() -> "Policy":
         return load_policy()
 
 
-def _recheck(resolved: "Resolved", policy: "Policy") -> "Verdict":
+def _recheck(resolved: Resolved, policy: Policy) -> Verdict:
     """Check what a writing command wrote, read as exactly what was written, through the library gate: every
     policy key applies exactly as in `check`. Run before anything is printed, so a closed pipe cannot lose it."""
+    from ckptdoctor import watchdog
     from ckptdoctor.gate import gate
 
     return gate([resolved], policy=policy, progress=lambda *_: watchdog.beat())
@@ -653,7 +456,7 @@ def _say(line: str) -> None:
     _stdout().print(line, markup=False, soft_wrap=True)
 
 
-def _show_written(written: Sequence[str], state_change: str | None, verdict: "Verdict") -> None:
+def _show_written(written: Sequence[str], state_change: str | None, verdict: Verdict) -> None:
     """What every writing command ends with: the files written (one per line: two long paths would not fit a
     terminal), what changed in the state file, and the re-check."""
     from ckptdoctor.report.text import render_check
@@ -669,16 +472,7 @@ def _show_written(written: Sequence[str], state_change: str | None, verdict: "Ve
         render_check(_stdout(), report)
 
 
-@app.command()
-def strip(
-    checkpoint: PathArg,
-    out: Annotated[str, typer.Option("--out", "-o", help="The deployment checkpoint to write.", show_default=False)],
-    use_ema: Annotated[
-        bool, typer.Option("--use-ema", help="Write each variable from its ExponentialMovingAverage shadow.")
-    ] = False,
-    keep_step: Annotated[bool, typer.Option("--keep-step", help="Keep global_step and save_counter.")] = False,
-    force: ForceOpt = False,
-) -> None:
+def strip(*, checkpoint: str, out: str, use_ema: bool, keep_step: bool, force: bool) -> int:
     """Write a deployment checkpoint: weights and BatchNorm statistics kept; optimizer state, learning rates,
     EMA shadows and step counters dropped."""
     from collections import Counter
@@ -712,21 +506,10 @@ def strip(
             _say(f"kept as stored, without a shadow: {first}{more}")
         _say(f"size: {human_bytes(result.size_before)} -> {human_bytes(result.size_after)}")
         _show_written(result.written, result.state_change, verdict)
-    raise typer.Exit(verdict.exit_code)
+    return verdict.exit_code
 
 
-@app.command()
-def rename(
-    checkpoint: PathArg,
-    name_map: Annotated[
-        str,
-        typer.Option(
-            "--map", help="Assignment map (JSON): {'old_scope/': 'new_scope/'} or exact names.", show_default=False
-        ),
-    ],
-    out: Annotated[str, typer.Option("--out", "-o", help="The renamed checkpoint to write.", show_default=False)],
-    force: ForceOpt = False,
-) -> None:
+def rename(*, checkpoint: str, name_map: str, out: str, force: bool) -> int:
     """Write CHECKPOINT with its names following MAP (TF1 keys, legacy Keras layer names), bytes as stored."""
     from ckptdoctor.rename import rename as run_rename
 
@@ -742,56 +525,23 @@ def rename(
         if len(result.renamed) > LISTED:
             _say(f"  … and {len(result.renamed) - LISTED} more")
         _show_written(result.written, result.state_change, verdict)
-    raise typer.Exit(verdict.exit_code)
+    return verdict.exit_code
 
 
-@app.command()
 def recalibrate(
-    checkpoint: Annotated[str, typer.Argument(help="The checkpoint to recalibrate.", show_default=False)],
-    data: Annotated[
-        str,
-        typer.Option(
-            "--data",
-            help="Samples: FILE.npy, FILE.npz (one array per input) or package.module:function.",
-            show_default=False,
-        ),
-    ],
-    out: Annotated[str, typer.Option("--out", "-o", help="Prefix or file of the new checkpoint.", show_default=False)],
-    meta_graph: Annotated[
-        str | None,
-        typer.Option(
-            "--meta-graph", help="TF1: the training graph [default: CHECKPOINT's PREFIX.meta].", show_default=False
-        ),
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option("--model", help="Keras/TF2: MODEL.keras or package.module:builder.", show_default=False),
-    ] = None,
-    input_name: Annotated[
-        str | None,
-        typer.Option(
-            "--input",
-            help="TF1: the placeholder the samples go to (when not the one float placeholder).",
-            show_default=False,
-        ),
-    ] = None,
-    feed: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--feed",
-            help="TF1: another placeholder's value, NAME=VALUE (is_training=true, keep_prob=1).",
-            show_default=False,
-        ),
-    ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Samples per batch (.npy/.npz).")] = 32,
-    batches: Annotated[
-        int | None, typer.Option("--batches", min=1, help="Use at most this many batches.", show_default=False)
-    ] = None,
-    samples: Annotated[
-        int | None, typer.Option("--samples", min=1, help="Use at most this many samples.", show_default=False)
-    ] = None,
-    force: ForceOpt = False,
-) -> None:
+    *,
+    checkpoint: str,
+    data: str,
+    out: str,
+    meta_graph: str | None,
+    model: str | None,
+    input_name: str | None,
+    feed: list[str] | None,
+    batch_size: int,
+    batches: int | None,
+    samples: int | None,
+    force: bool,
+) -> int:
     """Recompute BatchNorm statistics by running the model in training mode over samples (needs the tf extra)."""
     from ckptdoctor.recalibrate import MIN_SAMPLES, DataSpec, parse_feeds
     from ckptdoctor.recalibrate import recalibrate as run_recalibrate
@@ -830,7 +580,7 @@ def recalibrate(
             )
             _say(f"  {shown(change.layer)}: {moved}")
         _show_written(result.written, result.state_change, verdict)
-    raise typer.Exit(verdict.exit_code)
+    return verdict.exit_code
 
 
 @contextmanager
@@ -856,3 +606,364 @@ def _sample_progress(enabled: bool) -> Iterator[Callable[[int, int | None], None
             bar.update(task, completed=done, total=total)
 
         yield advance
+
+
+# ------------------------------------------------------------------------------------------ the command line
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help in one style for every command: `usage: ckptdoctor check [OPTIONS] PATH...`, each option's forms
+    then its metavar once (`-f, --format {text,json}`), and after the help what applies: `[required]`, the
+    default, the bounds of a number."""
+
+    def _format_usage(self, usage: str | None, actions: Any, groups: Any, prefix: str | None) -> str:
+        """`%(prog)s [OPTIONS]` and the arguments: argparse's own usage line would list every option."""
+        if usage is None:
+            arguments = [_usage_metavar(action) for action in actions if not action.option_strings]
+            usage = " ".join(["%(prog)s", "[OPTIONS]", *arguments])
+        return super()._format_usage(usage, actions, groups, prefix)
+
+    def _format_action(self, action: argparse.Action) -> str:
+        """The command list without argparse's `COMMAND` line above it."""
+        text = super()._format_action(action)
+        return text.partition("\n")[2] if action.nargs == argparse.PARSER else text
+
+    def _iter_indented_subactions(self, action: argparse.Action) -> Generator[argparse.Action, None, None]:
+        """The commands at the options' indent: argparse would indent them further, and then line up every help
+        text as though they were not."""
+        if isinstance(action, argparse._SubParsersAction):
+            yield from action._get_subactions()
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return f"{', '.join(action.option_strings)} {metavar}"
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        """Help wrapped to the terminal, but a bracketed note (`[default: error]`) never broken across lines."""
+        glued = re.sub(r"\[[^\]]*\]", lambda note: note.group().replace(" ", "\0"), text)
+        return [line.replace("\0", " ") for line in super()._split_lines(glued, width)]
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        notes = []
+        if action.required and action.option_strings:
+            notes.append("required")
+        if action.option_strings and action.default not in (None, argparse.SUPPRESS) and action.nargs != 0:
+            default = action.default.value if isinstance(action.default, Enum) else action.default
+            notes.append(f"default: {default}")
+        if isinstance(action.type, _Bounded):
+            notes.append(action.type.bounds)
+        help = action.help or ""
+        return f"{help}  [{'; '.join(notes).replace('%', '%%')}]" if notes else help  # argparse %-formats help
+
+
+def _usage_metavar(action: argparse.Action) -> str:
+    """An argument as the usage line names it: `CHECKPOINT`, `PATH...`, `COMMAND ...`."""
+    metavar = str(action.metavar or action.dest.upper())
+    return {"+": f"{metavar}...", argparse.PARSER: f"{metavar} ..."}.get(str(action.nargs), metavar)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every parser of the command line: options spelled out in full (no prefix of one is taken for it), help
+    in `_HelpFormatter`'s style, `-h` beside `--help`, and what the user typed escaped in an error."""
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(allow_abbrev=False, add_help=False, formatter_class=_HelpFormatter, **settings)
+        self.add_argument("-h", "--help", action="help", help="Show this message and exit.")
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[Any, list[str]]:
+        """Nothing is left over: an argument a command does not know is the command's usage error (argparse
+        would hand it up for the top-level parser to report, with the top-level usage)."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+    def error(self, message: str) -> NoReturn:
+        """argparse's usage and one line naming the argument, exit 2."""
+        from ckptdoctor.policy import ExitCode
+
+        self.print_usage(sys.stderr)
+        self.exit(ExitCode.ERROR, f"{self.prog}: error: {shown(message)}\n")
+
+
+class _Bounded:
+    """An option's number, refused unless within bounds (NaN never is): argparse's usage error names the option."""
+
+    def __init__(self, kind: type[int] | type[float], low: float, high: float | None = None) -> None:
+        self.kind, self.low, self.high = kind, low, high
+        self.bounds = f"{low:g}<=x<={high:g}" if high is not None else f"x>={low:g}"  # never wrapped
+
+    def __call__(self, text: str) -> float:
+        try:
+            value = self.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {self.kind.__name__} value: {text!r}") from None
+        if not (self.low <= value and (self.high is None or value <= self.high)):
+            raise argparse.ArgumentTypeError(f"{text} is not in the range {self.bounds}")
+        return value
+
+
+def _member_of(enum: Callable[[], type[Enum]]) -> Callable[[str], Any]:
+    """An option's value as the member of `enum()` (called once the option is given: the enum's module is not
+    imported for `--help`); any other value is left to argparse's choices check, whose error lists them."""
+
+    def convert(text: str) -> Any:
+        members = enum()
+        return members(text) if text in {member.value for member in members} else text
+
+    return convert
+
+
+def _severity() -> type[Enum]:
+    from ckptdoctor.model import Severity
+
+    return Severity
+
+
+# Arguments and options several commands share, declared once.
+
+
+def _checkpoint_argument(parser: argparse.ArgumentParser, dest: str = "checkpoint") -> None:
+    parser.add_argument(dest, metavar="CHECKPOINT", help="Checkpoint prefix, any of its files, or a directory.")
+
+
+def _format_option(parser: argparse.ArgumentParser, formats: type[Enum], default: Enum) -> None:
+    choices = [member.value for member in formats]
+    parser.add_argument(
+        "-f",
+        "--format",
+        dest="output_format",
+        type=_member_of(lambda: formats),
+        choices=choices,
+        default=default,
+        help="Output format.",
+    )
+
+
+def _fail_on_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fail-on",
+        type=_member_of(_severity),
+        choices=SEVERITIES,
+        help="Lowest severity that makes the exit code 1 [default: error].",  # the policy file's, else error
+    )
+
+
+def _force_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true", help="Replace a checkpoint already at --out.")
+
+
+def _out_option(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("-o", "--out", metavar="OUT", required=True, help=help)
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The whole command line: each command's function is its parser's `run`, called with the parsed values."""
+    root = _Parser(prog="ckptdoctor", description="Inspect, check, repair and verify TensorFlow and Keras checkpoints.")
+    root.add_argument(
+        "--version", action="version", version=f"ckptdoctor {__version__}", help="Show the version and exit."
+    )
+    root.add_argument(
+        "--stats", action="store_true", help="Afterwards, print on stderr the requests and bytes of each remote read."
+    )
+    commands = root.add_subparsers(title="commands", metavar="COMMAND", prog="ckptdoctor")
+
+    def command(run: Callable[..., int]) -> argparse.ArgumentParser:
+        """A command's parser: its docstring is its description, up to the first `;` its line in the list."""
+        about = " ".join((run.__doc__ or "").split())
+        parser: argparse.ArgumentParser = commands.add_parser(
+            run.__name__, help=about.split("; ")[0], description=about
+        )
+        parser.set_defaults(run=run)
+        return parser
+
+    parser = command(inspect)
+    _checkpoint_argument(parser, "path")
+    _format_option(parser, InspectFormat, InspectFormat.text)
+    parser.add_argument(
+        "--all",
+        dest="every_variable",
+        action="store_true",
+        help="Text: every variable, however many (past 1000 the table shows totals by scope).",
+    )
+
+    parser = command(check)
+    parser.add_argument("paths", metavar="PATH", nargs="+", help="Checkpoints (prefixes, files or directories).")
+    parser.add_argument(
+        "-r",
+        "--reference",
+        metavar="CHECKPOINT",
+        help="The checkpoint training started from (e.g. the pretrained model).",
+    )
+    _fail_on_option(parser)
+    _format_option(parser, OutputFormat, OutputFormat.TEXT)
+    parser.add_argument("-o", "--output", metavar="FILE", help="Write the report to this file instead of stdout.")
+    parser.add_argument(
+        "--config", metavar="FILE", help="Policy file (TOML); default: [tool.ckptdoctor] in ./pyproject.toml."
+    )
+    parser.add_argument(
+        "--decay",
+        metavar="D",
+        type=_Bounded(float, 0.0, 1.0),
+        help="BatchNorm decay (momentum) for every layer, over what the files say.",
+    )
+    parser.add_argument(
+        "--steps",
+        metavar="N",
+        type=_Bounded(int, 0),
+        help="Training steps since the statistics started, over what the files say.",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="Text: every finding in full, not one line per subject."
+    )
+
+    command(rules)
+
+    parser = command(explain)
+    parser.add_argument("rule", metavar="RULE", help="A rule code (BN001) or name (bn-missing-moving-stats).")
+
+    parser = command(patch)
+    parser.add_argument("target", metavar="TARGET", help="The checkpoint that lacks statistics.")
+    parser.add_argument(
+        "--from", dest="donor", metavar="DONOR", required=True, help="A full save holding the statistics."
+    )
+    _out_option(parser, "Prefix of the new checkpoint.")
+    _force_option(parser)
+    parser.add_argument(
+        "--map",
+        dest="name_map",
+        metavar="MAP",
+        help="Assignment map (JSON, as match --assignment-map writes) from the donor's names to the target's.",
+    )
+
+    parser = command(verify)
+    _checkpoint_argument(parser)
+    parser.add_argument("--meta-graph", metavar="META", help="TF1: the evaluation graph's .meta (MetaGraphDef).")
+    parser.add_argument("--model", metavar="MODEL", help="Keras/TF2: MODEL.keras or package.module:builder.")
+
+    parser = command(diff)
+    parser.add_argument("a", metavar="A", help="The checkpoint before.")
+    parser.add_argument("b", metavar="B", help="The checkpoint after.")
+    _format_option(parser, DiffFormat, DiffFormat.text)
+    parser.add_argument(
+        "--atol",
+        metavar="ATOL",
+        type=_Bounded(float, 0.0),
+        default=0.0,
+        help="Absolute tolerance for float values.",
+    )
+    parser.add_argument(
+        "--rtol",
+        metavar="RTOL",
+        type=_Bounded(float, 0.0),
+        default=0.0,
+        help="Relative tolerance for float values, of max(|a|, |b|).",
+    )
+
+    parser = command(match)
+    _checkpoint_argument(parser)
+    parser.add_argument("--meta-graph", metavar="META", help="TF1: the graph's .meta (MetaGraphDef).")
+    parser.add_argument("--model", metavar="MODEL", help="Keras: MODEL.keras, or package.module:builder (tf extra).")
+    parser.add_argument(
+        "--assignment-map", metavar="FILE", help="Write the init_from_checkpoint assignment map (JSON) here."
+    )
+    _fail_on_option(parser)
+    _format_option(parser, OutputFormat, OutputFormat.TEXT)
+    parser.add_argument("--config", metavar="FILE", help="Policy file (TOML), as for check.")
+
+    parser = command(strip)
+    _checkpoint_argument(parser)
+    _out_option(parser, "The deployment checkpoint to write.")
+    parser.add_argument(
+        "--use-ema", action="store_true", help="Write each variable from its ExponentialMovingAverage shadow."
+    )
+    parser.add_argument("--keep-step", action="store_true", help="Keep global_step and save_counter.")
+    _force_option(parser)
+
+    parser = command(rename)
+    _checkpoint_argument(parser)
+    parser.add_argument(
+        "--map",
+        dest="name_map",
+        metavar="MAP",
+        required=True,
+        help="Assignment map (JSON): {'old_scope/': 'new_scope/'} or exact names.",
+    )
+    _out_option(parser, "The renamed checkpoint to write.")
+    _force_option(parser)
+
+    parser = command(recalibrate)
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="The checkpoint to recalibrate.")
+    parser.add_argument(
+        "--data",
+        metavar="DATA",
+        required=True,
+        help="Samples: FILE.npy, FILE.npz (one array per input) or package.module:function.",
+    )
+    _out_option(parser, "Prefix or file of the new checkpoint.")
+    parser.add_argument(
+        "--meta-graph", metavar="META", help="TF1: the training graph [default: CHECKPOINT's PREFIX.meta]."
+    )
+    parser.add_argument("--model", metavar="MODEL", help="Keras/TF2: MODEL.keras or package.module:builder.")
+    parser.add_argument(
+        "--input",
+        dest="input_name",
+        metavar="NAME",
+        help="TF1: the placeholder the samples go to (when not the one float placeholder).",
+    )
+    parser.add_argument(
+        "--feed",
+        metavar="NAME=VALUE",
+        action="append",
+        help="TF1: another placeholder's value, NAME=VALUE (is_training=true, keep_prob=1).",
+    )
+    parser.add_argument(
+        "--batch-size", metavar="N", type=_Bounded(int, 1), default=32, help="Samples per batch (.npy/.npz)."
+    )
+    parser.add_argument("--batches", metavar="N", type=_Bounded(int, 1), help="Use at most this many batches.")
+    parser.add_argument("--samples", metavar="N", type=_Bounded(int, 1), help="Use at most this many samples.")
+    _force_option(parser)
+    return root
+
+
+def _run_app(argv: Sequence[str] | None = None) -> int:
+    """The command, as an exit code; any exception is one line on stderr, never a traceback."""
+    try:
+        parser = _parser()
+        arguments = vars(parser.parse_args(argv))
+        if arguments.pop("stats"):
+            import atexit
+
+            atexit.register(_print_remote_stats)
+        run = arguments.pop("run", None)
+        if run is None:  # no command: the help, on stderr, exit 2 as for any incomplete command line
+            from ckptdoctor.policy import ExitCode
+
+            parser.print_help(sys.stderr)
+            return ExitCode.ERROR
+        return int(run(**arguments))
+    except SystemExit as exit:  # argparse's help, version and usage errors; a command stopped early
+        with _reader_may_stop():
+            sys.stdout.flush()  # the help into `| head -1`: a closed pipe shows here, not at interpreter exit
+        if isinstance(exit.code, int) or exit.code is None:
+            return exit.code or 0
+        from ckptdoctor.policy import ExitCode
+
+        return ExitCode.ERROR
+    except Exception as error:  # the promise is one line, never a traceback
+        if os.environ.get("CKPTDOCTOR_DEBUG"):
+            raise
+        from ckptdoctor.policy import ExitCode
+
+        _error(f"unexpected {type(error).__name__}: {error} (set CKPTDOCTOR_DEBUG=1 for a traceback)")
+        return ExitCode.ERROR
+
+
+def main() -> None:
+    # A last guard: a name that reaches stdout without `shown` (an undecodable byte kept as a surrogate) is
+    # written as an escape rather than failing the command.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
+    sys.exit(_run_app())

@@ -106,10 +106,11 @@ def test_piped_text_is_never_padded():
 def test_help_shows_brackets_metavars_and_takes_h():
     result = run_cli("check", "-h")
     assert result.returncode == 0
-    assert "[default: error]" in result.stdout and "[tool.ckptdoctor]" in result.stdout
-    assert "Usage: python -m ckptdoctor check [OPTIONS] PATH..." in result.stdout
-    assert "<str>" not in result.stdout and "{paths}" not in result.stdout
-    assert "[OPTIONS] CHECKPOINT" in run_cli("inspect", "-h").stdout
+    assert "[default: error]" in result.stdout and "[tool.ckptdoctor]" in result.stdout  # plain text, not markup
+    assert result.stdout.startswith("usage: ckptdoctor check [OPTIONS] PATH...\n")
+    assert "-o, --output FILE" in result.stdout and "--config FILE" in result.stdout
+    assert "<str>" not in result.stdout and "{paths}" not in result.stdout and "PATH [PATH ...]" not in result.stdout
+    assert "usage: ckptdoctor inspect [OPTIONS] CHECKPOINT\n" in run_cli("inspect", "-h").stdout
 
 
 def test_counts_are_plural_only_when_more_than_one(tmp_path):
