@@ -671,11 +671,19 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, **settings: Any) -> None:
         super().__init__(allow_abbrev=False, add_help=False, formatter_class=_HelpFormatter, **settings)
         self.add_argument("-h", "--help", action="help", help="Show this message and exit.")
+        self._parsing = False
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[Any, list[str]]:
-        """Nothing is left over: an argument a command does not know is the command's usage error (argparse
-        would hand it up for the top-level parser to report, with the top-level usage)."""
-        parsed, extras = super().parse_known_args(args, namespace)
+        """A command's paths may stand before, between and after its options (`check A -f json B`), as they
+        could under click; nothing is left over: an argument a command does not know is the command's usage
+        error (argparse would hand it up for the top-level parser to report, with the top-level usage)."""
+        if self._parsing or self._subparsers is not None:  # argparse's own passes; the top level's commands
+            return super().parse_known_args(args, namespace)
+        self._parsing = True
+        try:
+            parsed, extras = super().parse_known_intermixed_args(args, namespace)
+        finally:
+            self._parsing = False
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
         return parsed, extras

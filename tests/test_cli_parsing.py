@@ -3,6 +3,7 @@ usage and one error line (exit 2), help in one style for every command, and what
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
@@ -164,3 +165,11 @@ def test_a_reader_that_closed_the_pipe_is_not_an_error(args):
     finally:
         os.close(write_end)
     assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_paths_may_stand_between_options():
+    """`check A -f json B`, as click allowed it: both paths are checked, the option applies."""
+    result = run_cli("check", FIXTURE_BUNDLES["finetune_full"], "-f", "json", FIXTURE_BUNDLES["finetune_trainable"])
+    assert result.returncode == 1, result.stderr  # the trainable-only save has findings
+    paths = [report["path"] for report in json.loads(result.stdout)["reports"]]
+    assert paths == [str(FIXTURE_BUNDLES["finetune_full"]), str(FIXTURE_BUNDLES["finetune_trainable"])]
