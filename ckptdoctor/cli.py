@@ -679,6 +679,18 @@ class _Parser(argparse.ArgumentParser):
         error (argparse would hand it up for the top-level parser to report, with the top-level usage)."""
         if self._parsing or self._subparsers is not None:  # argparse's own passes; the top level's commands
             return super().parse_known_args(args, namespace)
+        # After `--` everything is a path (the action passes globs so): argparse's intermixed parsing would read
+        # `--output=x` there as an option once its first pass has dropped the `--`.
+        intermixed = args is None or "--" not in args
+        self._parsing = True
+        try:
+            parse = super().parse_known_intermixed_args if intermixed else super().parse_known_args
+            parsed, extras = parse(args, namespace)
+        finally:
+            self._parsing = False
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
         self._parsing = True
         try:
             parsed, extras = super().parse_known_intermixed_args(args, namespace)

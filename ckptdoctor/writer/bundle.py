@@ -119,6 +119,35 @@ class _Verifier:
         sys.setswitchinterval(self._switch_interval)
 
 
+MAX_RUN_BYTES = 16 << 20  # one copy call at most: the verifier checks a run while the next one copies
+
+
+class _Run:
+    """Tensors stored back to back in one source shard, placed back to back in one output shard."""
+
+    def __init__(self, reader: BundleSource, entry: BundleEntry, shard: int, offset: int) -> None:
+        self.reader, self.shard = reader, shard
+        self.entries, self.offsets = [entry], [offset]
+        self.size = entry.size
+
+    def extend(self, reader: BundleSource, entry: BundleEntry, shard: int, offset: int) -> bool:
+        """Take `entry` into the run where it continues it in both files; False where it does not."""
+        last = self.entries[-1]
+        if (
+            reader is not self.reader
+            or entry.shard_id != last.shard_id
+            or entry.offset != last.offset + last.size
+            or shard != self.shard
+            or offset != self.offsets[-1] + last.size
+            or self.size + entry.size > MAX_RUN_BYTES
+        ):
+            return False
+        self.entries.append(entry)
+        self.offsets.append(offset)
+        self.size += entry.size
+        return True
+
+
 class BundleWriter:
     """Collects entries, streams their bytes into the data shards, and writes the sorted index last.
 
@@ -145,6 +174,7 @@ class BundleWriter:
             raise
         self._offsets = [0] * num_shards
         self._entries: dict[bytes, bytes] = {}
+        self._run: _Run | None = None  # tensors placed but not yet copied
         self._verifier: _Verifier | None = None  # started with the first copy
         self.verified = VerifiedBytes()  # after `commit`: what the verifier checked of the copies
         self.last_size = 0  # bytes the last copy or add wrote, for progress reporting
@@ -159,7 +189,10 @@ class BundleWriter:
         return min(range(self.num_shards), key=self._offsets.__getitem__)
 
     def copy(self, reader: BundleSource, entry: BundleEntry, key: bytes | None = None) -> None:
-        """Append one tensor from `reader`, bytes and checksum exactly as stored there."""
+        """Append one tensor from `reader`, bytes and checksum exactly as stored there.
+
+        Tensors that lie back to back in the same source file are copied by one call (see `_Run`): the
+        kernel copies a run at full speed, and the verifier checks its tensors while the next run copies."""
         key = entry.key if key is None else key
         shard = self._place(key)
         if entry.num_slices:  # a partitioned variable's full entry has no bytes of its own
@@ -167,18 +200,30 @@ class BundleWriter:
             self.last_size = 0
             return
         offset = self._offsets[shard]
-        reader.copy_bytes(entry, self._fds[shard])
-        if entry.dtype.itemsize:  # numeric: checked in the output while the next tensor copies
-            if self._verifier is None:
-                self._verifier = _Verifier(self._temps)
-            self._verifier.submit(shard, offset, entry.size, entry.dtype)
+        if self._run is None or not self._run.extend(reader, entry, shard, offset):
+            self._flush()
+            self._run = _Run(reader, entry, shard, offset)
         self._offsets[shard] += entry.size
         self.last_size = entry.size
         self._entries[key] = _placed(entry, shard, offset)
 
+    def _flush(self) -> None:
+        """Copy the pending run, and hand its numeric tensors to the verifier."""
+        run, self._run = self._run, None
+        if run is None:
+            return
+        first = run.entries[0]
+        run.reader.copy_bytes(first._replace(size=run.size), self._fds[run.shard])
+        for entry, offset in zip(run.entries, run.offsets, strict=True):
+            if entry.dtype.itemsize:  # numeric (a string tensor's CRC covers its lengths: the re-check reads it)
+                if self._verifier is None:
+                    self._verifier = _Verifier(self._temps)
+                self._verifier.submit(run.shard, offset, entry.size, entry.dtype)
+
     def add(self, key: bytes, dtype_code: int, shape: tuple[int, ...], raw: bytes, masked_crc: int) -> None:
         """Append a tensor given as its stored bytes (little-endian, or TF's string layout) and masked CRC."""
         shard = self._place(key)
+        self._flush()  # the run before this tensor goes first: both append to the shard
         self._entries[key] = encode_entry(dtype_code, shape, shard, self._offsets[shard], len(raw), masked_crc)
         write_all(self._fds[shard], raw)
         self._offsets[shard] += len(raw)
@@ -186,6 +231,7 @@ class BundleWriter:
 
     def commit(self) -> None:
         """Make the data files durable, write the index, and rename data then index into place."""
+        self._flush()
         for fd in self._fds:  # the verifier reads on while the disk takes the data
             os.fsync(fd)
             os.close(fd)

@@ -179,12 +179,27 @@ class BundlePlan:
     placed: tuple[Placed, ...]
     total: int  # bytes to write, for progress
 
+    def _in_stored_order(self) -> list[bytes]:
+        """New tensors first, then copies in the order their bytes lie in each source: the index is sorted by
+        key whatever the data order, and tensors that lie back to back are copied by one call."""
+        sources = {id(reader): rank for rank, reader in enumerate(dict.fromkeys(r for r, _ in self.copies.values()))}
+        copies = sorted(
+            self.copies,
+            key=lambda key: (
+                sources[id(self.copies[key][0])],
+                self.copies[key][1].shard_id,
+                self.copies[key][1].offset,
+                key,
+            ),
+        )
+        return [*sorted(self.encoded), *copies]
+
     def write(self, out: str, previous: Sequence[Path], progress: Progress | None = None) -> Written:
         """Stream the planned tensors into a new bundle at `out`, then delete `previous` files not rewritten."""
         writer = BundleWriter(out)
         try:
             done = 0
-            for key in sorted(self.copies.keys() | self.encoded.keys()):
+            for key in self._in_stored_order():
                 if key in self.encoded:
                     writer.add(key, *self.encoded[key])
                 else:
