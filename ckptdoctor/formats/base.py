@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -35,10 +36,19 @@ class VerifiedBytes:
     output's index, read from disk, still decides which ranges hold which tensor."""
 
     ranges: dict[tuple[int, int, int, int, int], tuple[int, int]] = field(default_factory=dict)
+    files: dict[tuple[int, int], tuple[int, int, int]] = field(default_factory=dict)  # file_state once written
 
-    def lookup(self, file: tuple[int, int], offset: int, size: int, dtype_code: int) -> tuple[int, int] | None:
-        """(crc32c, nonfinite) of the range as the writer computed them, or None where it did not check it."""
-        return self.ranges.get((file[0], file[1], offset, size, dtype_code))
+    def lookup(self, status: os.stat_result, offset: int, size: int, dtype_code: int) -> tuple[int, int] | None:
+        """(crc32c, nonfinite) of the range as the writer computed them, or None where it did not check it or
+        the file (`status`, an fstat of the open file) is no longer in the state the writer left it in."""
+        if self.files.get((status.st_dev, status.st_ino)) != file_state(status):
+            return None
+        return self.ranges.get((status.st_dev, status.st_ino, offset, size, dtype_code))
+
+
+def file_state(status: os.stat_result) -> tuple[int, int, int]:
+    """What changes when a file's bytes do (or a new file takes over its inode): size, mtime and ctime."""
+    return status.st_size, status.st_mtime_ns, status.st_ctime_ns
 
 
 class CheckpointReader(Protocol):

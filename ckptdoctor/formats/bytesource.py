@@ -169,10 +169,9 @@ class LocalFile:
     def size(self) -> int:
         return self._size
 
-    def identity(self) -> tuple[int, int]:
-        """(st_dev, st_ino) of the open file: the same bytes whatever it has been renamed to since."""
-        status = os.fstat(self._fd)
-        return status.st_dev, status.st_ino
+    def status(self) -> os.stat_result:
+        """fstat of the open file: which file it is (st_dev, st_ino) and its state now (size, mtime, ctime)."""
+        return os.fstat(self._fd)
 
     def read(self, offset: int, length: int) -> bytes:
         """Exactly `length` bytes at `offset`, or fewer where the file ends first."""

@@ -99,6 +99,7 @@ def _decode_entry(key: bytes, value: bytes) -> BundleEntry:
 
 _INT32_MAX = (1 << 31) - 1
 _INT64_MAX = (1 << 63) - 1
+_UINT64_MASK = (1 << 64) - 1
 
 
 def _canonical_entry(value: bytes) -> tuple[int, tuple[int, ...], int, int, int, int, int] | None:
@@ -156,16 +157,21 @@ def encode_entry(dtype: int, shape: tuple[int, ...], shard_id: int, offset: int,
     """A BundleEntryProto without slices, byte for byte as protobuf serialises it for TF: fields in order,
     zeros omitted, except the shape, which TF always writes (`12 00` for a scalar). The writer's path past
     protobuf's import, the mirror of `_canonical_entry`; tests compare it with protobuf's own output."""
-    dims = [b"\x08" + encode_varint(dim) if dim else b"" for dim in shape]
+    dims = [b"\x08" + _varint(dim) if dim else b"" for dim in shape]
     shape_bytes = b"".join(b"\x12" + encode_varint(len(dim)) + dim for dim in dims)
-    out = [b"\x08" + encode_varint(dtype)] if dtype else []
+    out = [b"\x08" + _varint(dtype)] if dtype else []
     out.append(b"\x12" + encode_varint(len(shape_bytes)) + shape_bytes)
     for tag, number in ((b"\x18", shard_id), (b"\x20", offset), (b"\x28", size)):
         if number:
-            out.append(tag + encode_varint(number))
+            out.append(tag + _varint(number))
     if crc:
         out.append(b"\x35" + crc.to_bytes(4, "little"))
     return b"".join(out)
+
+
+def _varint(number: int) -> bytes:
+    """A signed int32/int64 field as protobuf writes it: a negative one as its 64-bit two's complement."""
+    return encode_varint(number & _UINT64_MASK)
 
 
 def encode_header(num_shards: int) -> bytes:
@@ -415,6 +421,8 @@ class BundleReader:
         source = self.shard(entry.shard_id)
         if source is None:
             raise CheckpointError(f"{self.data_path(entry.shard_id)}: data shard is missing")
+        if entry.offset < 0 or entry.size < 0:
+            raise CheckpointError(f"{source.name}: {entry.name} has a negative offset or size")
         if entry.offset + entry.size > source.size():
             raise CheckpointError(f"{source.name}: {entry.name} runs past the end of the shard (file truncated?)")
         return source
@@ -537,7 +545,7 @@ class BundleReader:
         source = self._located(entry)
         if not isinstance(source, LocalFile):
             return None
-        return verified.lookup(source.identity(), entry.offset, entry.size, entry.dtype.code)
+        return verified.lookup(source.status(), entry.offset, entry.size, entry.dtype.code)
 
     def _missing_slices(self, entry: BundleEntry) -> list[IntegrityProblem]:
         """A partitioned variable whose slices are not all in the index cannot be restored (TF: NotFound)."""
@@ -566,7 +574,7 @@ class BundleReader:
             return IntegrityProblem(
                 ProblemKind.MISSING_DATA_SHARD, self.data_path(entry.shard_id), f"needed by {entry.name}"
             )
-        if entry.offset + entry.size > source.size():
+        if entry.offset < 0 or entry.size < 0 or entry.offset + entry.size > source.size():
             return IntegrityProblem(
                 ProblemKind.TENSOR_OUT_OF_BOUNDS,
                 entry.name,

@@ -11,7 +11,7 @@ from queue import SimpleQueue
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ckptdoctor import dtypes
-from ckptdoctor.formats.base import VerifiedBytes
+from ckptdoctor.formats.base import VerifiedBytes, file_state
 from ckptdoctor.formats.bytesource import write_all
 from ckptdoctor.formats.sstable import TableBuilder
 from ckptdoctor.formats.tf_bundle import (
@@ -53,6 +53,33 @@ class BundleSource(Protocol):
 VERIFY_CHUNK = 1 << 20
 VERIFY_SWITCH_INTERVAL = 0.0002  # seconds a thread holds the GIL while the other waits, during a verified copy
 
+# The switch interval is the process's, and writers may overlap (threads of one service): the first verifier
+# lowers it, the last one to stop puts back what it was before the first.
+_switch_lock = threading.Lock()
+_switch_users = 0
+_switch_saved = 0.0
+
+
+def _lower_switch_interval() -> None:
+    global _switch_users, _switch_saved
+    with _switch_lock:
+        if _switch_users == 0:
+            _switch_saved = sys.getswitchinterval()
+            sys.setswitchinterval(VERIFY_SWITCH_INTERVAL)
+        _switch_users += 1
+
+
+def _restore_switch_interval() -> None:
+    global _switch_users
+    with _switch_lock:
+        _switch_users -= 1
+        if _switch_users == 0:
+            sys.setswitchinterval(_switch_saved)
+
+
+class _Abandoned(Exception):
+    """The write was aborted while a range was being checked."""
+
 
 class _Verifier:
     """Checks each copied tensor in the output file right after the kernel copied it, on a second thread:
@@ -72,9 +99,13 @@ class _Verifier:
         # The main thread wants the GIL back for a moment after each tensor's copy; at Python's default 5 ms
         # it waits out the verifier's slices (numpy's import is 55 ms of them) and the copy slows to a crawl:
         # measured on 2 cores, patch of a 109 MB checkpoint took 490 ms at 5 ms, 430 ms at 0.2 ms.
-        self._switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(VERIFY_SWITCH_INTERVAL)
-        self._thread.start()
+        _lower_switch_interval()
+        self._lowered = True
+        try:
+            self._thread.start()
+        except BaseException:
+            self._stop()
+            raise
 
     def submit(self, shard: int, offset: int, size: int, dtype: dtypes.DType) -> None:
         self._work.put((shard, offset, size, dtype))
@@ -93,6 +124,8 @@ class _Verifier:
 
     def _chunks(self, shard: int, offset: int, size: int, chunk: int) -> Iterator[bytes]:
         for start in range(offset, offset + size, chunk):
+            if self._abandoned:  # an abort waits for one chunk, not for the rest of a many-gigabyte tensor
+                raise _Abandoned
             length = min(chunk, offset + size - start)
             data = os.pread(self._fds[shard], length, start)
             if len(data) != length:
@@ -114,9 +147,14 @@ class _Verifier:
             self._work.put(None)
             self._thread.join()
         for fd in self._fds:
+            # The state the results hold for: a later write in place or a new file on a reused inode differs.
+            status = os.fstat(fd)
+            self._verified.files[(status.st_dev, status.st_ino)] = file_state(status)
             os.close(fd)
         self._fds = []
-        sys.setswitchinterval(self._switch_interval)
+        if self._lowered:
+            self._lowered = False
+            _restore_switch_interval()
 
 
 MAX_RUN_BYTES = 16 << 20  # one copy call at most: the verifier checks a run while the next one copies
@@ -236,8 +274,6 @@ class BundleWriter:
             os.fsync(fd)
             os.close(fd)
         self._fds = []
-        if self._verifier is not None:
-            self.verified, self._verifier = self._verifier.finish(), None
         index_fd = create_exclusive(self._index_temp)
         self._created.append(self._index_temp)
         with os.fdopen(index_fd, "wb") as out:
@@ -256,16 +292,20 @@ class BundleWriter:
                 os.replace(temp, path)
             os.replace(self._index_temp, self.index_path)
         fsync_directory(Path(self.prefix).parent)
+        if self._verifier is not None:  # after the renames, which change the files' ctime
+            self.verified, self._verifier = self._verifier.finish(), None
 
     def abort(self) -> None:
-        if self._verifier is not None:
-            self._verifier.abandon()
-            self._verifier = None
-        for fd in self._fds:
-            os.close(fd)
-        self._fds = []
-        for temp in self._created:
-            Path(temp).unlink(missing_ok=True)
+        try:  # the temporaries go first: a second Ctrl-C while the verifier stops must not leave them
+            for fd in self._fds:
+                os.close(fd)
+            self._fds = []
+            for temp in self._created:
+                Path(temp).unlink(missing_ok=True)
+        finally:
+            if self._verifier is not None:
+                self._verifier.abandon()
+                self._verifier = None
 
 
 def _placed(entry: BundleEntry, shard: int, offset: int) -> bytes:
