@@ -691,14 +691,6 @@ class _Parser(argparse.ArgumentParser):
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
         return parsed, extras
-        self._parsing = True
-        try:
-            parsed, extras = super().parse_known_intermixed_args(args, namespace)
-        finally:
-            self._parsing = False
-        if extras:
-            self.error(f"unrecognized arguments: {' '.join(extras)}")
-        return parsed, extras
 
     def error(self, message: str) -> NoReturn:
         """argparse's usage and one line naming the argument, exit 2."""
