@@ -616,9 +616,9 @@ def _crc_problem(entry: BundleEntry, data_file: str) -> IntegrityProblem:
     )
 
 
-def aligned_chunk(dtype: dtypes.DType) -> int:
-    """SCAN_CHUNK rounded down to whole elements, so each chunk's values decode on their own."""
-    return SCAN_CHUNK - SCAN_CHUNK % (dtype.itemsize or 1)
+def aligned_chunk(dtype: dtypes.DType, chunk: int = SCAN_CHUNK) -> int:
+    """`chunk` bytes rounded down to whole elements, so each chunk's values decode on their own."""
+    return chunk - chunk % (dtype.itemsize or 1)
 
 
 def checksum_and_count(chunks: Iterable[bytes], dtype: dtypes.DType) -> tuple[int, int]:

@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ckptdoctor import dtypes
 from ckptdoctor.formats.base import VerifiedBytes, file_state
-from ckptdoctor.formats.bytesource import write_all
+from ckptdoctor.formats.bytesource import LocalFile, write_all
 from ckptdoctor.formats.sstable import TableBuilder
 from ckptdoctor.formats.tf_bundle import (
     BundleEntry,
+    aligned_chunk,
     checksum_and_count,
     data_file_name,
     encode_entry,
@@ -50,6 +51,8 @@ class BundleSource(Protocol):
         ...
 
 
+# Bytes the verifier reads at a time: each chunk is read, checksummed and counted while it is in the CPU's
+# cache (an 8 MiB chunk goes through memory three times, which on a small machine costs as much as the copy).
 VERIFY_CHUNK = 1 << 20
 VERIFY_SWITCH_INTERVAL = 0.0002  # seconds a thread holds the GIL while the other waits, during a verified copy
 
@@ -90,8 +93,8 @@ class _Verifier:
     Only an optimisation: a range it could not check is left out, and the re-check reads it from disk."""
 
     def __init__(self, paths: list[str]) -> None:
-        self._fds = [os.open(path, os.O_RDONLY) for path in paths]
-        self._identities = [(status.st_dev, status.st_ino) for status in map(os.fstat, self._fds)]
+        self._outputs = [LocalFile(path) for path in paths]  # the output's data files, opened to read back
+        self._identities = [(status.st_dev, status.st_ino) for status in (out.status() for out in self._outputs)]
         self._work: SimpleQueue[tuple[int, int, int, dtypes.DType] | None] = SimpleQueue()
         self._verified = VerifiedBytes()
         self._abandoned = False
@@ -116,7 +119,9 @@ class _Verifier:
                 continue
             shard, offset, size, dtype = job
             try:
-                result = checksum_and_count(self._chunks(shard, offset, size, _chunk(dtype)), dtype)
+                result = checksum_and_count(
+                    self._chunks(shard, offset, size, aligned_chunk(dtype, VERIFY_CHUNK)), dtype
+                )
             except Exception:  # e.g. an I/O error: the re-check reads this range itself, and says what is wrong
                 continue
             device, inode = self._identities[shard]
@@ -127,7 +132,7 @@ class _Verifier:
             if self._abandoned:  # an abort waits for one chunk, not for the rest of a many-gigabyte tensor
                 raise _Abandoned
             length = min(chunk, offset + size - start)
-            data = os.pread(self._fds[shard], length, start)
+            data = self._outputs[shard].read(start, length)
             if len(data) != length:
                 raise OSError(f"{size} bytes copied at {offset}, fewer read back")
             yield data
@@ -146,12 +151,12 @@ class _Verifier:
         if self._thread.is_alive():
             self._work.put(None)
             self._thread.join()
-        for fd in self._fds:
+        for output in self._outputs:
             # The state the results hold for: a later write in place or a new file on a reused inode differs.
-            status = os.fstat(fd)
+            status = output.status()
             self._verified.files[(status.st_dev, status.st_ino)] = file_state(status)
-            os.close(fd)
-        self._fds = []
+            output.close()
+        self._outputs = []
         if self._lowered:
             self._lowered = False
             _restore_switch_interval()
@@ -320,9 +325,3 @@ def _placed(entry: BundleEntry, shard: int, offset: int) -> bytes:
     proto.shard_id = shard
     proto.offset = offset
     return proto.SerializeToString()
-
-
-def _chunk(dtype: dtypes.DType) -> int:
-    """Whole elements, 1 MiB at most: each chunk is read, checksummed and counted while it is in the CPU's
-    cache (an 8 MiB chunk goes through memory three times, which on a small machine costs as much as the copy)."""
-    return VERIFY_CHUNK - VERIFY_CHUNK % (dtype.itemsize or 1)

@@ -182,17 +182,13 @@ class BundlePlan:
     def _in_stored_order(self) -> list[bytes]:
         """New tensors first, then copies in the order their bytes lie in each source: the index is sorted by
         key whatever the data order, and tensors that lie back to back are copied by one call."""
-        sources = {id(reader): rank for rank, reader in enumerate(dict.fromkeys(r for r, _ in self.copies.values()))}
-        copies = sorted(
-            self.copies,
-            key=lambda key: (
-                sources[id(self.copies[key][0])],
-                self.copies[key][1].shard_id,
-                self.copies[key][1].offset,
-                key,
-            ),
-        )
-        return [*sorted(self.encoded), *copies]
+        source_rank: dict[int, int] = {}  # readers in the order first met: the same plan, the same file
+
+        def stored_at(key: bytes) -> tuple[int, int, int, bytes]:
+            reader, entry = self.copies[key]
+            return source_rank.setdefault(id(reader), len(source_rank)), entry.shard_id, entry.offset, key
+
+        return [*sorted(self.encoded), *sorted(self.copies, key=stored_at)]
 
     def write(self, out: str, previous: Sequence[Path], progress: Progress | None = None) -> Written:
         """Stream the planned tensors into a new bundle at `out`, then delete `previous` files not rewritten."""
