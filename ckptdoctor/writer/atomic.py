@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import stat
+import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 TEMP_MARKER = ".tmp-ckptdoctor-"
@@ -20,7 +20,12 @@ def temp_beside(final: str | os.PathLike[str]) -> str:
 
     The name carries this process's pid so that a later run can tell a dead writer's debris from a live
     writer's files."""
-    return f"{os.fspath(final)}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(6)}"
+    return os.fspath(final) + temp_suffix()
+
+
+def temp_suffix() -> str:
+    """`<TEMP_MARKER><pid>-<12 random hex>` (os.urandom: `secrets` costs 6 ms to import)."""
+    return f"{TEMP_MARKER}{os.getpid()}-{os.urandom(6).hex()}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -78,6 +83,37 @@ def fsync_directory(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+class Displaced:
+    """Files that renames are about to replace, held until the renames are done.
+
+    The kernel frees a file's blocks when its last reference goes: a rename over a 109 MB data file spends
+    ~18 ms freeing them on ext4, on the critical path. Held by a reference that cannot read or write them
+    (O_PATH), the renames are instant, and leaving the `with` lets the blocks go on a thread while the caller
+    goes on (the interpreter waits for that thread at exit). Where O_PATH does not exist, nothing is held."""
+
+    def __init__(self, paths: Iterable[str]) -> None:
+        self._fds: list[int] = []
+        flags = getattr(os, "O_PATH", None)
+        if flags is None:
+            return
+        for path in paths:
+            with suppress(OSError):  # nothing there (a first write) or nothing we may hold: the rename frees it
+                self._fds.append(os.open(path, flags | getattr(os, "O_NOFOLLOW", 0)))
+
+    def __enter__(self) -> Displaced:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        fds, self._fds = self._fds, []
+        if fds:
+            threading.Thread(target=_close_all, args=(fds,), name="ckptdoctor-release").start()
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
 def create_exclusive(path: str) -> int:
     """Create a new file for writing; fails rather than follow a link or reuse a file someone planted."""
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
@@ -91,7 +127,8 @@ def atomic_output(final: str | os.PathLike[str]) -> Iterator[str]:
         yield temp
         with open(temp, "rb+") as written:
             os.fsync(written.fileno())
-        os.replace(temp, final)
+        with Displaced([os.fspath(final)]):
+            os.replace(temp, final)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise

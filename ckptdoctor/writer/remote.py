@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ from ckptdoctor.errors import OutputError, first_line
 from ckptdoctor.formats import Resolved
 from ckptdoctor.formats.resolve import STATE_FILE
 from ckptdoctor.model import CheckpointError, Storage
-from ckptdoctor.writer.atomic import TEMP_MARKER
+from ckptdoctor.writer.atomic import temp_suffix
 from ckptdoctor.writer.base import Edits, Progress
 from ckptdoctor.writer.guard import input_files
 
@@ -126,7 +125,7 @@ def _upload(store: Store, ordered: list[tuple[str, str]]) -> None:
     """Each (local file, final key) to a temporary key, then onto its final key in the order given."""
     from ckptdoctor.formats.remote import hide_secrets
 
-    tail = f"{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(6)}"
+    tail = temp_suffix()
     temporaries: list[str] = []
     final = ordered[0][1]
     try:
