@@ -26,7 +26,12 @@ class TableError(CheckpointError):
     """The table's structure is damaged; the message says where."""
 
 
+_ONE_BYTE_VARINTS = tuple(bytes((value,)) for value in range(0x80))
+
+
 def encode_varint(value: int) -> bytes:
+    if 0 <= value < 0x80:  # most lengths, dtypes and shard ids: the writer encodes several per tensor
+        return _ONE_BYTE_VARINTS[value]
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)

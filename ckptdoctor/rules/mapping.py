@@ -7,10 +7,13 @@ policy (ignore, severity), `explain`, SARIF's rule list and JUnit like every oth
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from ckptdoctor.match import MatchResult
 from ckptdoctor.model import Finding, Severity
 from ckptdoctor.rules.base import CheckContext, Rule
+
+if TYPE_CHECKING:  # match (and its model loading) is imported by `ckptdoctor match`, not by every `check`
+    from ckptdoctor.match import MatchResult
 
 _EXAMPLES = 3  # renamed variables named in a rename finding's message
 
