@@ -12,13 +12,14 @@ from ckptdoctor.formats.bytesource import without_secrets
 from ckptdoctor.model import BatchNormStats, Finding, Report, StatisticsUpdates, Storage
 
 
-def _report(
+def report_of(
     path: str | os.PathLike[str] | Resolved,
     checkpoint: Checkpoint,
     findings: tuple[Finding, ...] = (),
     updates: StatisticsUpdates | None = None,
     batchnorm_stats: tuple[BatchNormStats, ...] | None = None,
 ) -> Report:
+    """The report on an opened checkpoint, as asked for by `path`, with what a command found in it."""
     return Report(
         path=path.location if isinstance(path, Resolved) else without_secrets(os.fspath(path)),
         format=checkpoint.reader.format.value,
@@ -38,7 +39,7 @@ def inspect(path: str | os.PathLike[str]) -> Report:
 
     The decays found are reported, and the steps where the prefix gives them (a step counter is a value)."""
     with opened(path) as checkpoint:
-        return _report(path, checkpoint, updates=find_updates(checkpoint, read_counters=False))
+        return report_of(path, checkpoint, updates=find_updates(checkpoint, read_counters=False))
 
 
 def check(
@@ -62,7 +63,7 @@ def check(
         ctx = CheckContext(checkpoint, scan, reference_checkpoint, decay, steps, stale_threshold)
         findings = run_rules(ctx)
         stats = batchnorm_stats(checkpoint, ctx.values, reference_checkpoint)
-        return _report(path, checkpoint, findings, ctx.updates, stats)
+        return report_of(path, checkpoint, findings, ctx.updates, stats)
 
     with opened(path) as checkpoint:
         if reference is None:

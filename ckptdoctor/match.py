@@ -429,7 +429,7 @@ def match(
     """Match a checkpoint against the model (a meta graph or a Keras model): the buckets, and the report
     whose findings are the mapping rules' (before any policy)."""
     from ckptdoctor.analysis.checkpoint import opened
-    from ckptdoctor.diagnose import _report
+    from ckptdoctor.diagnose import report_of
     from ckptdoctor.errors import ModelError
     from ckptdoctor.model import FormatFamily
     from ckptdoctor.rules.mapping import findings
@@ -442,7 +442,7 @@ def match(
                 "by name: use `ckptdoctor verify --model` for it"
             )
         result = match_variables(expected, checkpoint.variables)
-        return result, _report(path, checkpoint, findings(result))
+        return result, report_of(path, checkpoint, findings(result))
 
 
 def summary(result: MatchResult) -> list[str]:
