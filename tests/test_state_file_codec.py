@@ -3,6 +3,7 @@ which inputs it refuses, and that reading a directory or patching no longer impo
 
 from __future__ import annotations
 
+import os
 import random
 import struct
 import warnings
@@ -268,3 +269,12 @@ def test_one_size_limit_for_reading_and_for_rewriting(tmp_path):
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1
     assert f"{state}: {MAX_STATE_FILE_SIZE + 1} bytes is too large" in refused.stderr
     assert sorted(p.name for p in out.iterdir()) == listing
+
+
+def test_an_output_name_the_state_file_cannot_hold_is_refused_before_writing(tmp_path):
+    """The state file is UTF-8 text: a file name of other bytes is refused in one line, not after the write."""
+    args = ("patch", FIXTURE_BUNDLES["finetune_trainable"], "--from", FIXTURE_BUNDLES["finetune_full"])
+    refused = run_cli(*args, "--out", tmp_path / os.fsdecode(b"fixed\xff"))
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "can name only UTF-8 file names" in refused.stderr
+    assert list(tmp_path.iterdir()) == []

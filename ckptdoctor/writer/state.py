@@ -45,6 +45,21 @@ def read_state(directory: Path) -> CheckpointState | None:
         raise OutputError(f"{error}; move it away first") from None
 
 
+def check_state_update(prefix: str) -> None:
+    """Raise OutputError where the state file beside `prefix` could not name it: a writer calls this before it
+    writes anything. The file must be readable (`read_state`), and the name UTF-8: the file is UTF-8 text, so
+    a name made of other bytes (a Linux file name, decoded with surrogateescape) cannot be written in it."""
+    name = Path(prefix).name
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise OutputError(
+            f"{prefix}: the checkpoint state file can name only UTF-8 file names, and this one is not; "
+            "choose a UTF-8 name for the output"
+        ) from None
+    read_state(Path(prefix).parent)
+
+
 def state_lock(prefix: str) -> AbstractContextManager[None]:
     """The lock on the state file beside `prefix`: a writer takes it before writing anything, so that a lock
     it cannot take stops the write before, not after, the checkpoint is in place."""
