@@ -45,10 +45,10 @@ _FIELDS = (
 )
 _FIELD_INDEX = {name: index for index, (name, _, _) in enumerate(_FIELDS)}
 
-# The strict grammar of one line as text_format (or protobuf's C++ TextFormat) writes it. A string holds printable
-# characters and the escapes \t \n \r \" \' \\ and three-digit octal (a byte); a double is Python's repr of
-# a float (what text_format prints) or an integer (C++ prints 1e6 so), never with a leading zero (text_format refuses
-# octal-looking floats).
+# The strict grammar of one line as text_format (or protobuf's C++ TextFormat) writes it. A string holds
+# printable characters and the escapes \t \n \r \" \' \\ and three-digit octal (a byte); a double is Python's
+# repr of a float (what text_format prints) or an integer (C++ prints 100.0 as 100), never with a leading zero
+# (text_format refuses octal-looking floats).
 _STRING = r'"((?:[^"\\\x00-\x1f\x7f]|\\[tnr"\'\\]|\\[0-3][0-7][0-7])*)"'
 _DOUBLE = r"(-?inf|nan|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:e[+-][0-9]+)?)"
 _LINE = re.compile(rf"([a-z_]+): (?:{_STRING}|{_DOUBLE})")
