@@ -9,14 +9,12 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ckptdoctor.formats import protos
 from ckptdoctor.formats.base import VerifiedBytes
 from ckptdoctor.formats.bytesource import ByteSource, MissingFile, is_url, local_path, open_regular, open_source
+from ckptdoctor.formats.state_file import MAX_STATE_FILE_SIZE, STATE_FILE, CheckpointState, parse_state
 from ckptdoctor.model import CheckpointError, Format, Storage
 
-STATE_FILE = "checkpoint"
 SAVED_MODEL_FILE = "saved_model.pb"
-MAX_STATE_FILE_SIZE = 16 << 20  # TF's state file lists a few paths; more than this is not one
 MAX_FILES_TO_SNIFF = 64  # a folder of one checkpoint file: beyond this many files, ask for the file
 _MEMBER_SUFFIX = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
 
@@ -31,8 +29,8 @@ class Resolved:
     verified: VerifiedBytes | None = field(default=None, compare=False, repr=False)
 
 
-def read_state_file(directory: Path) -> protos.Message | None:
-    """The directory's `checkpoint` state file (a CheckpointState), or None where there is none."""
+def read_state_file(directory: Path) -> CheckpointState | None:
+    """The directory's `checkpoint` state file, or None where there is none."""
     path = directory / STATE_FILE
     if not os.path.lexists(path):
         return None
@@ -337,7 +335,7 @@ def _state_member(stored: str) -> str:
     return "/".join(parts)
 
 
-def _url_state(url: str) -> protos.Message | None:
+def _url_state(url: str) -> CheckpointState | None:
     try:
         source = open_source(url)
     except MissingFile:
@@ -347,15 +345,3 @@ def _url_state(url: str) -> protos.Message | None:
             raise CheckpointError(f"{url}: over {MAX_STATE_FILE_SIZE} bytes, not a checkpoint state file")
         text = source.read(0, MAX_STATE_FILE_SIZE)
     return parse_state(text, url)
-
-
-def parse_state(text: bytes, where: str) -> protos.Message:
-    """A CheckpointState from a state file's text; damage is one line naming the file."""
-    from google.protobuf import text_format  # only directories need it: keep it off the listing path
-
-    state = protos.CheckpointState()
-    try:
-        text_format.Parse(text.decode("utf-8"), state)
-    except (text_format.ParseError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{where}: not a valid checkpoint state file ({error})") from None
-    return state

@@ -22,7 +22,7 @@ from ckptdoctor.writer.base import CheckpointWriter, Edits, Placed, Progress
 from ckptdoctor.writer.guard import input_files, lock_path, output_lock, refuse_overwriting_inputs
 from ckptdoctor.writer.registry import writer_for
 from ckptdoctor.writer.signals import cleanup_on_termination
-from ckptdoctor.writer.state import read_state, state_lock, state_path, update_state_file
+from ckptdoctor.writer.state import check_state_update, state_lock, state_path, update_state_file
 
 if TYPE_CHECKING:
     from ckptdoctor.analysis.checkpoint import Checkpoint
@@ -91,7 +91,7 @@ def write_checkpoint(
     _existing(writer, out_text, outputs, inputs, force)
     prepared = writer.prepare(source, edits)
     if is_bundle:
-        read_state(parent)  # a state file we could not update stops the write now, not after it
+        check_state_update(out_text)  # a state file we could not update stops the write now, not after it
     parent.mkdir(parents=True, exist_ok=True)
     # Both locks before the first byte: a lock that cannot be taken must not leave a written output behind.
     with cleanup_on_termination(), output_lock(out_text), state_lock(out_text) if is_bundle else nullcontext():

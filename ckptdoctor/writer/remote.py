@@ -101,8 +101,7 @@ def _download_state(url: str, local: Path) -> None:
     """The directory's state file, from the store into the staging directory; none where there is none.
     One that is not a state file stops the write before anything is uploaded."""
     from ckptdoctor.formats.bytesource import MissingFile, open_source
-    from ckptdoctor.formats.resolve import parse_state
-    from ckptdoctor.writer.state import MAX_STATE_FILE
+    from ckptdoctor.formats.state_file import MAX_STATE_FILE_SIZE, parse_state
 
     try:
         source = open_source(url)
@@ -111,9 +110,9 @@ def _download_state(url: str, local: Path) -> None:
     except CheckpointError as error:
         raise OutputError(f"{error}; the checkpoint state file cannot be read") from None
     with contextlib.closing(source):
-        if source.size() > MAX_STATE_FILE:
+        if source.size() > MAX_STATE_FILE_SIZE:
             raise OutputError(f"{url}: {source.size()} bytes is too large for a checkpoint state file")
-        text = source.read(0, MAX_STATE_FILE)
+        text = source.read(0, MAX_STATE_FILE_SIZE)
     try:
         parse_state(text, url)
     except CheckpointError as error:

@@ -2,30 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import time
 from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
 
-from ckptdoctor.formats import protos
-from ckptdoctor.formats.resolve import STATE_FILE, read_state_file
+from ckptdoctor.formats.resolve import read_state_file
+from ckptdoctor.formats.state_file import MAX_STATE_FILE_SIZE, STATE_FILE, CheckpointState, render_state
 from ckptdoctor.model import CheckpointError
 from ckptdoctor.writer.atomic import clear_debris, write_atomically
 from ckptdoctor.writer.guard import OutputError, output_lock
-
-# TF writes a few hundred bytes per listed checkpoint; anything near this is not a state file.
-MAX_STATE_FILE = 1 << 20
 
 
 def state_path(prefix: str) -> Path:
     return Path(prefix).parent / STATE_FILE
 
 
-def read_state(directory: Path) -> Any:
-    """The directory's state file (a `protos.CheckpointState`), or None where there is none.
+def read_state(directory: Path) -> CheckpointState | None:
+    """The directory's state file, or None where there is none.
 
     Raises OutputError for one that is not a regular text file that parses (a directory, a FIFO, binary
     bytes): a writer calls this before it writes anything, so that such a file stops it early."""
@@ -38,7 +35,7 @@ def read_state(directory: Path) -> Any:
         raise OutputError(f"{path}: the checkpoint state file cannot be read ({error.strerror})") from None
     if not stat.S_ISREG(info.st_mode):
         raise OutputError(f"{path}: the checkpoint state file is not a regular file; move it away first")
-    if info.st_size > MAX_STATE_FILE:
+    if info.st_size > MAX_STATE_FILE_SIZE:
         raise OutputError(f"{path}: {info.st_size} bytes is too large for a checkpoint state file")
     try:
         return read_state_file(directory)
@@ -46,6 +43,21 @@ def read_state(directory: Path) -> Any:
         raise OutputError(f"{path}: the checkpoint state file cannot be read ({error.strerror})") from None
     except CheckpointError as error:
         raise OutputError(f"{error}; move it away first") from None
+
+
+def check_state_update(prefix: str) -> None:
+    """Raise OutputError where the state file beside `prefix` could not name it: a writer calls this before it
+    writes anything. The file must be readable (`read_state`), and the name UTF-8: the file is UTF-8 text, so
+    a name made of other bytes (a Linux file name, decoded with surrogateescape) cannot be written in it."""
+    name = Path(prefix).name
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise OutputError(
+            f"{prefix}: the checkpoint state file can name only UTF-8 file names, and this one is not; "
+            "choose a UTF-8 name for the output"
+        ) from None
+    read_state(Path(prefix).parent)
 
 
 def state_lock(prefix: str) -> AbstractContextManager[None]:
@@ -64,20 +76,18 @@ def update_state_file(prefix: str, inputs: Iterable[str] = (), *, locked: bool =
     with nullcontext() if locked else state_lock(prefix):
         clear_debris(path, inputs)
         existing = read_state(directory)
-        state = existing or protos.CheckpointState()
-        paths, stamps = list(state.all_model_checkpoint_paths), list(state.all_model_checkpoint_timestamps)
+        state = existing if existing is not None else CheckpointState()
+        paths, stamps = state.all_model_checkpoint_paths, state.all_model_checkpoint_timestamps
         paired = len(stamps) == len(paths)
-        kept = [(p, stamps[i] if paired else None) for i, p in enumerate(paths) if Path(p).name != name]
-        del state.all_model_checkpoint_paths[:]
-        del state.all_model_checkpoint_timestamps[:]
-        state.all_model_checkpoint_paths.extend([*(p for p, _ in kept), name])
-        if paired:
-            state.all_model_checkpoint_timestamps.extend([*(t for _, t in kept), time.time()])
+        kept = [i for i, p in enumerate(paths) if Path(p).name != name]
         before = state.model_checkpoint_path
-        state.model_checkpoint_path = name
-        from google.protobuf import text_format
-
-        write_atomically(path, text_format.MessageToString(state).encode())
+        state = dataclasses.replace(
+            state,
+            model_checkpoint_path=name,
+            all_model_checkpoint_paths=(*(paths[i] for i in kept), name),
+            all_model_checkpoint_timestamps=(*(stamps[i] for i in kept), time.time()) if paired else (),
+        )
+        write_atomically(path, render_state(state).encode())
     if existing is None:
         return f"{path}: created, latest is {name}"
     change = (
