@@ -285,3 +285,14 @@ def test_a_text_report_file_is_plain_even_with_colour_forced(tmp_path):
     assert _run("check", TRAINABLE, "-f", "text", "--output", plain).returncode == 1
     assert forced.read_bytes() == plain.read_bytes()
     assert b"\x1b" not in plain.read_bytes() and b"error BN001 bn-missing-moving-stats (4)\n" in plain.read_bytes()
+
+
+def test_columns_zero_still_prints_everything():
+    """COLUMNS=0 made rich's console zero cells wide, and it printed nothing at all (exit code as usual); prose
+    now wraps at the narrowest width, and every other line stays whole."""
+    result = _run("check", TRAINABLE, COLUMNS="0")
+    lines = result.stdout.decode().splitlines()
+    assert result.returncode == 1
+    assert lines[-1] == "4 findings: 4 errors" and "error BN001 bn-missing-moving-stats (4)" in lines
+    prose = [line for line in lines if line.startswith("  ") and not line.startswith("    ")]  # the rule's text
+    assert len(prose) > 5 and max(map(len, prose)) <= 40

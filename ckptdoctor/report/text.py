@@ -103,8 +103,9 @@ class PlainSink:
 
     @cached_property
     def width(self) -> int:
-        """The width rich's Console would give: COLUMNS, a dumb terminal's 80, else the terminal of the first
-        standard stream that has one, else 80."""
+        """The width as rich's Console finds it: COLUMNS, a dumb terminal's 80, else the terminal of the first
+        standard stream that has one, else 80 (rich would take 80 over COLUMNS on a dumb terminal unless LINES
+        is set too; COLUMNS is what the user said)."""
         columns = os.environ.get("COLUMNS", "")
         if columns.isdigit():
             return int(columns)
