@@ -1,8 +1,9 @@
-"""The command line: argparse and rich live here and in the text reporter only.
+"""The command line: argparse here, rich only in the text reporter (for a terminal with colour) and the
+progress bars (for stderr on a terminal).
 
 argparse, not typer: importing typer alone took 2.7x `python -c pass`, more than issue 13 allows `--help`
 (2.5x). This module's own imports are what parsing and `--help` need (the standard library, names.py, the
-report formats' enum); every command imports the library, and rich for text, when it runs."""
+report formats' enum); every command imports the library, and the text reporter, when it runs."""
 
 from __future__ import annotations
 
@@ -22,30 +23,23 @@ from ckptdoctor.report import OutputFormat
 from ckptdoctor.report import render as render_report
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from ckptdoctor.formats import Resolved
     from ckptdoctor.gate import Verdict
     from ckptdoctor.model import Severity
     from ckptdoctor.patch import Addition
     from ckptdoctor.policy import Policy
+    from ckptdoctor.report.text import TextSink
 
 SEVERITIES = ("error", "warning", "info")  # model.Severity's values: model.py is not imported to show the help
 
 
 @functools.cache
-def _stdout() -> Console:
-    from rich.console import Console  # not imported for JSON output: start-up time matters in CI loops
+def _stdout() -> TextSink:
+    """Where text goes: plain strings into a pipe or a file (rich is not imported: start-up time matters in CI
+    loops), rich's Console on a terminal with colour."""
+    from ckptdoctor.report.text import stdout_sink
 
-    class StdoutConsole(Console):
-        def on_broken_pipe(self) -> None:
-            """Rich would exit 1 here, which reads as findings; `_reader_may_stop` decides instead."""
-            self.quiet = True
-            raise BrokenPipeError
-
-    # The terminal's width on a TTY; in a pipe COLUMNS or 80, used only to wrap prose: the text reporter prints
-    # every other line whole and unpadded, so nothing is cut or filled with trailing spaces.
-    return StdoutConsole(highlight=False)
+    return stdout_sink()
 
 
 class InspectFormat(str, Enum):
@@ -355,7 +349,7 @@ def verify(*, checkpoint: str, meta_graph: str | None, model: str | None) -> int
         if result.tf_error:
             _say(f"the restore failed: {shown(result.tf_error)}")
         if result.ok:
-            _stdout().print("[bold green]restored for real: every variable matched[/]")
+            _stdout().line(("restored for real: every variable matched", "bold green"))
     return outcome_exit_code(result.ok)
 
 
@@ -452,8 +446,9 @@ def _recheck(resolved: Resolved, policy: Policy) -> Verdict:
 
 
 def _say(line: str) -> None:
-    """One line of plain text on stdout: names in it are already escaped, nothing is markup, nothing wraps."""
-    _stdout().print(line, markup=False, soft_wrap=True)
+    """One line of text on stdout as given: names in it are already escaped; nothing is markup or an emoji
+    code, nothing wraps."""
+    _stdout().line(line)
 
 
 def _show_written(written: Sequence[str], state_change: str | None, verdict: Verdict) -> None:
@@ -465,7 +460,7 @@ def _show_written(written: Sequence[str], state_change: str | None, verdict: Ver
         _say(f"wrote {shown(path)}")
     if state_change:
         _say(shown(state_change))
-    _stdout().print("re-checking the result:")
+    _say("re-checking the result:")
     for unreadable in verdict.unreadable:
         _error(unreadable.message)
     for report in verdict.reports:

@@ -1,29 +1,33 @@
 """Text output for a person: variables grouped by layer, role totals, BatchNorm summary, findings by rule.
 
-Every line is printed whole (`soft_wrap`) and never padded: tables are plain aligned text without trailing
-spaces (cheap for a listing of any length, and clean in a pipe), and only prose (a rule's explanation) is wrapped,
-at the console's width: the terminal's on a TTY, `COLUMNS` or 80 in a pipe. A name is never wrapped, so a long
-one cannot start a line that reads as a finding."""
+Every line is printed whole and never padded: tables are plain aligned text without trailing spaces (cheap for
+a listing of any length, and clean in a pipe), and only prose (a rule's explanation) is wrapped, at the
+terminal's width on a TTY, at `COLUMNS` where a pipe's reader set it, otherwise not at all. A name is never
+wrapped, so a long one cannot start a line that reads as a finding.
+
+Output goes to a `TextSink`. Only a terminal that shows colour gets rich's Console (`ConsoleSink`); a pipe, a
+file, `NO_COLOR` or a dumb terminal get `PlainSink`, which writes the same characters as plain strings and never
+imports rich: its import alone cost CI's `check | cat` about 20 ms of CPU a run, for output without a style."""
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 import textwrap
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from functools import cached_property
 from itertools import groupby
-from typing import TYPE_CHECKING
-
-from rich.cells import cell_len
-from rich.console import Console
-from rich.text import Text
+from typing import IO, TYPE_CHECKING, Protocol
 
 from ckptdoctor.analysis.batchnorm import PARTS
 from ckptdoctor.model import Finding, Format, FormatFamily, Report, Role, Severity
 from ckptdoctor.names import encode_name, shown
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from ckptdoctor.rules import Rule
 
 _SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
@@ -67,31 +71,167 @@ def _natural(text: str) -> tuple:
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text))
 
 
-def _shown(text: str, style: str = "") -> Text:
-    """Untrusted text as a rich Text: escaped by `shown`, and never parsed as markup or emoji codes."""
-    return Text(shown(text), style=style)
+Segment = str | tuple[str, str]  # text, or (text, rich style); every name in it already escaped by `shown`
+Cell = tuple[str, str]  # a table cell: (text already escaped by `shown`, rich style)
 
 
-def _line(console: Console, *parts: Text | str | tuple[str, str]) -> None:
-    """One whole line: never wrapped, never padded."""
-    text = Text.assemble(*parts)
-    text.rstrip()
-    console.print(text, soft_wrap=True)
+class TextSink(Protocol):
+    """Where text output goes, one whole line at a time: a line is never wrapped by the sink, never padded, and
+    written at once (flushed), so that it keeps its place among the lines on stderr."""
+
+    is_terminal: bool  # prose wraps at `width` on a terminal
+
+    @property
+    def width(self) -> int: ...
+
+    def line(self, *segments: Segment) -> None:
+        """The segments as one line, exactly as given (styled where the sink shows colour)."""
+
+    def blank(self) -> None:
+        """An empty line."""
+
+    def lines(self, block: Sequence[Sequence[Cell]]) -> None:
+        """Many lines in one write: a table's block."""
 
 
-def _prose_width(console: Console) -> int | None:
+class PlainSink:
+    """Text without style into a file object: what every pipe, file and colourless terminal gets, without rich."""
+
+    def __init__(self, file: IO[str], *, is_terminal: bool = False) -> None:
+        self.file = file
+        self.is_terminal = is_terminal
+
+    @cached_property
+    def width(self) -> int:
+        """The width as rich's Console finds it: COLUMNS, a dumb terminal's 80, else the terminal of the first
+        standard stream that has one, else 80 (rich would take 80 over COLUMNS on a dumb terminal unless LINES
+        is set too; COLUMNS is what the user said)."""
+        columns = os.environ.get("COLUMNS", "")
+        if columns.isdigit():
+            return int(columns)
+        if self.is_terminal and _dumb_terminal():
+            return 80
+        for descriptor in (0, 1, 2):
+            try:
+                return os.get_terminal_size(descriptor).columns or 80
+            except (OSError, ValueError):
+                continue
+        return 80
+
+    def line(self, *segments: Segment) -> None:
+        self._write("".join(s if isinstance(s, str) else s[0] for s in segments) + "\n")
+
+    def blank(self) -> None:
+        self._write("\n")
+
+    def lines(self, block: Sequence[Sequence[Cell]]) -> None:
+        self._write("".join("".join(text for text, _ in line) + "\n" for line in block))
+
+    def _write(self, text: str) -> None:
+        self.file.write(text)
+        self.file.flush()  # as rich does after each print: a closed pipe shows here, and stderr stays in order
+
+
+class ConsoleSink:
+    """Styled text through a rich Console, for a terminal that shows colour. Data is never parsed as markup or
+    emoji codes: every segment becomes a rich Text as it is."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.is_terminal = console.is_terminal
+
+    @property
+    def width(self) -> int:
+        return self.console.width
+
+    def line(self, *segments: Segment) -> None:
+        from rich.text import Text
+
+        self.console.print(Text.assemble(*segments), soft_wrap=True)
+
+    def blank(self) -> None:
+        self.console.print()
+
+    def lines(self, block: Sequence[Sequence[Cell]]) -> None:
+        from rich.text import Text
+
+        self.console.print(Text("\n").join(Text.assemble(*line) for line in block), soft_wrap=True)
+
+
+def _is_terminal(file: IO[str]) -> bool:
+    """Whether rich's Console would treat `file` as a terminal: TTY_COMPATIBLE=0 or 1 decides, then FORCE_COLOR
+    (set: a terminal unless empty), then isatty."""
+    compatible = os.environ.get("TTY_COMPATIBLE", "")
+    if compatible in ("0", "1"):
+        return compatible == "1"
+    if "FORCE_COLOR" in os.environ:
+        return os.environ["FORCE_COLOR"] != ""
+    try:
+        return file.isatty()
+    except ValueError:  # closed
+        return False
+
+
+def _dumb_terminal() -> bool:
+    return os.environ.get("TERM", "").lower() in ("dumb", "unknown")
+
+
+def shows_colour(file: IO[str]) -> bool:
+    """Colour (and so rich) only for a terminal as rich sees one, neither dumb nor told NO_COLOR."""
+    return _is_terminal(file) and not _dumb_terminal() and not os.environ.get("NO_COLOR")
+
+
+def stdout_sink() -> TextSink:
+    """Standard output as a sink: rich's Console where it shows colour, otherwise plain text."""
+    if not shows_colour(sys.stdout):
+        return PlainSink(sys.stdout, is_terminal=_is_terminal(sys.stdout))
+    from rich.console import Console
+
+    class StdoutConsole(Console):
+        def on_broken_pipe(self) -> None:
+            """Rich would exit 1 here, which reads as findings; the command line's `_reader_may_stop` decides."""
+            self.quiet = True
+            raise BrokenPipeError
+
+    return ConsoleSink(StdoutConsole(highlight=False))
+
+
+def _shown(text: str, style: str = "") -> Cell:
+    """Untrusted text as a segment: escaped by `shown` (a sink never parses it as markup or emoji codes)."""
+    return (shown(text), style)
+
+
+def _stripped(cells: Sequence[Cell]) -> list[Cell]:
+    """The cells without the whitespace that would end their line (padding, a name's trailing space)."""
+    out = list(cells)
+    while out:
+        text, style = out[-1]
+        kept = text.rstrip()
+        if kept:
+            out[-1] = (kept, style)
+            break
+        out.pop()
+    return out
+
+
+def _line(sink: TextSink, *segments: Segment) -> None:
+    """One whole line, without trailing whitespace."""
+    sink.line(*_stripped([(s, "") if isinstance(s, str) else s for s in segments]))
+
+
+def _prose_width(sink: TextSink) -> int | None:
     """Where prose wraps: the terminal's width, or COLUMNS where a pipe's reader set it; otherwise nowhere, so
     that a pipe or a file gets each paragraph on one line for grep and for the reader's own wrapping."""
-    if console.is_terminal or os.environ.get("COLUMNS", "").isdigit():
-        return max(console.width, _MIN_PROSE_WIDTH)
+    if sink.is_terminal or os.environ.get("COLUMNS", "").isdigit():
+        return max(sink.width, _MIN_PROSE_WIDTH)
     return None
 
 
-def _paragraph(console: Console, text: str, indent: str = "", style: str = "", continuation: str | None = None) -> None:
+def _paragraph(sink: TextSink, text: str, indent: str = "", style: str = "", continuation: str | None = None) -> None:
     """Prose wrapped at `_prose_width` between words, never inside one (a path or `--from` stays whole)."""
-    width = _prose_width(console)
+    width = _prose_width(sink)
     if width is None:
-        _line(console, Text(indent + text, style=style))
+        _line(sink, (indent + text, style))
         return
     wrapped = textwrap.wrap(
         text,
@@ -102,15 +242,17 @@ def _paragraph(console: Console, text: str, indent: str = "", style: str = "", c
         break_on_hyphens=False,
     )
     for line in wrapped:
-        _line(console, Text(line, style=style))
-
-
-Cell = tuple[str, str]  # (text already escaped by `shown`, rich style)
+        _line(sink, (line, style))
 
 
 def _width(text: str) -> int:
-    """Terminal cells: an ASCII character is one (rich's cell_len measures every character)."""
-    return len(text) if text.isascii() else cell_len(text)
+    """Terminal cells: an ASCII character is one; other text is measured by rich's cell_len (imported only for
+    it: a wide character takes two cells, a combining one none)."""
+    if text.isascii():
+        return len(text)
+    from rich.cells import cell_len
+
+    return cell_len(text)
 
 
 class _Heading(tuple):
@@ -120,9 +262,9 @@ class _Heading(tuple):
 _LINES_PER_WRITE = 2000  # a table goes out in blocks of lines: rich's cost is per print, not per line
 
 
-def _table(console: Console, header: Sequence[str], rows: Sequence[Sequence[Cell]], right: set[int]) -> None:
-    """Plain aligned columns; a `_Heading` row spans the line. Without colour (a pipe, a file) the lines are
-    written as plain strings: 100,000 rows in well under a second; with colour, rich styles each block."""
+def _table(sink: TextSink, header: Sequence[str], rows: Sequence[Sequence[Cell]], right: set[int]) -> None:
+    """Plain aligned columns; a `_Heading` row spans the line. Each line loses its trailing padding: 100,000 rows
+    in well under a second without colour."""
     cells = [row for row in rows if not isinstance(row, _Heading)]
     widths = [max([_width(title)] + [_width(row[i][0]) for row in cells]) for i, title in enumerate(header)]
 
@@ -132,25 +274,18 @@ def _table(console: Console, header: Sequence[str], rows: Sequence[Sequence[Cell
             pad = (" " * (widths[i] - _width(text)), "")
             out += [(_GAP, "")] if i else []
             out += [pad, (text, style)] if i in right else [(text, style), pad]
-        return out
+        return _stripped(out)
 
     lines: list[Sequence[Cell]] = [aligned([(title, "bold") for title in header])]
-    lines += [row if isinstance(row, _Heading) else aligned(row) for row in rows]
-    plain = console.no_color or not console.is_terminal or console.color_system is None
+    lines += [_stripped(row) if isinstance(row, _Heading) else aligned(row) for row in rows]
     for start in range(0, len(lines), _LINES_PER_WRITE):
-        block = lines[start : start + _LINES_PER_WRITE]
-        if plain:
-            console.file.write("".join("".join(text for text, _ in line).rstrip() + "\n" for line in block))
-        else:
-            text = Text("\n").join(Text.assemble(*line) for line in block)
-            text.rstrip()
-            console.print(text, soft_wrap=True)
+        sink.lines(lines[start : start + _LINES_PER_WRITE])
 
 
-def _header(console: Console, report: Report) -> None:
-    _line(console, ("checkpoint ", "bold"), _shown(report.resolved), ("  format ", "bold"), _shown(report.format))
+def _header(sink: TextSink, report: Report) -> None:
+    _line(sink, ("checkpoint ", "bold"), _shown(report.resolved), ("  format ", "bold"), _shown(report.format))
     if report.note:  # wrapped between words only: a name in it stays whole
-        _paragraph(console, f"note: {shown(report.note)}", style="dim", continuation=" " * 6)
+        _paragraph(sink, f"note: {shown(report.note)}", style="dim", continuation=" " * 6)
 
 
 def _framework_layer(members: Sequence) -> str | None:
@@ -164,19 +299,19 @@ MAX_TABLE_ROWS = 1000  # beyond this many variables, `inspect` shows totals by s
 MAX_SCOPE_ROWS = 50  # the totals by scope are at the deepest scope depth with at most this many scopes
 
 
-def render_inspect(console: Console, report: Report, every_variable: bool = False) -> None:
+def render_inspect(sink: TextSink, report: Report, every_variable: bool = False) -> None:
     """The variables by layer; past MAX_TABLE_ROWS (no one reads 100,000 rows) totals by scope instead, unless
     `every_variable`."""
-    _header(console, report)
+    _header(sink, report)
     if every_variable or len(report.variables) <= MAX_TABLE_ROWS:
-        _variable_table(console, report)
+        _variable_table(sink, report)
     else:
-        _scope_table(console, report)
-    _role_totals(console, report)
-    _batchnorm_summary(console, report)
+        _scope_table(sink, report)
+    _role_totals(sink, report)
+    _batchnorm_summary(sink, report)
 
 
-def _variable_table(console: Console, report: Report) -> None:
+def _variable_table(sink: TextSink, report: Report) -> None:
     named = any(v.full_name for v in report.variables)
     header = ["variable", *(["full name"] if named else []), "dtype", "shape", "size", "role"]
     size_column = len(header) - 2
@@ -202,10 +337,10 @@ def _variable_table(console: Console, report: Report) -> None:
                     (var.role.value, _ROLE_STYLE[var.role]),
                 ]
             )
-    _table(console, header, rows, right={size_column})
+    _table(sink, header, rows, right={size_column})
 
 
-def _scope_table(console: Console, report: Report) -> None:
+def _scope_table(sink: TextSink, report: Report) -> None:
     """Tensors, size and roles per scope, at the deepest scope depth that still fits MAX_SCOPE_ROWS rows."""
     depth = 1
     while depth < _MAX_SCOPE_DEPTH and len({_scope(v.layer, depth + 1) for v in report.variables}) <= MAX_SCOPE_ROWS:
@@ -217,11 +352,11 @@ def _scope_table(console: Console, report: Report) -> None:
         counts[scope][var.role] += 1
         sizes[scope] += var.nbytes
     _line(
-        console,
-        Text(
+        sink,
+        (
             f"{plural(len(report.variables), 'variable')} in {plural(len(counts), 'scope')} "
             "(`inspect --all` lists every variable)",
-            style="dim",
+            "dim",
         ),
     )
     rows = [
@@ -233,7 +368,7 @@ def _scope_table(console: Console, report: Report) -> None:
         ]
         for scope in sorted(counts, key=encode_name)
     ]
-    _table(console, ["scope", "tensors", "size", "roles"], rows, right={1, 2})
+    _table(sink, ["scope", "tensors", "size", "roles"], rows, right={1, 2})
 
 
 _MAX_SCOPE_DEPTH = 64  # deeper scopes are summed into their ancestor at this depth
@@ -243,7 +378,7 @@ def _scope(layer: str, depth: int) -> str:
     return "/".join(layer.split("/")[:depth])
 
 
-def _role_totals(console: Console, report: Report) -> None:
+def _role_totals(sink: TextSink, report: Report) -> None:
     counts: Counter[Role] = Counter()
     sizes: defaultdict[Role, int] = defaultdict(int)
     for var in report.variables:
@@ -253,38 +388,39 @@ def _role_totals(console: Console, report: Report) -> None:
         [(role.value, ""), (str(counts[role]), ""), (human_bytes(sizes[role]), "")] for role in Role if counts[role]
     ]
     rows.append([("all", "bold"), (str(len(report.variables)), ""), (human_bytes(sum(sizes.values())), "")])
-    console.print()
-    _line(console, ("totals by role", "bold"))
-    _table(console, ["role", "tensors", "size"], rows, right={1, 2})
+    sink.blank()
+    _line(sink, ("totals by role", "bold"))
+    _table(sink, ["role", "tensors", "size"], rows, right={1, 2})
 
 
-def _batchnorm_summary(console: Console, report: Report) -> None:
-    console.print()
+def _batchnorm_summary(sink: TextSink, report: Report) -> None:
+    sink.blank()
     layers = report.batchnorm
     if not layers:
-        _line(console, "BatchNorm: no BatchNorm layers found")
+        _line(sink, "BatchNorm: no BatchNorm layers found")
         return
     incomplete = [layer for layer in layers if layer.missing_statistics]
     held = Counter(part for layer in layers for part in PARTS if getattr(layer, part))
     parts = ", ".join(f"{part} {held[part]}" for part in PARTS)
-    status = Text(f"{len(incomplete)} lack moving statistics", style="bold red") if incomplete else Text("all complete")
-    _line(console, ("BatchNorm: ", "bold"), f"{plural(len(layers), 'layer')} ({parts}); ", status)
+    status = (f"{len(incomplete)} lack moving statistics", "bold red") if incomplete else "all complete"
+    _line(sink, ("BatchNorm: ", "bold"), f"{plural(len(layers), 'layer')} ({parts}); ", status)
     for layer in incomplete[:10]:
-        _line(console, _shown(f"  {layer.layer}: no {' or '.join(layer.missing_statistics)}"))
+        _line(sink, _shown(f"  {layer.layer}: no {' or '.join(layer.missing_statistics)}"))
     if len(incomplete) > 10:
-        _line(console, f"  … and {len(incomplete) - 10} more")
+        _line(sink, f"  … and {len(incomplete) - 10} more")
 
 
 def render(reports: Sequence[Report], threshold: Severity | None = None) -> str:
-    """`check`'s text without colour, for --output: grouped by rule, each paragraph on one line."""
+    """`check`'s text without colour, for --output: grouped by rule, each paragraph on one line (wrapped only
+    where COLUMNS is set, as in a pipe)."""
     import io
 
     if not reports:
         return ""
     buffer = io.StringIO()
-    console = Console(file=buffer, highlight=False, no_color=True)
+    sink = PlainSink(buffer)
     for report in reports:
-        render_check(console, report)
+        render_check(sink, report)
     return buffer.getvalue()
 
 
@@ -295,29 +431,29 @@ def _family(report: Report) -> FormatFamily | None:
         return None
 
 
-def render_check(console: Console, report: Report, verbose: bool = False) -> None:
-    """One report as `check` prints it, in colour where the console has colour: the findings of each rule
+def render_check(sink: TextSink, report: Report, verbose: bool = False) -> None:
+    """One report as `check` prints it, in colour where the sink has colour: the findings of each rule
     under its title, explanation and fix, one line per subject; `verbose` prints every finding in full."""
-    _header(console, report)
+    _header(sink, report)
     _line(
-        console,
+        sink,
         f"{plural(len(report.variables), 'variable')}, {plural(len(report.batchnorm), 'BatchNorm layer')}, "
         f"{human_bytes(sum(v.nbytes for v in report.variables))}",
     )
     if verbose:
         for finding in report.findings:
-            _print_finding(console, finding)
+            _print_finding(sink, finding)
     else:
-        _print_by_rule(console, report.findings, _family(report))
+        _print_by_rule(sink, report.findings, _family(report))
     counts = Counter(f.severity for f in report.findings)
     if not report.findings:
-        _line(console, Text("no findings", style="bold green"))
+        _line(sink, ("no findings", "bold green"))
     else:
         summary = ", ".join(plural(counts[s], s.value) for s in reversed(Severity) if counts[s])
-        _line(console, Text(f"{plural(len(report.findings), 'finding')}: {summary}", style="bold"))
+        _line(sink, (f"{plural(len(report.findings), 'finding')}: {summary}", "bold"))
 
 
-def _print_by_rule(console: Console, findings: Sequence[Finding], family: FormatFamily | None) -> None:
+def _print_by_rule(sink: TextSink, findings: Sequence[Finding], family: FormatFamily | None) -> None:
     from ckptdoctor.rules import BY_NAME
 
     groups: dict[tuple[str, Severity, str], list[Finding]] = {}
@@ -326,60 +462,60 @@ def _print_by_rule(console: Console, findings: Sequence[Finding], family: Format
     for (code, severity, hint), members in groups.items():
         rule = BY_NAME.get(code)
         first = members[0]
-        console.print()
+        sink.blank()
         _line(
-            console,
+            sink,
             (f"{severity.value} ", _SEVERITY_STYLE[severity]),
             (f"{code} {first.name}", "bold"),
             f" ({len(members)})" if len(members) > 1 else "",
         )
         if rule:
-            _paragraph(console, rule.title, "  ", style="bold")
-            _paragraph(console, rule.cause_for(family), "  ", style="dim")
-        _paragraph(console, f"fix: {shown(hint)}", "  ")
+            _paragraph(sink, rule.title, "  ", style="bold")
+            _paragraph(sink, rule.cause_for(family), "  ", style="dim")
+        _paragraph(sink, f"fix: {shown(hint)}", "  ")
         column = min(max(len(shown(f.subject)) for f in members), _MAX_SUBJECT_COLUMN)
         for finding in members:
             subject = shown(finding.subject)
             detail = finding.detail if finding.detail is not None else finding.message
-            _line(console, "    ", Text(subject.ljust(column)), _GAP, _shown(detail))
+            _line(sink, "    ", subject.ljust(column), _GAP, _shown(detail))
     if groups:
-        console.print()
+        sink.blank()
 
 
-def _print_finding(console: Console, finding: Finding) -> None:
+def _print_finding(sink: TextSink, finding: Finding) -> None:
     """Each line whole: a long name wrapped could start a line that reads as a finding."""
     _line(
-        console,
+        sink,
         (f"{finding.severity.value:<7} ", _SEVERITY_STYLE[finding.severity]),
         (f"{finding.code} {finding.name} ", "bold"),
         _shown(finding.subject),
     )
     if finding.key is not None:
-        _line(console, _INDENT, _shown(f"key: {finding.key}", style="dim"))
-    _line(console, _INDENT, _shown(finding.message))
-    _line(console, _INDENT, _shown(f"hint: {finding.hint}", style="dim"))
+        _line(sink, _INDENT, _shown(f"key: {finding.key}", style="dim"))
+    _line(sink, _INDENT, _shown(finding.message))
+    _line(sink, _INDENT, _shown(f"hint: {finding.hint}", style="dim"))
 
 
-def render_explanation(console: Console, rule: Rule) -> None:
+def render_explanation(sink: TextSink, rule: Rule) -> None:
     """`explain`: what a rule finds, why, and the fix for each format family where they differ."""
-    _line(console, Text(f"{rule.code} {rule.name} ({rule.severity.value})", style="bold"))
-    _paragraph(console, rule.title)
-    console.print()
-    _paragraph(console, rule.explanation)
+    _line(sink, (f"{rule.code} {rule.name} ({rule.severity.value})", "bold"))
+    _paragraph(sink, rule.title)
+    sink.blank()
+    _paragraph(sink, rule.explanation)
     families = [family for family in FormatFamily if family in rule.causes or family in rule.fixes]
-    console.print()
+    sink.blank()
     if not families:
-        _paragraph(console, f"Fix: {rule.hint}")
+        _paragraph(sink, f"Fix: {rule.hint}")
     for family in families:
-        _line(console, Text(f"{_FAMILY_TITLES[family]}:", style="bold"))
+        _line(sink, (f"{_FAMILY_TITLES[family]}:", "bold"))
         if family in rule.causes:
-            _paragraph(console, f"Cause: {rule.cause_for(family)}", "  ")
-        _paragraph(console, f"Fix: {rule.hint_for(family)}", "  ")
+            _paragraph(sink, f"Cause: {rule.cause_for(family)}", "  ")
+        _paragraph(sink, f"Fix: {rule.hint_for(family)}", "  ")
 
 
-def render_rules(console: Console, rules: Sequence[Rule]) -> None:
+def render_rules(sink: TextSink, rules: Sequence[Rule]) -> None:
     """`rules`: the catalogue, one line per rule."""
     rows: list[Sequence[Cell]] = [
         [(rule.code, ""), (rule.name, ""), (rule.severity.value, ""), (rule.title, "")] for rule in rules
     ]
-    _table(console, ["code", "name", "severity", "what it finds"], rows, right=set())
+    _table(sink, ["code", "name", "severity", "what it finds"], rows, right=set())
