@@ -8,6 +8,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
@@ -242,3 +243,53 @@ def test_action_paths_one_per_line_keep_spaces_and_globs_expand(tmp_path):
     argv = _check_step_argv(tmp_path, "my models/model.ckpt\n  *.keras\n\n")
     assert argv[-3:] == ["my models/model.ckpt", "a.keras", "b.keras"]
     assert _check_step_argv(tmp_path, "one two")[-3:] == ["--", "one", "two"]
+
+
+# ---- how the process ends -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("command", "expected"), [("inspect", 0), ("check", 1)])
+def test_a_closed_stdout_keeps_the_exit_code(command, expected):
+    """`ckptdoctor check X >&-`: Python starts without sys.stdout; the output goes nowhere, the verdict stands."""
+    process = subprocess.run(
+        cli_command(command, FIXTURE_BUNDLES["finetune_trainable"]),
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        env=cli_env(),
+        preexec_fn=lambda: os.close(1),
+    )
+    assert (process.returncode, process.stderr) == (expected, "")
+
+
+def test_output_that_cannot_be_written_is_an_error_not_a_pass():
+    with open("/dev/full", "w") as full:  # every write fails with ENOSPC, as on a full disk
+        process = subprocess.run(
+            cli_command("inspect", FIXTURE_BUNDLES["finetune_full"], "--format", "json"),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=CLI_TIMEOUT,
+            env=cli_env(),
+        )
+    assert process.returncode == 2
+    assert len(process.stderr.splitlines()) == 1 and "No space left on device" in process.stderr
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through Linux's /proc")
+@pytest.mark.parametrize(("chosen", "threads"), [(None, 1), ("2", 2)])
+def test_the_command_line_asks_numpy_for_one_blas_thread_unless_the_user_chose(chosen, threads):
+    """OpenBLAS starts a spinning thread per core at numpy's import; ckptdoctor multiplies no matrices."""
+    code = (
+        "import atexit, os, sys\n"
+        "atexit.register(lambda: sys.stderr.write(f\"THREADS {len(os.listdir('/proc/self/task'))}\\n\"))\n"
+        "from ckptdoctor.cli import main\n"
+        f"sys.argv = ['ckptdoctor', 'check', {str(FIXTURE_BUNDLES['finetune_full'])!r}]\n"
+        "main()\n"
+    )
+    env = cli_env({"OPENBLAS_NUM_THREADS": chosen} if chosen else {})
+    if chosen is None:
+        env.pop("OPENBLAS_NUM_THREADS", None)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=CLI_TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert f"THREADS {threads}\n" in result.stderr
