@@ -15,14 +15,15 @@ import sys
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from enum import Enum
-from typing import TYPE_CHECKING, Any, NoReturn
 
-from ckptdoctor import __version__
+from ckptdoctor import TYPE_CHECKING, __version__  # not typing's TYPE_CHECKING: see ckptdoctor/__init__.py
 from ckptdoctor.names import shown
 from ckptdoctor.report import OutputFormat
 from ckptdoctor.report import render as render_report
 
 if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
     from ckptdoctor.formats import Resolved
     from ckptdoctor.gate import Verdict
     from ckptdoctor.model import Severity
@@ -611,6 +612,11 @@ class _HelpFormatter(argparse.HelpFormatter):
     then its metavar once (`-f, --format {text,json}`), and after the help what applies: `[required]`, the
     default, the bounds of a number."""
 
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None):
+        # argparse would import shutil for the width (2.6 ms, in every run: add_argument builds a formatter),
+        # and take 2 columns off it, as here.
+        super().__init__(prog, indent_increment, max_help_position, _terminal_columns() - 2 if width is None else width)
+
     def _format_usage(self, usage: str | None, actions: Any, groups: Any, prefix: str | None) -> str:
         """`%(prog)s [OPTIONS]` and the arguments: argparse's own usage line would list every option."""
         if usage is None:
@@ -651,6 +657,17 @@ class _HelpFormatter(argparse.HelpFormatter):
             notes.append(action.type.bounds)
         help = action.help or ""
         return f"{help}  [{'; '.join(notes).replace('%', '%%')}]" if notes else help  # argparse %-formats help
+
+
+def _terminal_columns() -> int:
+    """shutil.get_terminal_size().columns: COLUMNS where it is a positive number, else stdout's terminal, else 80."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        return 80
 
 
 def _usage_metavar(action: argparse.Action) -> str:

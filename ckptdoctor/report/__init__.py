@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Sequence
 from enum import Enum
-from typing import TYPE_CHECKING
+
+from ckptdoctor import TYPE_CHECKING  # not typing's: see ckptdoctor/__init__.py
 
 if TYPE_CHECKING:
     from ckptdoctor.model import Report, Severity
