@@ -1,9 +1,10 @@
 """Benchmark ckptdoctor against TensorFlow, cp and Python itself in the same run, and write RESULTS.md.
 
-    pip install -e '.[tf]' tf-slim
+    pip install -e '.[tf]' tf-slim                                # this interpreter: TensorFlow's side
+    python -m venv /tmp/ckptdoctor-venv && /tmp/ckptdoctor-venv/bin/pip install .   # ckptdoctor's side
     python bench/make_inception.py /tmp/ckptdoctor-inception      # once, ~1 minute
     python bench/make_many.py /tmp/ckptdoctor-many                # once: 100,000 tensors through TF's SaveV2
-    python bench/run.py /tmp/ckptdoctor-inception --many /tmp/ckptdoctor-many [--runs 7] [--ckptdoctor EXE]
+    python bench/run.py /tmp/ckptdoctor-inception --venv /tmp/ckptdoctor-venv --many /tmp/ckptdoctor-many [--runs 7]
 
 Every row of issue 13's table is measured side by side: `inspect --format json` of the story against
 `tf.train.list_variables` and against `python -c pass`; `patch` of the story against `cp` of the target's files
@@ -11,8 +12,11 @@ followed by `sync` of the copies (the durability patch gives: it fsyncs before r
 checkpoint's `inspect` (text, piped), `inspect --format json` and `check`; `ckptdoctor --help` against
 `python -c pass`.
 
-Measure a regular install (`pip install .`), as users have it: an editable install adds ~10 ms of import
-hooks to every start. The TensorFlow side runs with this interpreter, which needs the [tf] extra.
+ckptdoctor is measured as users have it: the `ckptdoctor` command of a regular install (`pip install .`) in
+`--venv`, against that venv's own `python -c pass`. An editable install is refused: its import hook adds ~10 ms
+to every start of that interpreter, which doubles `python -c pass` and so flatters every start-up ratio (in
+this sandbox, inspect measured 3.7x `python -c pass` editable and 6.2x installed). TensorFlow's side runs with
+the interpreter running this script, which needs the [tf] extra.
 
 Each pair runs as fresh processes, alternating A and B after a warm-up run of each (so both read from the
 page cache), and reports medians, the ratio, and peak RSS from os.wait4.
@@ -71,6 +75,22 @@ def compare(runs: int, a: list[str], b: list[str]) -> tuple[Sample, Sample]:
     return median(samples_a), median(samples_b)
 
 
+def refuse_editable(python: str) -> None:
+    """Stop unless `python` has a regular install of ckptdoctor: an editable one's import hook runs at every
+    start of that interpreter."""
+    probe = (
+        "import importlib.metadata as m, json\n"
+        "text = m.distribution('ckptdoctor').read_text('direct_url.json') or '{}'\n"
+        "print(json.loads(text).get('dir_info', {}).get('editable', False))"
+    )
+    # From /, not from this checkout: its ckptdoctor.egg-info would answer for the installed package.
+    result = subprocess.run([python, "-c", probe], capture_output=True, text=True, env=ENV, cwd="/")
+    if result.returncode != 0:
+        raise SystemExit(f"{python}: no ckptdoctor installed there ({result.stderr.strip().splitlines()[-1:]})")
+    if result.stdout.strip() != "False":
+        raise SystemExit(f"{python}: ckptdoctor is an editable install there; install it with `pip install .`")
+
+
 def tf_script(code: str) -> list[str]:
     return [PY, "-c", "import tensorflow as tf\n" + code]
 
@@ -96,11 +116,13 @@ def main() -> None:
     parser.add_argument("story", type=Path, help="directory written by bench/make_inception.py")
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"))
-    parser.add_argument("--ckptdoctor", help="the ckptdoctor executable to measure (default: python -m ckptdoctor)")
+    parser.add_argument("--venv", type=Path, required=True, help="a virtualenv with a regular install of ckptdoctor")
     parser.add_argument("--keras", type=Path, help="directory written by bench/keras_story.py, to measure Keras files")
     parser.add_argument("--many", type=Path, help="directory written by bench/make_many.py (100,000 tensors)")
     args = parser.parse_args()
-    ckptdoctor = [args.ckptdoctor] if args.ckptdoctor else [PY, "-m", "ckptdoctor"]
+    user_python = str(args.venv / "bin" / "python")
+    ckptdoctor = [str(args.venv / "bin" / "ckptdoctor")]
+    refuse_editable(user_python)
 
     full = str(args.story / "finetune_full" / "model.ckpt-3")
     trainable = str(args.story / "finetune_trainable" / "model.ckpt-3")
@@ -118,7 +140,7 @@ def main() -> None:
             f"{b.seconds * 1000:8.1f} ms {b.peak_mib:6.0f} MiB | {ratio:6.1f}x {extra}"
         )
 
-    python_pass = [PY, "-c", "pass"]
+    python_pass = [user_python, "-c", "pass"]
     a, b, bare = compare_many(
         args.runs,
         [
@@ -158,6 +180,7 @@ def main() -> None:
     target_files = [f"{trainable}.index", *map(str, sorted(Path(trainable).parent.glob("model.ckpt-3.data-*")))]
     copies = out_dir / "cp"
     copies.mkdir()
+    cp_and_sync = ["sh", "-c", 'cp "$@" "$0" && sync "$0"/*', str(copies), *target_files]
     a, b, c = compare_many(
         args.runs,
         [
@@ -171,16 +194,14 @@ def main() -> None:
                 str(out_dir / "fixed" / "model.ckpt-3"),
                 "--force",
             ],
-            ["sh", "-c", 'cp "$@" "$0" && sync "$0"/*', str(copies), *target_files],
+            cp_and_sync,
             ["cp", *target_files, str(copies)],
         ],
     )
     patch_note = "ratio is patch time over cp + sync of the copies"
     row("patch (with its re-check) vs cp + sync", "<= 2x, <= 150 MiB", a, b, patch_note, a.seconds / b.seconds)
     row("patch (with its re-check) vs plain cp", "", a, c, "ratio is patch time over cp time", a.seconds / c.seconds)
-    numpy_only, cp_sync = compare(
-        args.runs, [PY, "-c", "import numpy"], ["sh", "-c", 'cp "$@" "$0" && sync "$0"/*', str(copies), *target_files]
-    )
+    numpy_only, cp_sync = compare(args.runs, [user_python, "-c", "import numpy"], cp_and_sync)
     row(
         "(floor) python -c 'import numpy' vs cp + sync",
         "",
@@ -199,7 +220,8 @@ def main() -> None:
         )
         for name in ("m.keras", "m.weights.h5", "m.h5"):
             path = str(args.keras / name)
-            a, b = compare(args.runs, [*ckptdoctor, "check", path, "--format", "json"], [PY, "-c", h5_walk, path])
+            walk = [user_python, "-c", h5_walk, path]
+            a, b = compare(args.runs, [*ckptdoctor, "check", path, "--format", "json"], walk)
             row(f"check {name} (MobileNetV2) vs h5py reading every dataset", "", a, b)
 
     help_a, bare = compare(args.runs, [*ckptdoctor, "--help"], python_pass)
@@ -211,7 +233,7 @@ def main() -> None:
         "ratio is --help over python",
         help_a.seconds / bare.seconds,
     )
-    argparse_only, bare = compare(args.runs, [PY, "-c", "import argparse"], python_pass)
+    argparse_only, bare = compare(args.runs, [user_python, "-c", "import argparse"], python_pass)
     row(
         "(floor) python -c 'import argparse' vs python -c pass",
         "",
@@ -239,10 +261,11 @@ def main() -> None:
         "# Benchmark results",
         "",
         f"Measured {datetime.date.today().isoformat()} by `python bench/run.py {args.story}"
-        f"{f' --many {args.many}' if args.many else ''} --runs {args.runs}` on "
+        f" --venv {args.venv}{f' --many {args.many}' if args.many else ''} --runs {args.runs}` on "
         f"{platform.machine()}, {os.cpu_count()} cores (shared), Python {platform.python_version()}; checkpoint "
         f"`finetune_full/model.ckpt-3` from `bench/make_inception.py` (TF-slim InceptionV3, 579 tensors, "
-        f"{data_bytes / 1e6:.0f} MB), ckptdoctor run as `{' '.join(ckptdoctor)}`. Fresh processes, alternating, "
+        f"{data_bytes / 1e6:.0f} MB), ckptdoctor run as `{' '.join(ckptdoctor)}` (a regular install; `python` is "
+        "that venv's). Fresh processes, alternating, "
         f"medians of {args.runs} after a warm-up; peak RSS is the largest of the runs. The ratio is TensorFlow's "
         "time over ckptdoctor's, except where the note says otherwise.",
         "",
