@@ -159,6 +159,19 @@ def main() -> None:
         a.seconds / bare.seconds,
     )
 
+    # What the standard library alone costs a listing built from typed records: dataclasses (which imports
+    # inspect, ast and dis), typing, pathlib, json and argparse, before ckptdoctor's own modules or any work.
+    stdlib = [user_python, "-c", "import argparse, dataclasses, json, pathlib, typing"]
+    floor, bare = compare(args.runs, stdlib, python_pass)
+    row(
+        "(floor) the standard library inspect imports vs python -c pass",
+        "",
+        floor,
+        bare,
+        "argparse, dataclasses, json, pathlib, typing; ratio is the imports over python",
+        floor.seconds / bare.seconds,
+    )
+
     bn_reads = (
         f"r = tf.train.load_checkpoint({full!r})\n"
         "for name in r.get_variable_to_shape_map():\n"
