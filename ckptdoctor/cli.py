@@ -661,9 +661,9 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 def _terminal_columns() -> int:
     """shutil.get_terminal_size().columns: COLUMNS where it is a positive number, else stdout's terminal, else 80."""
-    columns = os.environ.get("COLUMNS", "")
-    if columns.isdigit() and int(columns) > 0:
-        return int(columns)
+    with suppress(ValueError):  # `COLUMNS=²` is a digit to str.isdigit, not to int()
+        if (columns := int(os.environ.get("COLUMNS", ""))) > 0:
+            return columns
     try:
         return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80  # type: ignore[union-attr]
     except (AttributeError, ValueError, OSError):
@@ -995,8 +995,12 @@ BLAS_THREADS = {"OPENBLAS_NUM_THREADS": "1"}
 def main() -> None:
     for variable, value in BLAS_THREADS.items():
         os.environ.setdefault(variable, value)
-    if sys.stdout is None:  # started with stdout closed (`>&-`): the output goes nowhere, as into a closed pipe
+    # Started with stdout or stderr closed (`>&-`, `2>&-`): what would go there goes nowhere, as into a closed
+    # pipe, and the exit code still says what happened.
+    if sys.stdout is None:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (open until the process ends)
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115
     # A last guard: a name that reaches stdout without `shown` (an undecodable byte kept as a surrogate) is
     # written as an escape rather than failing the command.
     if hasattr(sys.stdout, "reconfigure"):

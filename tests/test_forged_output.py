@@ -293,3 +293,32 @@ def test_the_command_line_asks_numpy_for_one_blas_thread_unless_the_user_chose(c
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=CLI_TIMEOUT)
     assert result.returncode == 0, result.stderr
     assert f"THREADS {threads}\n" in result.stderr
+
+
+@pytest.mark.parametrize(("path", "expected"), [(FIXTURE_BUNDLES["finetune_full"], 0), ("/nonexistent/model", 2)])
+def test_a_closed_stderr_keeps_the_exit_code(path, expected):
+    """`check X 2>&-`: an error that cannot be shown is still an error (2), and a clean checkpoint still 0."""
+    process = subprocess.run(
+        cli_command("check", path),
+        stdout=subprocess.DEVNULL,
+        timeout=CLI_TIMEOUT,
+        env=cli_env(),
+        preexec_fn=lambda: os.close(2),
+    )
+    assert process.returncode == expected
+
+
+@pytest.mark.parametrize("columns", ["²", "٣", "-5", "wide"])
+def test_a_strange_columns_value_is_ignored_not_an_error(columns):
+    """`²` is a digit to str.isdigit, not to int(): the width falls back as shutil's does."""
+    for args in (["check", FIXTURE_BUNDLES["finetune_trainable"]], ["check", "--help"]):
+        result = run_cli(*args, env={"COLUMNS": columns})
+        assert result.returncode in (0, 1) and "unexpected" not in result.stderr, result.stderr
+
+
+def test_a_name_ending_in_a_superscript_digit_is_listed(tmp_path):
+    """Listings sort `vars/2` before `vars/10` by their digits; `conv1²` has a part that only looks like one."""
+    prefix = write_bundle(tmp_path / "model.ckpt", {"net/bias1²".encode(): [1.0], b"net/bias10": [1.0]})
+    result = run_cli("inspect", prefix)
+    assert result.returncode == 0, result.stderr
+    assert "bias1²" in result.stdout

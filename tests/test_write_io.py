@@ -101,3 +101,87 @@ def test_displacing_a_fifo_or_a_link_neither_blocks_nor_follows(tmp_path):
     assert _held(outside.stat()) == []  # the link's target was never opened
     made[0].__exit__(None, None, None)
     assert outside.read_bytes() == b"not ours"
+
+
+def test_a_flush_that_failed_stops_the_write_before_anything_is_renamed(tmp_path, monkeypatch):
+    """Linux reports a writeback error once per open file: the writeback thread's fdatasync takes it, and the
+    fsync before the renames would then succeed on bytes that never reached the disk."""
+    import errno
+
+    from ckptdoctor.writer import bundle
+
+    failed = threading.Event()
+
+    def failing_flush(fd: int) -> None:
+        failed.set()
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(bundle, "_flush_data", failing_flush)
+    reader = BundleReader(str(TRAINABLE))
+    writer = BundleWriter(str(tmp_path / "out"))
+    _copy_all(writer, reader)
+    writer._flush()  # the pending run: a small checkpoint is one run, copied at the commit otherwise
+    assert failed.wait(timeout=10)  # the thread flushed (and failed) before the commit
+    with pytest.raises(OSError, match="Input/output error"):
+        writer.commit()
+    writer.abort()
+    reader.close()
+    assert list(tmp_path.iterdir()) == []  # nothing renamed into place, no temporaries
+    assert _writer_threads() == []
+
+
+class _SecondInterrupt(BaseException):
+    """A second Ctrl-C, raised where a KeyboardInterrupt would be (not one, so that pytest goes on)."""
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts descriptors through Linux's /proc")
+def test_a_second_interrupt_while_abort_waits_leaves_no_temporary_and_no_descriptor(tmp_path, monkeypatch):
+    import signal
+    import time
+
+    from ckptdoctor.writer import bundle
+
+    flushing = threading.Event()
+
+    def slow_flush(fd: int) -> None:  # a slow disk: the abort waits on this flush
+        flushing.set()
+        time.sleep(1.0)
+
+    def interrupt(signum, frame):
+        raise _SecondInterrupt
+
+    monkeypatch.setattr(bundle, "_flush_data", slow_flush)
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    reader = BundleReader(str(TRAINABLE))
+    before = len(os.listdir("/proc/self/fd"))
+    writer = BundleWriter(str(tmp_path / "out"))
+    try:
+        _copy_all(writer, reader)
+        writer._flush()  # the pending run too: the writeback thread is now flushing
+        assert flushing.wait(timeout=10)
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+        with pytest.raises(_SecondInterrupt):
+            writer.abort()  # interrupted while it waits for the writeback thread
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    reader.close()
+    assert list(tmp_path.iterdir()) == []
+    assert len(os.listdir("/proc/self/fd")) == before
+    for thread in threading.enumerate():
+        if thread.name in WRITER_THREADS:
+            thread.join(timeout=10)
+
+
+def test_a_directory_where_the_data_file_goes_is_refused_before_the_old_index_goes(tmp_path):
+    from conftest import run_cli
+
+    out = tmp_path / "model.ckpt-1"
+    patch(FULL, FULL, out)
+    index = Path(f"{out}.index").read_bytes()
+    data = Path(f"{out}.data-00000-of-00001")
+    data.unlink()
+    data.mkdir()  # a careless copy left a directory with the data file's name
+    result = run_cli("patch", TRAINABLE, "--from", FULL, "--out", out, "--force")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "directory" in result.stderr and "unexpected" not in result.stderr
+    assert Path(f"{out}.index").read_bytes() == index  # the older checkpoint's index is still there

@@ -99,7 +99,7 @@ def optimizer_spec(config: Any, keras_version: str | None) -> OptimizerSpec | No
         return None
     settings = optimizer.get("config")
     major = (keras_version or "").split(".")[0]
-    keras3 = int(major) >= 3 if major.isdigit() else None
+    keras3 = int(major) >= 3 if major.isdecimal() else None
     class_name = optimizer["class_name"].rpartition(">")[2]  # `Custom>Adam` registered names
     return OptimizerSpec(class_name, settings if isinstance(settings, dict) else {}, keras3)
 

@@ -124,7 +124,7 @@ def damaged_member(path: str, archive: zipfile.ZipFile, progress: Progress | Non
 
 
 def _indices(group: h5py.Group) -> list[int]:
-    return sorted(int(k) for k in group if k.isdigit())  # h5py lists "10" before "2"
+    return sorted(int(k) for k in group if k.isdecimal())  # h5py lists "10" before "2"
 
 
 def is_v3_layout(file: h5py.File) -> bool:

@@ -68,7 +68,8 @@ def plural(count: int, noun: str, plural_form: str | None = None) -> str:
 
 def _natural(text: str) -> tuple:
     """Sort `vars/2` before `vars/10`."""
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text))
+    # isdecimal, as \d: a part of `conv1²` is `²`, which str.isdigit calls a digit and int() refuses
+    return tuple((0, int(part), "") if part.isdecimal() else (1, 0, part) for part in re.split(r"(\d+)", text))
 
 
 Segment = str | tuple[str, str]  # text, or (text, rich style); every name in it already escaped by `shown`
@@ -106,9 +107,9 @@ class PlainSink:
         """The width as rich's Console finds it: COLUMNS, a dumb terminal's 80, else the terminal of the first
         standard stream that has one, else 80 (rich would take 80 over COLUMNS on a dumb terminal unless LINES
         is set too; COLUMNS is what the user said)."""
-        columns = os.environ.get("COLUMNS", "")
-        if columns.isdigit():
-            return int(columns)
+        columns = _columns_set()
+        if columns is not None:
+            return columns
         if self.is_terminal and _dumb_terminal():
             return 80
         for descriptor in (0, 1, 2):
@@ -219,10 +220,16 @@ def _line(sink: TextSink, *segments: Segment) -> None:
     sink.line(*_stripped([(s, "") if isinstance(s, str) else s for s in segments]))
 
 
+def _columns_set() -> int | None:
+    """COLUMNS where it is a number of ASCII digits (`²` is a digit to str.isdigit, not to int())."""
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isascii() and columns.isdecimal() else None
+
+
 def _prose_width(sink: TextSink) -> int | None:
     """Where prose wraps: the terminal's width, or COLUMNS where a pipe's reader set it; otherwise nowhere, so
     that a pipe or a file gets each paragraph on one line for grep and for the reader's own wrapping."""
-    if sink.is_terminal or os.environ.get("COLUMNS", "").isdigit():
+    if sink.is_terminal or _columns_set() is not None:
         return max(sink.width, _MIN_PROSE_WIDTH)
     return None
 

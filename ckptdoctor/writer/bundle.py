@@ -167,10 +167,16 @@ class _Writeback:
     """Has the disk take each run while the next one copies: a second thread flushes the data files
     (fdatasync) as runs land in them, so the fsync before the renames finds little left to write. Copying
     first and syncing after, as `cp` + `sync` does, leaves the disk idle during the copy and the CPU idle during
-    the sync: measured on 2 cores, the fsync of a 109 MB copy took ~32 ms after the copy, ~6 ms this way."""
+    the sync: measured on 2 cores, the fsync of a 109 MB copy took ~32 ms after the copy, ~6 ms this way.
+
+    A flush that fails is kept and raised by `stop`: Linux reports a writeback error once per open file, so
+    the fsync before the renames would not see it again, and a checkpoint whose bytes never reached the disk
+    would be renamed into place."""
 
     def __init__(self) -> None:
         self._due: SimpleQueue[int | None] = SimpleQueue()
+        self._error: OSError | None = None
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name="ckptdoctor-writeback", daemon=True)
         self._thread.start()
 
@@ -186,13 +192,20 @@ class _Writeback:
                     return
                 due.add(more)
             for each in due:
-                with suppress(OSError):  # the fsync before the renames reports what is wrong
+                if self._stopping or self._error is not None:  # an abort may be closing the files
+                    break
+                try:
                     _flush_data(each)
+                except OSError as error:
+                    self._error = error
 
     def stop(self) -> None:
-        """Wait for the flush under way; call before the files close."""
+        """Wait for the flush under way (call before the files close); raise the error of one that failed."""
+        self._stopping = True
         self._due.put(None)
         self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 _flush_data = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
@@ -342,22 +355,28 @@ class BundleWriter:
             self.verified, self._verifier = self._verifier.finish(), None
 
     def _stop_writeback(self) -> None:
-        if self._writeback is not None:
-            self._writeback.stop()
-            self._writeback = None
+        writeback, self._writeback = self._writeback, None
+        if writeback is not None:
+            writeback.stop()
 
     def abort(self) -> None:
-        try:  # the temporaries go first: a second Ctrl-C while the verifier stops must not leave them
-            self._stop_writeback()  # it may be flushing one of the files about to close
-            for fd in self._fds:
-                os.close(fd)
-            self._fds = []
+        # The temporaries' names go first: a second Ctrl-C while the threads stop must not leave them. Their
+        # files close only once the writeback thread has stopped flushing them (a closed descriptor's number may
+        # be reused by the next file opened), and in any case, however the wait ends.
+        try:
             for temp in self._created:
                 Path(temp).unlink(missing_ok=True)
         finally:
-            if self._verifier is not None:
-                self._verifier.abandon()
-                self._verifier = None
+            try:
+                with suppress(OSError):  # a flush that failed: the write is being abandoned anyway
+                    self._stop_writeback()
+            finally:
+                fds, self._fds = self._fds, []
+                for fd in fds:
+                    os.close(fd)
+                if self._verifier is not None:
+                    self._verifier.abandon()
+                    self._verifier = None
 
 
 def _placed(entry: BundleEntry, shard: int, offset: int) -> bytes:
