@@ -98,6 +98,22 @@ def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return merged
 
 
+def read_pty(leader: int) -> bytes:
+    """Everything a pseudo-terminal's leader end holds once the child has exited, then close it (Linux signals
+    the end with EIO rather than an empty read)."""
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    return shown
+
+
 def run_cli(
     *args: object, env: dict[str, str] | None = None, cwd: Path | str | None = None, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:

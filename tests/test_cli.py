@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURE_BUNDLES, TF1, cli_command, cli_env, file_bytes, run_cli
+from conftest import FIXTURE_BUNDLES, TF1, cli_command, cli_env, file_bytes, read_pty, run_cli
 
 TRAINABLE = str(FIXTURE_BUNDLES["finetune_trainable"])
 FULL = str(FIXTURE_BUNDLES["finetune_full"])
@@ -152,17 +152,7 @@ def _stderr_on_a_terminal(*args: str) -> bytes:
     )
     process.communicate(timeout=120)
     os.close(follower)
-    shown = b""
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(leader)
-    return shown
+    return read_pty(leader)
 
 
 def test_progress_bar_on_a_terminal_only_for_text_output():

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CLI_TIMEOUT, FIXTURE_BUNDLES, KERAS_FILES, cli_command, cli_env, run_cli
+from conftest import CLI_TIMEOUT, FIXTURE_BUNDLES, KERAS_FILES, cli_command, cli_env, read_pty, run_cli
 from rich.cells import cell_len
 from rich.console import Console
 from test_forged_output import HOSTILE, _assert_nothing_unsafe, _key
@@ -233,16 +233,7 @@ def test_a_real_terminal_gets_colour():
     )
     _, errors = process.communicate(timeout=CLI_TIMEOUT)
     os.close(follower)
-    shown = b""
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(leader)
+    shown = read_pty(leader)
     assert process.returncode == 1, errors
     plain = _run("check", TRAINABLE, COLUMNS="100").stdout
     _same_but_style(shown.replace(b"\r\n", b"\n"), plain)
