@@ -1020,7 +1020,7 @@ def _leave(code: int) -> None:
         sys.exit(code)
     import atexit
 
-    atexit._run_exitfuncs()  # what sys.exit would run (stable since Python 2; multiprocessing's children do too)
+    atexit._run_exitfuncs()  # the handlers a normal exit would run (--stats registers one)
     try:
         with _reader_may_stop():
             sys.stdout.flush()
@@ -1031,7 +1031,6 @@ def _leave(code: int) -> None:
         code = ExitCode.ERROR
     except ValueError:  # stdout closed
         pass
-    if sys.stderr is not None:
-        with suppress(OSError, ValueError):
-            sys.stderr.flush()
+    with suppress(OSError, ValueError):
+        sys.stderr.flush()
     os._exit(code)
