@@ -49,7 +49,7 @@ def _existing(writer: CheckpointWriter, out: str, outputs: list[str], inputs: li
     """The files already at the output, once it is clear that writing there destroys no input."""
     previous = writer.existing_outputs(out)
     refuse_overwriting_inputs(out, [*outputs, *map(str, previous)], inputs)
-    for path in outputs:  # a rename cannot replace a directory: refused now, before an older index is removed
+    for path in writer.output_files(out):  # a rename cannot replace a directory: refused before an older index goes
         if os.path.isdir(path) and not os.path.islink(path):
             raise OutputError(f"{path}: a directory is where the output's file goes; move it away first")
     if previous and not force:
