@@ -1,7 +1,9 @@
 """Scale: peak memory and time of inspect, check and patch as synthetic checkpoints grow, with cp beside patch.
 
-    python bench/scale.py /tmp/ckptdoctor-scale                       # 0.25 GB and 2 GB (20,000 tensors, 8 shards)
-    python bench/scale.py /tmp/ckptdoctor-scale --gigabytes 0.25 2 10 # add the 10 GB case (~30 GB of disk)
+    python bench/scale.py /tmp/ckptdoctor-scale --venv V                       # 0.25 GB and 2 GB (20,000 tensors)
+    python bench/scale.py /tmp/ckptdoctor-scale --venv V --gigabytes 0.25 2 10 # add 10 GB (~30 GB of disk)
+
+V is a virtualenv with a regular install of ckptdoctor, as for bench/run.py.
 
 Checkpoints are written by scripts/synthetic.py (ckptdoctor's own bundle writer). Each command runs in a fresh
 process after one warm-up run (page cache warm), median of --runs, peak RSS from os.wait4. The table
@@ -19,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from run import Sample, run_once
+from run import Sample, refuse_editable, run_once
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from synthetic import write_synthetic  # the generator lives in scripts/, shared with tests/
@@ -39,10 +41,11 @@ def main() -> None:
     parser.add_argument("directory", type=Path)
     parser.add_argument("--gigabytes", type=float, nargs="+", default=[0.25, 2.0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--ckptdoctor", help="the ckptdoctor executable (default: python -m ckptdoctor)")
+    parser.add_argument("--venv", type=Path, required=True, help="a virtualenv with a regular install of ckptdoctor")
     parser.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"))
     args = parser.parse_args()
-    ckptdoctor = [args.ckptdoctor] if args.ckptdoctor else [PY, "-m", "ckptdoctor"]
+    refuse_editable(str(args.venv / "bin" / "python"))
+    ckptdoctor = [str(args.venv / "bin" / "ckptdoctor")]
     rows = []
     for gigabytes in args.gigabytes:
         tensors = 20000 if gigabytes >= 1 else 2500
@@ -81,8 +84,9 @@ def main() -> None:
     lines = [
         MARKER,
         "",
-        f"Measured {datetime.date.today().isoformat()} by `python bench/scale.py DIR --gigabytes "
-        f"{' '.join(f'{g:g}' for g in args.gigabytes)}` on {os.cpu_count()} cores; synthetic TF1 checkpoints "
+        f"Measured {datetime.date.today().isoformat()} by `python bench/scale.py DIR --venv V --gigabytes "
+        f"{' '.join(f'{g:g}' for g in args.gigabytes)}` on {os.cpu_count()} cores, the `ckptdoctor` command "
+        "of a regular install; synthetic TF1 checkpoints "
         "from `scripts/synthetic.py` (slim-style names, float32). Median of "
         f"{args.runs} fresh processes after a warm-up (page cache warm); peak RSS from os.wait4. `check` "
         "reads and checksums every byte; `patch` copies the target (statistics dropped) and re-checks it. "
@@ -102,8 +106,10 @@ def main() -> None:
         )
     section = "\n".join(lines) + "\n"
     existing = args.results.read_text() if args.results.exists() else "# Benchmark results\n\n"
-    head = existing.split(MARKER)[0].rstrip() + "\n\n"
-    args.results.write_text(head + section)
+    head, _, rest = existing.partition(MARKER)
+    following = rest.find("\n## ")  # the sections after this one (other benchmarks) stay as they are
+    tail = "" if following < 0 else "\n" + rest[following + 1 :]
+    args.results.write_text(head.rstrip() + "\n\n" + section + tail)
     print(f"wrote {args.results}")
 
 
