@@ -539,6 +539,7 @@ def recalibrate(
     force: bool,
 ) -> int:
     """Recompute BatchNorm statistics by running the model in training mode over samples (needs the tf extra)."""
+    from ckptdoctor import watchdog
     from ckptdoctor.recalibrate import MIN_SAMPLES, DataSpec, parse_feeds
     from ckptdoctor.recalibrate import recalibrate as run_recalibrate
 
@@ -546,7 +547,14 @@ def recalibrate(
     with _one_line_errors():
         feeds = parse_feeds(feed or [])
     spec = DataSpec(data, batch_size=batch_size, batches=batches, samples=samples)
-    with _one_line_errors(), _sample_progress(sys.stderr.isatty()) as advance:
+    _supervise(checkpoint, model)  # before TensorFlow's import: the watched work runs in a forked child
+    with _one_line_errors(), _sample_progress(sys.stderr.isatty()) as bar:
+
+        def advance(done: int, total: int | None) -> None:
+            watchdog.beat()  # each batch is progress: a model or data that stops answering is stopped
+            if bar:
+                bar(done, total)
+
         result = run_recalibrate(
             checkpoint,
             spec,

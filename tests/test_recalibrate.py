@@ -9,6 +9,7 @@ tf.keras models in every file format. Data loading, accumulation and errors are 
 from __future__ import annotations
 
 import shutil
+import time
 import zipfile
 
 import numpy as np
@@ -419,3 +420,55 @@ def test_a_keras_batchnorm_on_the_input_gets_numpys_statistics_over_uneven_batch
     bn = model.get_layer("bn")
     np.testing.assert_allclose(bn.moving_mean.numpy(), data.mean(axis=(0, 1, 2)), rtol=1e-5)
     np.testing.assert_allclose(bn.moving_variance.numpy(), data.astype(np.float64).var(axis=(0, 1, 2)), rtol=1e-5)
+
+
+STALLING_BUILDER = """
+import time
+def build():
+    time.sleep(600)  # a model (or its data) that stops answering
+"""
+
+
+def test_a_recalibration_that_stops_making_progress_is_stopped_by_the_watchdog(tmp_path):
+    """A Keras file is read by libhdf5, which can loop on damaged metadata: recalibrate runs under the stall
+    watchdog as check and patch do, with each batch as progress."""
+    (tmp_path / "stalling_builder.py").write_text(STALLING_BUILDER)
+    np.save(tmp_path / "x.npy", samples(8, seed=1))
+    started = time.monotonic()
+    result = run_cli(
+        "recalibrate",
+        KERAS / "stats_removed" / "model.weights.h5",
+        "--data",
+        tmp_path / "x.npy",
+        "--model",
+        "stalling_builder:build",
+        "--out",
+        tmp_path / "out.weights.h5",
+        env={"CKPTDOCTOR_STALL_SECONDS": "2", "PYTHONPATH": str(tmp_path)},
+    )
+    assert result.returncode == 2
+    assert "no progress for 2 s, giving up" in result.stderr and result.stderr.count("\n") == 1
+    assert time.monotonic() - started < 60
+    assert not (tmp_path / "out.weights.h5").exists()
+
+
+def test_a_keras_recalibration_on_the_command_line_finishes_under_the_watchdog(tf, tmp_path):
+    """The forked work imports TensorFlow after the fork and beats once per batch: a healthy run is not killed,
+    even with a short stall limit."""
+    np.save(tmp_path / "x.npy", samples(48, seed=2))
+    result = run_cli(
+        "recalibrate",
+        KERAS / "stats_removed" / "model.weights.h5",
+        "--data",
+        tmp_path / "x.npy",
+        "--model",
+        KERAS / "healthy" / "model.keras",
+        "--batch-size",
+        "8",
+        "--out",
+        tmp_path / "out.weights.h5",
+        env={"CKPTDOCTOR_STALL_SECONDS": "30"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "no findings" in result.stdout
+    assert gate([tmp_path / "out.weights.h5"]).exit_code == 0
