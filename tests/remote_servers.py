@@ -14,6 +14,7 @@ import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -172,6 +173,8 @@ class GcsEmulator:
             return write_file(response, content, *args, **kwargs)
 
         emulator.Response.write_file = counted
+        self._handlers = emulator.HANDLERS
+        emulator.HANDLERS = (*_move_routes(), *emulator.HANDLERS)
         self._server = emulator.create_server("127.0.0.1", self.port, in_memory=True)
         self._server.start()
 
@@ -193,8 +196,32 @@ class GcsEmulator:
             self.filesystem().put(f"{local}/", remote, recursive=True)
 
     def close(self) -> None:
+        from gcp_storage_emulator import server as emulator
+
         self._server.stop()
         self._response.write_file = self._write_file
+        emulator.HANDLERS = self._handlers
+
+
+def _move_routes() -> tuple:
+    """objects.move (`POST .../o/SRC/moveTo/o/DST`), which gcsfs's mv calls and the emulator lacks: answered
+    501, gcsfs retried each rename for ~30 s before falling back to copy and delete, what GCS's move does here."""
+    from gcp_storage_emulator import settings
+    from gcp_storage_emulator.exceptions import NotFound
+    from gcp_storage_emulator.handlers import objects
+
+    def move(request, response, storage, *args, **kwargs):
+        bucket, source = request.params["bucket_name"], request.params["object_id"]
+        try:
+            moved = objects._copy(request.base_url, storage, bucket, source, bucket, request.params["dest_object_id"])
+        except NotFound:
+            response.status = HTTPStatus.NOT_FOUND
+            return
+        objects._delete(storage, bucket, source)
+        response.json(moved)
+
+    pattern = r"^{}/b/(?P<bucket_name>[-.\w]+)/o/(?P<object_id>.*[^/]+)/moveTo/o/(?P<dest_object_id>.*[^/]+)$"
+    return tuple((pattern.format(prefix), {"POST": move}) for prefix in (settings.API_ENDPOINT, ""))
 
 
 # Azurite's well-known development account (published in its documentation; it guards nothing).

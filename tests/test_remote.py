@@ -417,6 +417,31 @@ def test_gcs_missing_object_is_one_line(gcs):
     assert result.stderr.count("\n") == 1 and "gs://ckpt-gcs-missing/run/model.ckpt-1" in result.stderr
 
 
+def test_patch_writes_gcs_and_the_result_reads_back(gcs, tmp_path):
+    """gs:// as an output: the files go up, the state file names the checkpoint, and the result checks clean
+    and equals the same patch written locally, tensor by tensor."""
+    fs = gcs.filesystem()
+    fs.mkdir("ckpt-gcs-out")
+    out = "gs://ckpt-gcs-out/fixed/model.ckpt"
+    args = ("patch", FIXTURE_BUNDLES["finetune_trainable"], "--from", FIXTURE_BUNDLES["finetune_full"], "--out")
+    patched = run_cli(*args, out, env=gcs.env())
+    assert patched.returncode == 0, patched.stderr
+    assert sorted(fs.ls("ckpt-gcs-out/fixed", refresh=True)) == [
+        "ckpt-gcs-out/fixed/checkpoint",
+        "ckpt-gcs-out/fixed/model.ckpt.data-00000-of-00001",
+        "ckpt-gcs-out/fixed/model.ckpt.index",
+    ]
+    local = tmp_path / "fixed" / "model.ckpt"
+    assert run_cli(*args, local).returncode == 0
+    for name in ("model.ckpt.index", "model.ckpt.data-00000-of-00001"):
+        assert fs.cat(f"ckpt-gcs-out/fixed/{name}") == (local.parent / name).read_bytes()
+    checked = run_cli("check", "-f", "json", "gs://ckpt-gcs-out/fixed", env=gcs.env())  # through its state file
+    assert checked.returncode == 0, checked.stderr
+    assert json.loads(checked.stdout)["resolved"] == out
+    again = run_cli(*args, out, env=gcs.env())
+    assert again.returncode == 2 and "use --force" in again.stderr
+
+
 # ---- Azure: Azurite (a Node package) ----------------------------------------------------------------------
 
 
