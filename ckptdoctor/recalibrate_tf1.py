@@ -22,7 +22,8 @@ from typing import Any
 
 from ckptdoctor.analysis.checkpoint import Checkpoint
 from ckptdoctor.errors import ConfigError, ModelError, first_line
-from ckptdoctor.formats.meta_graph import MAX_META_BYTES, PASS_THROUGH, VARIABLE_OPS, meta_graph_path
+from ckptdoctor.formats.meta_graph import MAX_META_BYTES, PASS_THROUGH, VARIABLE_OPS
+from ckptdoctor.formats.resolve import meta_graph_path
 from ckptdoctor.recalibrate import Batch, BatchMoments, DataError, LayerStatistics, RecalibrateError
 
 FUSED_OPS = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"})

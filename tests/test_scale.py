@@ -43,6 +43,8 @@ def test_inspect_json_imports_nothing_it_does_not_use(tmp_path):
     modules = _imported("inspect", str(_many_tensors(tmp_path, 3)), "--format", "json")
     assert "ckptdoctor.formats.tf_bundle" in modules  # the probe saw the real work
     assert _loaded(modules, HEAVY) == []
+    # a prefix named directly, with no graph beside it: neither the state file's codec nor the graph reader
+    assert _loaded(modules, ("ckptdoctor.formats.state_file", "ckptdoctor.formats.meta_graph")) == []
 
 
 def test_help_imports_no_reader():

@@ -124,9 +124,14 @@ def _layer_decays(target: Checkpoint, override: float | None) -> tuple[tuple[Lay
 def _meta_graph_decays(target: Checkpoint) -> tuple[dict[str, float], str | None]:
     if target.resolved.storage is not Storage.BUNDLE or target.reader.format is not Format.TF1_NAME_BASED:
         return {}, None
-    from ckptdoctor.formats.meta_graph import meta_graph_path, read_decays
+    from ckptdoctor.formats.bytesource import is_url
+    from ckptdoctor.formats.resolve import meta_graph_path
 
     path = meta_graph_path(target.resolved.location)
+    if not is_url(path) and not os.path.lexists(path):  # no graph beside it: its reader is not even imported
+        return {}, None
+    from ckptdoctor.formats.meta_graph import read_decays
+
     found = read_decays(path)
     note = f"{path}: no decay read, {found.problem}" if found.problem else None
     return found.decays, note

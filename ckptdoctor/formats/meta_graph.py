@@ -53,10 +53,6 @@ class MetaGraphDecays:
     problem: str | None = None  # why no decay could be read from an existing .meta, in a few words
 
 
-def meta_graph_path(prefix: str) -> str:
-    return prefix + ".meta"
-
-
 def _read(path: str) -> tuple[bytes | None, str | None]:
     """The file's bytes through its byte source (a URL is fetched by range), at most MAX_META_BYTES; or None
     and why not in a few words; None, None when absent. A local symbolic link is not followed."""

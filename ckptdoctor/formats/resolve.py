@@ -8,12 +8,16 @@ import re
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ckptdoctor.formats.base import VerifiedBytes
 from ckptdoctor.formats.bytesource import ByteSource, MissingFile, is_url, local_path, open_regular, open_source
-from ckptdoctor.formats.state_file import MAX_STATE_FILE_SIZE, STATE_FILE, CheckpointState, parse_state
 from ckptdoctor.model import CheckpointError, Format, Storage
 
+if TYPE_CHECKING:  # the state file's codec is imported where a directory is resolved, not for every prefix
+    from ckptdoctor.formats.state_file import CheckpointState
+
+STATE_FILE = "checkpoint"  # the file beside TF checkpoints that names the latest (read by formats/state_file.py)
 SAVED_MODEL_FILE = "saved_model.pb"
 MAX_FILES_TO_SNIFF = 64  # a folder of one checkpoint file: beyond this many files, ask for the file
 _MEMBER_SUFFIX = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
@@ -29,11 +33,18 @@ class Resolved:
     verified: VerifiedBytes | None = field(default=None, compare=False, repr=False)
 
 
+def meta_graph_path(prefix: str) -> str:
+    """Where TF1's Saver puts the MetaGraphDef of the checkpoint at `prefix`."""
+    return prefix + ".meta"
+
+
 def read_state_file(directory: Path) -> CheckpointState | None:
     """The directory's `checkpoint` state file, or None where there is none."""
     path = directory / STATE_FILE
     if not os.path.lexists(path):
         return None
+    from ckptdoctor.formats.state_file import MAX_STATE_FILE_SIZE, parse_state
+
     try:
         fd = open_regular(path)  # a FIFO named `checkpoint` is refused here, not waited on
     except MissingFile:
@@ -336,6 +347,8 @@ def _state_member(stored: str) -> str:
 
 
 def _url_state(url: str) -> CheckpointState | None:
+    from ckptdoctor.formats.state_file import MAX_STATE_FILE_SIZE, parse_state
+
     try:
         source = open_source(url)
     except MissingFile:

@@ -17,7 +17,6 @@ from typing import Any
 
 from ckptdoctor.model import CheckpointError
 
-STATE_FILE = "checkpoint"
 # One limit for reading a state file and for rewriting one. TF writes a line per listed checkpoint (tens to a
 # few hundred bytes); a CheckpointManager(max_to_keep=None) lists every save of a run, so a long run's file
 # can reach megabytes. 16 MiB bounds the memory and the parse (~2.5 s at worst, when text_format parses it).

@@ -10,8 +10,8 @@ from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
-from ckptdoctor.formats.resolve import read_state_file
-from ckptdoctor.formats.state_file import MAX_STATE_FILE_SIZE, STATE_FILE, CheckpointState, render_state
+from ckptdoctor.formats.resolve import STATE_FILE, read_state_file
+from ckptdoctor.formats.state_file import MAX_STATE_FILE_SIZE, CheckpointState, render_state
 from ckptdoctor.model import CheckpointError
 from ckptdoctor.writer.atomic import clear_debris, write_atomically
 from ckptdoctor.writer.guard import OutputError, output_lock
