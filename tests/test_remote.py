@@ -285,7 +285,7 @@ def test_patch_reads_and_writes_s3(bucket):
 def test_s3_output_replaces_an_older_checkpoint_whole_and_names_itself_latest(bucket, tmp_path):
     """An output over a 2-shard checkpoint (with --force): the old shards go, and the directory's state file
     names the new checkpoint as latest and still lists the other one, as TF's Saver and a local write do."""
-    from ckptdoctor.formats.resolve import parse_state
+    from ckptdoctor.formats.state_file import parse_state
 
     fs, name, env = bucket
     old = tmp_path / "old" / "model.ckpt"
