@@ -429,22 +429,20 @@ def build():
 """
 
 
+def _recalibrate_keras_file(tmp_path, model, *options, env):
+    """`ckptdoctor recalibrate` of the Keras .weights.h5 without statistics over TMP/x.npy into TMP/out.weights.h5."""
+    source, data, out = KERAS / "stats_removed" / "model.weights.h5", tmp_path / "x.npy", tmp_path / "out.weights.h5"
+    return run_cli("recalibrate", source, "--data", data, "--model", model, *options, "--out", out, env=env)
+
+
 def test_a_recalibration_that_stops_making_progress_is_stopped_by_the_watchdog(tmp_path):
     """A Keras file is read by libhdf5, which can loop on damaged metadata: recalibrate runs under the stall
     watchdog as check and patch do, with each batch as progress."""
     (tmp_path / "stalling_builder.py").write_text(STALLING_BUILDER)
     np.save(tmp_path / "x.npy", samples(8, seed=1))
     started = time.monotonic()
-    result = run_cli(
-        "recalibrate",
-        KERAS / "stats_removed" / "model.weights.h5",
-        "--data",
-        tmp_path / "x.npy",
-        "--model",
-        "stalling_builder:build",
-        "--out",
-        tmp_path / "out.weights.h5",
-        env={"CKPTDOCTOR_STALL_SECONDS": "2", "PYTHONPATH": str(tmp_path)},
+    result = _recalibrate_keras_file(
+        tmp_path, "stalling_builder:build", env={"CKPTDOCTOR_STALL_SECONDS": "2", "PYTHONPATH": str(tmp_path)}
     )
     assert result.returncode == 2
     assert "no progress for 2 s, giving up" in result.stderr and result.stderr.count("\n") == 1
@@ -456,18 +454,8 @@ def test_a_keras_recalibration_on_the_command_line_finishes_under_the_watchdog(t
     """The forked work imports TensorFlow after the fork and beats once per batch: a healthy run is not killed,
     even with a short stall limit."""
     np.save(tmp_path / "x.npy", samples(48, seed=2))
-    result = run_cli(
-        "recalibrate",
-        KERAS / "stats_removed" / "model.weights.h5",
-        "--data",
-        tmp_path / "x.npy",
-        "--model",
-        KERAS / "healthy" / "model.keras",
-        "--batch-size",
-        "8",
-        "--out",
-        tmp_path / "out.weights.h5",
-        env={"CKPTDOCTOR_STALL_SECONDS": "30"},
+    result = _recalibrate_keras_file(
+        tmp_path, KERAS / "healthy" / "model.keras", "--batch-size", "8", env={"CKPTDOCTOR_STALL_SECONDS": "30"}
     )
     assert result.returncode == 0, result.stderr
     assert "no findings" in result.stdout
