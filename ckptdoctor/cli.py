@@ -993,16 +993,12 @@ def _run_app(argv: Sequence[str] | None = None) -> int:
         return ExitCode.ERROR
 
 
-# numpy's OpenBLAS starts a thread per core when numpy is imported, and those threads spin waiting for work for
-# a while. ckptdoctor never multiplies matrices; on 2 cores the spinning took a core from the kernel's copy in
-# `patch` (109 MB copied in ~120 ms instead of ~45 ms). The command line is our own process, so it asks for one
-# BLAS thread unless the user chose; the library leaves its host process's setting alone.
-BLAS_THREADS = {"OPENBLAS_NUM_THREADS": "1"}
-
-
 def main() -> None:
-    for variable, value in BLAS_THREADS.items():
-        os.environ.setdefault(variable, value)
+    # numpy's OpenBLAS starts a thread per core when numpy is imported, and those threads spin waiting for work
+    # for a while. ckptdoctor never multiplies matrices; on 2 cores the spinning took a core from the kernel's
+    # copy in `patch` (109 MB copied in ~120 ms instead of ~45 ms). The command line is our own process, so it
+    # asks for one BLAS thread unless the user chose; the library leaves its host process's setting alone.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     # Started with stdout or stderr closed (`>&-`, `2>&-`): what would go there goes nowhere, as into a closed
     # pipe, and the exit code still says what happened.
     if sys.stdout is None:
