@@ -22,7 +22,7 @@ from itertools import combinations
 
 from ckptdoctor.analysis.roles import role_of
 from ckptdoctor.formats.model_spec import ModelVariable
-from ckptdoctor.formats.object_graph import OBJECT_GRAPH_KEY
+from ckptdoctor.formats.object_keys import OBJECT_GRAPH_KEY
 from ckptdoctor.model import Report, Role, TensorInfo, Variable
 
 MAX_CANDIDATES = 32  # transforms tried one at a time, the most supported first

@@ -35,7 +35,7 @@ from conftest import (
 from ckptdoctor import dtypes
 from ckptdoctor.formats import protos
 from ckptdoctor.formats.crc import crc32c, mask
-from ckptdoctor.formats.object_graph import OBJECT_GRAPH_KEY
+from ckptdoctor.formats.object_keys import OBJECT_GRAPH_KEY
 from ckptdoctor.formats.ordered_code import slice_key
 from ckptdoctor.formats.sstable import TableBuilder
 from ckptdoctor.formats.tf_bundle import encode_string_tensor

@@ -23,7 +23,7 @@ from test_bounds import measured, within_bounds
 from ckptdoctor import dtypes
 from ckptdoctor.formats import protos
 from ckptdoctor.formats.crc import crc32c, mask
-from ckptdoctor.formats.object_graph import OBJECT_GRAPH_KEY
+from ckptdoctor.formats.object_keys import OBJECT_GRAPH_KEY
 from ckptdoctor.formats.tf_bundle import encode_string_tensor
 from ckptdoctor.writer.bundle import BundleWriter
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from ckptdoctor import dtypes
-from ckptdoctor.formats.object_graph import ATTRIBUTE_SUFFIX, OBJECT_GRAPH_KEY
+from ckptdoctor.formats.object_keys import ATTRIBUTE_SUFFIX, OBJECT_GRAPH_KEY
 from ckptdoctor.model import BATCHNORM_STATISTICS, Role, TensorInfo, Variable
 
 # TF1 optimizers append their slot name to the variable's name: `conv/weights/Momentum`.

@@ -6,10 +6,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from ckptdoctor.formats import protos
+from ckptdoctor.formats.object_keys import ATTRIBUTE_MARKER
 
-OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"  # the bundle key the serialized graph is stored under
-ATTRIBUTE_MARKER = "/.ATTRIBUTES/"  # between an object's path and the name of its saved attribute
-ATTRIBUTE_SUFFIX = ATTRIBUTE_MARKER + "VARIABLE_VALUE"  # the key of a tf.Variable's value
 OPTIMIZER_EDGE = "optimizer"
 
 

@@ -11,11 +11,11 @@ from functools import cached_property
 from typing import TYPE_CHECKING, NamedTuple
 
 from ckptdoctor import dtypes
-from ckptdoctor.formats import object_graph, protos
+from ckptdoctor.formats import protos
 from ckptdoctor.formats.base import SCAN_CHUNK, Progress, ScanResult, VerifiedBytes
 from ckptdoctor.formats.bytesource import ByteSource, LocalFile, MissingFile, copy_range, open_source
 from ckptdoctor.formats.crc import crc32c, mask, unmask
-from ckptdoctor.formats.object_graph import OBJECT_GRAPH_KEY
+from ckptdoctor.formats.object_keys import OBJECT_GRAPH_KEY
 from ckptdoctor.formats.ordered_code import slice_key
 from ckptdoctor.formats.resolve import not_a_checkpoint
 from ckptdoctor.formats.sstable import TableError, TableReader, decode_varint, encode_varint
@@ -24,6 +24,8 @@ from ckptdoctor.names import decode_name, encode_name
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from ckptdoctor.formats.object_graph import ObjectGraph
 
 # Caps on what hostile bytes can ask for; each is far above anything TensorFlow writes.
 MAX_SHARDS = 1 << 16
@@ -300,11 +302,13 @@ class BundleReader:
         self._sniffed_shards: set[int] = set()
         self.object_graph = self._read_object_graph()
 
-    def _read_object_graph(self) -> object_graph.ObjectGraph | None:
+    def _read_object_graph(self) -> ObjectGraph | None:
         """The decoded object graph where there is one; damaged graph bytes leave names to speak alone."""
         entry = self.entries.get(OBJECT_GRAPH_KEY.encode())
         if entry is None or entry.dtype.name != "string" or entry.shape != ():
             return None
+        from ckptdoctor.formats import object_graph  # a TF1 bundle has no graph to parse
+
         try:
             (serialized,) = decode_strings(self.read_bytes(entry), 1)
             return object_graph.parse(serialized)

@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol
 
 from ckptdoctor.errors import OutputError
-from ckptdoctor.formats.object_graph import OBJECT_GRAPH_KEY
+from ckptdoctor.formats.object_keys import OBJECT_GRAPH_KEY
 from ckptdoctor.model import Storage
 
 if TYPE_CHECKING:

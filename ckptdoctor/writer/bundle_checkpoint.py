@@ -13,10 +13,9 @@ from ckptdoctor import dtypes
 from ckptdoctor.errors import OutputError
 from ckptdoctor.formats import protos
 from ckptdoctor.formats.crc import crc32c, mask
-from ckptdoctor.formats.object_graph import ATTRIBUTE_SUFFIX, NodesByPath
+from ckptdoctor.formats.object_keys import ATTRIBUTE_SUFFIX, OBJECT_GRAPH_KEY
 from ckptdoctor.formats.ordered_code import slice_key
 from ckptdoctor.formats.tf_bundle import (
-    OBJECT_GRAPH_KEY,
     BundleEntry,
     data_file_name,
     encode_string_tensor,
@@ -312,6 +311,8 @@ class BundleCheckpointWriter:
             added.append((tensor, key))
         if graph is not None and (added or edits.drop):
             if edits.drop:
+                from ckptdoctor.formats.object_graph import NodesByPath
+
                 pruned = _graph_without(graph, edits.drop, reader.location)
                 graph = dataclasses.replace(graph, proto=protos.TrackableObjectGraph.FromString(pruned))
                 graph = dataclasses.replace(graph, nodes_by_path=NodesByPath(graph.proto))
