@@ -24,6 +24,8 @@ from ckptdoctor.report import render as render_report
 if TYPE_CHECKING:
     from typing import Any, NoReturn
 
+    from _typeshed import SupportsWrite
+
     from ckptdoctor.formats import Resolved
     from ckptdoctor.gate import Verdict
     from ckptdoctor.model import Severity
@@ -56,8 +58,10 @@ class DiffFormat(str, Enum):
 
 
 def _error(message: str) -> None:
-    """One line: file and tensor names in the message are untrusted and could hold a newline or an escape."""
-    sys.stderr.write(f"ckptdoctor: error: {shown(message)}\n")
+    """One line: file and tensor names in the message are untrusted and could hold a newline or an escape. Where
+    stderr itself cannot take it (`2>/dev/full`), the exit code is all that is left to say it."""
+    with suppress(OSError, ValueError):
+        sys.stderr.write(f"ckptdoctor: error: {shown(message)}\n")
 
 
 def _silence_stdout() -> None:
@@ -69,15 +73,34 @@ def _silence_stdout() -> None:
 
 
 @contextmanager
-def _reader_may_stop() -> Iterator[None]:
-    """`ckptdoctor inspect X | head -1`: a reader that closes the pipe early is not an error.
-
-    The rest of the output is dropped and the command's own exit code stands (not an error's 2, nor a 1 that
-    would read as findings)."""
+def _writing_stdout() -> Iterator[None]:
+    """Around whatever writes to stdout. `ckptdoctor inspect X | head -1`: a reader that closes the pipe early is
+    not an error; the rest of the output is dropped and the command's own exit code stands (not an error's 2,
+    nor a 1 that would read as findings). Any other failed write (`> report.json` on a full disk) is: one line
+    and exit 2, never a traceback, and never the command's 0 with its output lost."""
     try:
         yield
     except BrokenPipeError:
         _silence_stdout()
+    except OSError as error:
+        from ckptdoctor.policy import ExitCode
+
+        _silence_stdout()  # what is still buffered would fail again at exit
+        _error(f"cannot write the output ({error.strerror or error})")
+        raise SystemExit(ExitCode.ERROR) from None
+
+
+def _flushed_stdout() -> bool:
+    """Flush stdout: True when everything written reached it (or a reader stopped early), False once the error
+    is said (see `_writing_stdout`)."""
+    try:
+        with _writing_stdout():
+            sys.stdout.flush()
+    except SystemExit:
+        return False
+    except ValueError:  # stdout closed
+        pass
+    return True
 
 
 @contextmanager
@@ -120,7 +143,7 @@ def inspect(*, path: str, output_format: InspectFormat, every_variable: bool) ->
     _supervise(path)
     with _one_line_errors():
         report = run_inspect(path)
-    with _reader_may_stop():
+    with _writing_stdout():
         if output_format is InspectFormat.json:
             from ckptdoctor.report.json import render
 
@@ -182,11 +205,11 @@ def check(
     if output_format is OutputFormat.TEXT and output is None:  # live, in colour on a terminal
         from ckptdoctor.report.text import render_check
 
-        with _reader_may_stop():
+        with _writing_stdout():
             for report in reports:
                 render_check(_stdout(), report, verbose=verbose)
     else:
-        with _one_line_errors(), _reader_may_stop():
+        with _one_line_errors(), _writing_stdout():
             _emit(render_report(reports, output_format, verdict.fail_on), output)
             sys.stdout.flush()
     return verdict.exit_code
@@ -248,7 +271,7 @@ def rules() -> int:
     from ckptdoctor.report.text import render_rules
     from ckptdoctor.rules import CATALOGUE
 
-    with _reader_may_stop():
+    with _writing_stdout():
         render_rules(_stdout(), CATALOGUE)
     return ExitCode.OK
 
@@ -264,7 +287,7 @@ def explain(*, rule: str) -> int:
         return ExitCode.ERROR
     from ckptdoctor.report.text import render_explanation
 
-    with _reader_may_stop():
+    with _writing_stdout():
         render_explanation(_stdout(), found)
     return ExitCode.OK
 
@@ -285,7 +308,7 @@ def patch(*, target: str, donor: str, out: str, force: bool, name_map: str | Non
 
         result = run_patch(target, donor, out, force=force, progress=progress, name_map=name_map)
     verdict = _recheck(result.resolved, policy)
-    with _reader_may_stop():
+    with _writing_stdout():
         if result.added:
             for line in _additions_by_layer(result.added, result.donor):
                 _say(line)
@@ -335,7 +358,7 @@ def verify(*, checkpoint: str, meta_graph: str | None, model: str | None) -> int
         else:
             assert model is not None  # exactly one of the two, checked above
             result = verify_model(checkpoint, model)
-    with _reader_may_stop():
+    with _writing_stdout():
         summary = f"{result.graph_variables} variables in the model, checkpoint {result.checkpoint}"
         _say(shown(summary))
         for key in result.missing:
@@ -366,7 +389,7 @@ def diff(*, a: str, b: str, output_format: DiffFormat, atol: float, rtol: float)
         from ckptdoctor.report.diff_json import render
     else:
         from ckptdoctor.report.diff_text import render
-    with _reader_may_stop():
+    with _writing_stdout():
         sys.stdout.write(render(report))
         sys.stdout.flush()  # inside the guard: a closed pipe shows here, not at interpreter exit
     return report.exit_code
@@ -411,7 +434,7 @@ def match(
                 raise OutputError(f"{assignment_map}: cannot write the assignment map ({error.strerror})") from None
     report = dataclasses.replace(report, findings=policy.apply(checkpoint, report.findings))
     threshold = policy.threshold(fail_on)
-    with _reader_may_stop():
+    with _writing_stdout():
         if output_format is OutputFormat.TEXT:
             from ckptdoctor.report.text import render_check
 
@@ -481,7 +504,7 @@ def strip(*, checkpoint: str, out: str, use_ema: bool, keep_step: bool, force: b
     with _one_line_errors():
         result = run_strip(checkpoint, out, use_ema=use_ema, keep_step=keep_step, force=force)
     verdict = _recheck(result.resolved, policy)
-    with _reader_may_stop():
+    with _writing_stdout():
         plan = result.plan
         kinds = Counter(dropped.what for dropped in plan.dropped)
         summary = ", ".join(f"{count} {what}" for what, count in sorted(kinds.items()))
@@ -514,7 +537,7 @@ def rename(*, checkpoint: str, name_map: str, out: str, force: bool) -> int:
     with _one_line_errors():
         result = run_rename(checkpoint, name_map, out, force=force)
     verdict = _recheck(result.resolved, policy)
-    with _reader_may_stop():
+    with _writing_stdout():
         _say(f"renamed {len(result.renamed)} tensors:")
         for old, new in result.renamed[:LISTED]:
             _say(f"  {shown(old)} -> {shown(new)}")
@@ -572,7 +595,7 @@ def recalibrate(
             f"ckptdoctor: warning: only {result.samples} samples; population statistics from fewer than "
             f"{MIN_SAMPLES:,} are noisy\n"
         )
-    with _reader_may_stop():
+    with _writing_stdout():
         _say(
             f"recalibrated {len(result.layers)} BatchNorm layers over {result.samples} samples in {result.batches} "
             f"batches: {result.replaced} statistics replaced, {result.added} added"
@@ -717,6 +740,12 @@ class _Parser(argparse.ArgumentParser):
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
         return parsed, extras
+
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        """As argparse's, but a write that fails is not dropped: `--help > /dev/full` would exit 0 with nothing
+        written (`_writing_stdout` says it instead)."""
+        if message:
+            (file or sys.stderr).write(message)
 
     def error(self, message: str) -> NoReturn:
         """argparse's usage and one line naming the argument, exit 2."""
@@ -990,7 +1019,8 @@ def _run_app(argv: Sequence[str] | None = None) -> int:
     """The command, as an exit code; any exception is one line on stderr, never a traceback."""
     try:
         parser = _parser()
-        arguments = vars(parser.parse_args(argv))
+        with _writing_stdout():  # --help and --version print here
+            arguments = vars(parser.parse_args(argv))
         if arguments.pop("stats"):
             import atexit
 
@@ -1003,12 +1033,12 @@ def _run_app(argv: Sequence[str] | None = None) -> int:
             return ExitCode.ERROR
         return int(run(**arguments))
     except SystemExit as exit:  # argparse's help, version and usage errors; a command stopped early
-        with _reader_may_stop():
-            sys.stdout.flush()  # the help into `| head -1`: a closed pipe shows here, not at interpreter exit
-        if isinstance(exit.code, int) or exit.code is None:
-            return exit.code or 0
         from ckptdoctor.policy import ExitCode
 
+        if not _flushed_stdout():  # the help into `| head -1` or a full disk: shown here, not at interpreter exit
+            return ExitCode.ERROR
+        if isinstance(exit.code, int) or exit.code is None:
+            return exit.code or 0
         return ExitCode.ERROR
     except Exception as error:  # the promise is one line, never a traceback
         if os.environ.get("CKPTDOCTOR_DEBUG"):
@@ -1051,16 +1081,10 @@ def _leave(code: int) -> None:
     import atexit
 
     atexit._run_exitfuncs()  # the handlers a normal exit would run (--stats registers one)
-    try:
-        with _reader_may_stop():
-            sys.stdout.flush()
-    except OSError as error:  # e.g. a full disk under `> report.json`: never exit 0 with the output lost
+    if not _flushed_stdout():
         from ckptdoctor.policy import ExitCode
 
-        _error(f"cannot write the output ({error.strerror or error})")
         code = ExitCode.ERROR
-    except ValueError:  # stdout closed
-        pass
     with suppress(OSError, ValueError):
         sys.stderr.flush()
     os._exit(code)

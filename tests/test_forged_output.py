@@ -262,18 +262,40 @@ def test_a_closed_stdout_keeps_the_exit_code(command, expected):
     assert (process.returncode, process.stderr) == (expected, "")
 
 
-def test_output_that_cannot_be_written_is_an_error_not_a_pass():
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "PYTHONUNBUFFERED"])
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ("--help",),  # argparse drops a failed write of the help, and exits 0
+        ("--version",),
+        ("inspect", "--help"),
+        ("inspect", str(FIXTURE_BUNDLES["finetune_full"]), "--format", "json"),
+        ("check", str(FIXTURE_BUNDLES["finetune_full"])),
+        ("rules",),
+    ],
+    ids=lambda arguments: " ".join(arguments[:1] + arguments[2:]),
+)
+def test_output_that_cannot_be_written_is_an_error_not_a_pass(arguments, buffered):
+    """Users' stdout is buffered, so a full disk shows at a flush; PYTHONUNBUFFERED makes it show at the write.
+    Either way: exit 2 and one line, never a traceback or the command's 0 with its output lost."""
+    env = cli_env()
+    if buffered:
+        env.pop("PYTHONUNBUFFERED", None)
+    else:
+        env["PYTHONUNBUFFERED"] = "1"
     with open("/dev/full", "w") as full:  # every write fails with ENOSPC, as on a full disk
         process = subprocess.run(
-            cli_command("inspect", FIXTURE_BUNDLES["finetune_full"], "--format", "json"),
+            cli_command(*arguments),
             stdout=full,
             stderr=subprocess.PIPE,
             text=True,
             timeout=CLI_TIMEOUT,
-            env=cli_env(),
+            env=env,
         )
-    assert process.returncode == 2
-    assert len(process.stderr.splitlines()) == 1 and "No space left on device" in process.stderr
+    assert (process.returncode, process.stderr) == (
+        2,
+        "ckptdoctor: error: cannot write the output (No space left on device)\n",
+    )
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through Linux's /proc")
