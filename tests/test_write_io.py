@@ -103,6 +103,23 @@ def test_displacing_a_fifo_or_a_link_neither_blocks_nor_follows(tmp_path):
     assert outside.read_bytes() == b"not ours"
 
 
+@needs_o_path
+def test_an_interrupt_while_displacing_leaves_nothing_held(tmp_path):
+    """Ctrl-C between two of its opens: the constructor never returns, so it must let go of what it holds."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.write_bytes(b"a")
+    second.write_bytes(b"b")
+
+    def interrupted_after_the_first():
+        yield str(first)
+        raise KeyboardInterrupt
+        yield str(second)  # never reached
+
+    with pytest.raises(KeyboardInterrupt):
+        Displaced(interrupted_after_the_first())
+    assert _held(first.stat()) == []
+
+
 def test_a_flush_that_failed_stops_the_write_before_anything_is_renamed(tmp_path, monkeypatch):
     """Linux reports a writeback error once per open file: the writeback thread's fdatasync takes it, and the
     fsync before the renames would then succeed on bytes that never reached the disk."""

@@ -96,9 +96,13 @@ class Displaced:
         flags = getattr(os, "O_PATH", None)
         if flags is None:
             return
-        for path in paths:
-            with suppress(OSError):  # nothing there (a first write) or nothing we may hold: the rename frees it
-                self._fds.append(os.open(path, flags | getattr(os, "O_NOFOLLOW", 0)))
+        try:
+            for path in paths:
+                with suppress(OSError):  # nothing there (a first write) or nothing we may hold: the rename frees it
+                    self._fds.append(os.open(path, flags | getattr(os, "O_NOFOLLOW", 0)))
+        except BaseException:  # Ctrl-C between two opens: a library's host process goes on without the leak
+            _close_all(self._fds)
+            raise
 
     def __enter__(self) -> Displaced:
         return self
