@@ -1033,12 +1033,11 @@ def _run_app(argv: Sequence[str] | None = None) -> int:
             return ExitCode.ERROR
         return int(run(**arguments))
     except SystemExit as exit:  # argparse's help, version and usage errors; a command stopped early
-        from ckptdoctor.policy import ExitCode
-
-        if not _flushed_stdout():  # the help into `| head -1` or a full disk: shown here, not at interpreter exit
-            return ExitCode.ERROR
-        if isinstance(exit.code, int) or exit.code is None:
+        # The help into `| head -1` or a full disk: shown here, not at interpreter exit.
+        if _flushed_stdout() and (isinstance(exit.code, int) or exit.code is None):
             return exit.code or 0
+        from ckptdoctor.policy import ExitCode  # not before: --help imports no model
+
         return ExitCode.ERROR
     except Exception as error:  # the promise is one line, never a traceback
         if os.environ.get("CKPTDOCTOR_DEBUG"):

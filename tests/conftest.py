@@ -93,6 +93,8 @@ def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
     debug tracebacks. `env` adds to it; a PYTHONPATH given there goes first (e.g. a directory that blocks
     `import tensorflow`)."""
     merged = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CKPTDOCTOR_DEBUG": "", **(env or {})}
+    if "PYTHONUNBUFFERED" not in (env or {}):  # stdout buffered, as users have it (a sandbox may set it)
+        merged.pop("PYTHONUNBUFFERED", None)
     path = [(env or {}).get("PYTHONPATH", ""), str(ROOT), os.environ.get("PYTHONPATH", "")]
     merged["PYTHONPATH"] = os.pathsep.join(part for part in path if part)
     return merged

@@ -278,11 +278,7 @@ def test_a_closed_stdout_keeps_the_exit_code(command, expected):
 def test_output_that_cannot_be_written_is_an_error_not_a_pass(arguments, buffered):
     """Users' stdout is buffered, so a full disk shows at a flush; PYTHONUNBUFFERED makes it show at the write.
     Either way: exit 2 and one line, never a traceback or the command's 0 with its output lost."""
-    env = cli_env()
-    if buffered:
-        env.pop("PYTHONUNBUFFERED", None)
-    else:
-        env["PYTHONUNBUFFERED"] = "1"
+    env = cli_env() if buffered else cli_env({"PYTHONUNBUFFERED": "1"})
     with open("/dev/full", "w") as full:  # every write fails with ENOSPC, as on a full disk
         process = subprocess.run(
             cli_command(*arguments),
