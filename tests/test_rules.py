@@ -156,3 +156,22 @@ def test_a_layer_whose_every_variance_is_zero_is_a_warning(tmp_path):
     assert [(f.code, f.severity, f.subject) for f in report.findings] == [
         ("BN006", Severity.WARNING, "net/conv1/BatchNorm")
     ]
+
+
+def test_each_moving_statistic_is_read_once_per_check(monkeypatch):
+    """Four consumers read every moving statistic (three rules and the report's summaries): the context reads
+    each once, and the findings and summaries are those of reading it every time."""
+    path = FIXTURE_BUNDLES["finetune_full"]
+    every_time = check(path)
+    reads: Counter[str] = Counter()
+    original = BundleReader.read
+
+    def counted(self, name):
+        reads[name] += 1
+        return original(self, name)
+
+    monkeypatch.setattr(BundleReader, "read", counted)
+    once = check(path)
+    statistics = [key for layer in once.batchnorm for key in (layer.moving_mean, layer.moving_variance) if key]
+    assert statistics and all(reads[key] == 1 for key in statistics)
+    assert (once.findings, once.batchnorm_stats) == (every_time.findings, every_time.batchnorm_stats)

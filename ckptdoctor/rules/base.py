@@ -25,6 +25,7 @@ class CheckContext:
     decay: float | None = None  # --decay: overrides every layer's decay
     steps: int | None = None  # --steps: overrides the steps the files record
     stale_threshold: float = DEFAULT_STALE_THRESHOLD  # policy `stale-threshold`
+    _statistics: dict[str, np.ndarray | None] = field(default_factory=dict, init=False, repr=False)
 
     @cached_property
     def updates(self) -> StatisticsUpdates | None:
@@ -37,7 +38,23 @@ class CheckContext:
         return frozenset(problem.subject for problem in self.scan.problems)
 
     def values(self, name: str) -> np.ndarray | None:
-        return None if name in self.damaged else self.target.values(name)
+        """A tensor's values, None where its bytes are damaged. A moving statistic is read once: several rules and
+        the report's summaries each read every one (at 25,000 layers, ~100,000 reads repeated)."""
+        if name in self.damaged:
+            return None
+        if name not in self._statistic_keys:
+            return self.target.values(name)
+        if name not in self._statistics:
+            values = self.target.values(name)
+            if values is not None:
+                values.flags.writeable = False  # shared by every reader from here on
+            self._statistics[name] = values
+        return self._statistics[name]
+
+    @cached_property
+    def _statistic_keys(self) -> frozenset[str]:
+        layers = self.target.batchnorm
+        return frozenset(key for layer in layers for key in (layer.moving_mean, layer.moving_variance) if key)
 
     @property
     def family(self) -> FormatFamily:
