@@ -147,7 +147,7 @@ def inspect(*, path: str, output_format: InspectFormat, every_variable: bool) ->
         if output_format is InspectFormat.json:
             from ckptdoctor.report.json import render
 
-            sys.stdout.write(render([report]))
+            _write_document(render([report]))
             sys.stdout.flush()  # inside the guard: a closed pipe shows here, not at interpreter exit
         else:
             from ckptdoctor.report.text import render_inspect
@@ -251,10 +251,20 @@ def _progress_bar(enabled: bool) -> Iterator[Callable[[str, int, int], None] | N
         yield advance
 
 
+DOCUMENT_SLICE = 1 << 20  # characters of a document encoded and written at a time
+
+
+def _write_document(text: str) -> None:
+    """A whole document to stdout, a slice at a time: one write would first encode a copy of all of it (the JSON
+    report of 100,000 variables is ~35 MB)."""
+    for start in range(0, len(text), DOCUMENT_SLICE):
+        sys.stdout.write(text[start : start + DOCUMENT_SLICE])
+
+
 def _emit(text: str, output: str | None) -> None:
     """Write to stdout, or to --output: a regular file atomically, a FIFO, device or link written through."""
     if output is None:
-        sys.stdout.write(text)
+        _write_document(text)
         return
     from ckptdoctor.errors import OutputError
     from ckptdoctor.writer.atomic import write_report

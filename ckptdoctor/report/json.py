@@ -7,7 +7,7 @@ import functools
 import json
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from ckptdoctor import __version__
@@ -23,7 +23,7 @@ def to_dict(report: Report) -> dict[str, Any]:
 
 
 class _Encoded(list):
-    """Records already encoded, one JSON text each: `_dumps` writes them as they are."""
+    """Records already encoded, one JSON text each: `_pieces` writes them as they are."""
 
 
 def _encoded(records: Iterable[Any]) -> _Encoded:
@@ -127,19 +127,31 @@ _ONE_LINE = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "), allow_
 _INDENT = "  "
 
 
-def _dumps(value: Any, levels: int, indent: str = "") -> str:
-    """`value` with its containers indented `levels` deep and anything deeper on one line (C encoder)."""
-    if isinstance(value, _Encoded):
-        inner = indent + _INDENT
-        return "[\n" + ",\n".join(inner + text for text in value) + f"\n{indent}]" if value else "[]"
-    if levels <= 0 or not isinstance(value, (dict, list)) or not value:
-        return _ONE_LINE.encode(value)
+def _pieces(value: Any, levels: int, indent: str = "") -> Iterator[str]:
+    """`value`'s text in pieces, its containers indented `levels` deep and anything deeper on one line (C
+    encoder); a record list (`_Encoded`) one record per line. Pieces, joined once by the caller: joining at each
+    level would copy 100,000 variables' text once per level."""
+    if (levels <= 0 and not isinstance(value, _Encoded)) or not isinstance(value, (dict, list)) or not value:
+        yield _ONE_LINE.encode(value)
+        return
     inner = indent + _INDENT
-    if isinstance(value, dict):
-        items = [f"{inner}{_ONE_LINE.encode(key)}: {_dumps(item, levels - 1, inner)}" for key, item in value.items()]
-        return "{\n" + ",\n".join(items) + f"\n{indent}}}"
-    items = [inner + _dumps(item, levels - 1, inner) for item in value]
-    return "[\n" + ",\n".join(items) + f"\n{indent}]"
+    opening, closing = ("{", "}") if isinstance(value, dict) else ("[", "]")
+    yield opening
+    for number, item in enumerate(value.items() if isinstance(value, dict) else value):
+        yield ("\n" if number == 0 else ",\n") + inner
+        if isinstance(value, _Encoded):
+            yield item  # a record, encoded already
+        elif isinstance(value, dict):
+            key, item_value = item
+            yield _ONE_LINE.encode(key) + ": "
+            yield from _pieces(item_value, levels - 1, inner)
+        else:
+            yield from _pieces(item, levels - 1, inner)
+    yield f"\n{indent}{closing}"
+
+
+def _text(document: dict[str, Any], levels: int) -> str:
+    return "".join((*_pieces(document, levels), "\n"))
 
 
 _REPORT_LEVELS = 2  # the report's keys, then one line per variable, layer, finding and summary entry
@@ -150,6 +162,6 @@ def render(reports: Sequence[Report], threshold: Severity | None = None) -> str:
 
     Every finding is listed whatever the threshold (the exit code says which ones fail)."""
     if len(reports) == 1:
-        return _dumps(_document(reports[0], _encoded), _REPORT_LEVELS) + "\n"
+        return _text(_document(reports[0], _encoded), _REPORT_LEVELS)
     document = {"schema_version": SCHEMA_VERSION, "reports": [_document(report, _encoded) for report in reports]}
-    return _dumps(document, _REPORT_LEVELS + 2) + "\n"
+    return _text(document, _REPORT_LEVELS + 2)
