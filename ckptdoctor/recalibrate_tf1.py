@@ -7,6 +7,14 @@ non-fused BatchNorm. The variable is the update's target, found through its inpu
 ops live under `InceptionV3/InceptionV3/...` and its variables under `InceptionV3/...`. The update ops
 themselves are never run.
 
+Control flow v2 (TF 2.x with only `disable_eager_execution()`): tf.cond is an `If`/`StatelessIf` op whose
+branches are functions of the graph's library, so a BatchNorm with `is_training=<placeholder>` has its fused
+op, or its moving-average updates, inside branch functions. Those branches are copied into the graph
+(`_Conds`: each argument mapped to the If op's input, nested conds followed to MAX_COND_DEPTH), and the search
+goes from an If op's output k to output k of either branch: the branch is chosen by what it computes (a
+training-mode batch statistic), never by assuming then=True. The predicate of every cond the search went
+through is fed the value selecting that branch, so the layers run in training mode as the statistics assume.
+
 What TensorFlow's fused op returns in training mode (checked against numpy in tests/test_recalibrate.py):
 output 1 is the batch mean and output 2 the batch variance with Bessel's correction n/(n-1), the value the
 moving average is fed; normalisation uses the biased variance, so it is multiplied back by (n-1)/n. A
@@ -35,7 +43,12 @@ UPDATE_ARITHMETIC = frozenset(
     {"Identity", "Snapshot", "Sub", "Mul", "Cast", "Squeeze", "Reshape", "Merge", "Switch", "Add", "AddV2", "RealDiv"}
     | {"Maximum", "Minimum", "StopGradient", "ReadVariableOp"}
 )
+COND_OPS = frozenset({"If", "StatelessIf"})
+BRANCHES = ("then_branch", "else_branch")  # the predicate value selecting each: True, False
 MAX_SEARCH_OPS = 64  # ops visited backwards from one update to the batch statistic it applies
+MAX_COND_DEPTH = 4  # nested tf.cond levels followed into branch functions (slim nests none, users one or two)
+MAX_INLINED_BRANCHES = 2048  # branch functions copied into the graph (InceptionV3 non-fused: ~760)
+INLINED_SCOPE = "ckptdoctor_inlined"  # the name scope of copied branches: their argument placeholders are no input
 MAX_CHAIN = 16  # Identity/ReadVariableOp hops from an update to its variable
 STATISTIC_LEAVES = ("moving_mean", "moving_variance")
 MEAN, VARIANCE = "mean", "variance"
@@ -62,6 +75,128 @@ class _Layer:
     moments: dict[str, Any] = field(default_factory=dict)  # kind -> the statistic tensor (non-fused)
     x: Any = None  # the normalised input
     variables: dict[str, set[str]] = field(default_factory=dict)  # kind -> the moving statistics it updates
+    route: tuple[tuple[Any, bool], ...] = ()  # (If op, predicate value of the branch) the statistics came through
+
+
+class _Conds:
+    """The If/StatelessIf ops of a graph, their branch functions copied into it when a search needs them.
+
+    A branch function becomes ops under INLINED_SCOPE through import_graph_def, each argument mapped to the If
+    op's input after the predicate, so the copied ops read the graph's own variables and tensors; a copy is
+    never run except where its batch statistic is fetched. Why a cond could not be followed is kept for the
+    message, so that a graph we cannot read is never called an evaluation graph."""
+
+    def __init__(self, tf, graph) -> None:
+        self._tf = tf
+        self._graph = graph
+        self._library = {f.signature.name: f for f in graph.as_graph_def().library.function}
+        self._branches: dict[str, list[tuple[bool, list] | None]] = {}  # If op name -> its copied branches
+        self._origin: dict[str, tuple] = {}  # copied op name -> the (If op, predicate value) branches it is in
+        self._writes: dict[str, bool] = {}  # function name -> whether it (or a cond inside) assigns a variable
+        self._copied_conds: list = []  # conds inside copied branches, not yet looked at by inline_updates
+        self.inlined = 0
+        self.unfollowed: str | None = None
+
+    def branches(self, op) -> list[tuple[bool, list]]:
+        """(predicate value, the branch's output tensors) for each branch of a cond that could be copied."""
+        if op.name not in self._branches:
+            self._branches[op.name] = [self._inline(op, attr) for attr in BRANCHES]
+        return [branch for branch in self._branches[op.name] if branch is not None]
+
+    def constant(self, op, index: int) -> bool:
+        """Whether output `index` of both branches is a Const node (slim's decay: 0.999 in training, 1.0 in
+        inference), which holds no batch statistic: the search need not copy the cond."""
+        for attr in BRANCHES:
+            function = self._library.get(op.get_attr(attr).name)
+            if function is None or index >= len(function.signature.output_arg):
+                return False
+            source = function.ret.get(function.signature.output_arg[index].name, "").split(":")[0]
+            if not any(node.name == source and node.op == "Const" for node in function.node_def):
+                return False
+        return True
+
+    def _inline(self, op, attr: str) -> tuple[bool, list] | None:
+        from tensorflow.python.framework.function_def_to_graph import function_def_to_graph_def
+
+        origin = (*self.origin(op), (op, attr == BRANCHES[0]))
+        if len(origin) > MAX_COND_DEPTH:
+            self.unfollowed = f"tf.cond nested deeper than {MAX_COND_DEPTH} levels"
+            return None
+        if self.inlined >= MAX_INLINED_BRANCHES:
+            self.unfollowed = f"more than {MAX_INLINED_BRANCHES} tf.cond branches"
+            return None
+        function = self._library.get(op.get_attr(attr).name)
+        arguments = list(op.inputs[1:])
+        if function is None or len(function.signature.input_arg) != len(arguments):
+            self.unfollowed = f"the {attr} of {op.name} is not a function of the graph's library taking its inputs"
+            return None
+        self.inlined += 1
+        try:
+            graph_def, tensor_names = function_def_to_graph_def(function)
+            for node in graph_def.node:  # colocation with ops outside the function cannot be resolved here
+                node.attr.pop("_class", None)
+                node.device = ""
+            outputs = [tensor_names[function.ret[arg.name]] for arg in function.signature.output_arg]
+            parameters = zip(function.signature.input_arg, arguments, strict=True)
+            before = len(self._graph.get_operations())
+            copied = self._tf.compat.v1.import_graph_def(
+                graph_def,
+                input_map={f"{arg.name}:0": tensor for arg, tensor in parameters},
+                return_elements=outputs,
+                name=f"{INLINED_SCOPE}/{op.name}/{attr}",
+            )
+        except Exception as error:  # TF raises many types for a function it cannot import
+            self.unfollowed = f"the {attr} of {op.name} cannot be copied into the graph ({first_line(error)})"
+            return None
+        for new in self._graph.get_operations()[before:]:
+            self._origin[new.name] = origin
+            if new.type in COND_OPS:
+                self._copied_conds.append(new)
+        return attr == BRANCHES[0], copied
+
+    def inline_updates(self) -> None:
+        """Copy in every branch that assigns a variable (directly or in a nested cond), so that the moving
+        average updates inside conds are graph ops for find_layers."""
+        pending = [op for op in self._graph.get_operations() if op.type in COND_OPS]
+        while pending:
+            op = pending.pop()
+            if any(self._assigns(op.get_attr(attr).name, 0) for attr in BRANCHES):
+                self.branches(op)
+                pending.extend(self._copied_conds)
+            self._copied_conds.clear()
+
+    def _assigns(self, name: str, depth: int) -> bool:
+        if name not in self._writes:
+            self._writes[name] = False  # also ends a hostile cycle of functions
+            function = self._library.get(name)
+            nodes = function.node_def if function is not None and depth <= MAX_COND_DEPTH else ()
+            self._writes[name] = any(
+                node.op in UPDATE_OPS
+                or (node.op in COND_OPS and any(self._assigns(branch, depth + 1) for branch in _branch_names(node)))
+                for node in nodes
+            )
+        return self._writes[name]
+
+    def holds_batchnorm(self) -> bool:
+        """Whether some function of the library updates a variable or runs a training-mode fused BatchNorm."""
+        return any(
+            node.op in UPDATE_OPS
+            or (node.op in FUSED_OPS and ("is_training" not in node.attr or node.attr["is_training"].b))
+            for function in self._library.values()
+            for node in function.node_def
+        )
+
+    def is_copy(self, op) -> bool:
+        return op.name in self._origin
+
+    def origin(self, op) -> tuple:
+        """The branches (If op, predicate value), outermost first, a copied op was copied from; () for others."""
+        return self._origin.get(op.name, ())
+
+
+def _branch_names(node) -> list[str]:
+    """The branch functions a cond's NodeDef names (`in` first: a message map inserts what [] asks for)."""
+    return [node.attr[attr].func.name for attr in BRANCHES if attr in node.attr]
 
 
 def _variable_of(tensor) -> str | None:
@@ -91,45 +226,54 @@ def _moments(tensor) -> tuple[str, str, Any] | None:
     return f"moments:{x.name}", MEAN, x
 
 
-def _batch_statistic(update) -> tuple[_Layer, str] | None:
-    """The BatchNorm computation and statistic kind an update op applies, searched backwards from its value."""
-    queue = deque(update.inputs[1:2])
+def _batch_statistic(update, conds: _Conds) -> tuple[_Layer, str] | None:
+    """The BatchNorm computation and statistic kind an update op applies, searched backwards from its value.
+    An If op's output k leads to output k of each branch; the branch whose value is a training-mode batch
+    statistic is the one taken (the other reads the moving statistic, or runs BatchNorm in inference mode)."""
+    queue: deque[tuple[Any, tuple]] = deque((tensor, ()) for tensor in update.inputs[1:2])
     seen: set[str] = set()
     while queue and len(seen) < MAX_SEARCH_OPS:
-        tensor = queue.popleft()
+        tensor, route = queue.popleft()
         if tensor.name in seen:
             continue
         seen.add(tensor.name)
         op = tensor.op
         if op.type in FUSED_OPS:
             if tensor.value_index not in (1, 2) or not op.get_attr("is_training"):
-                return None
-            layer = _Layer(op.name, fused=op, x=op.inputs[0])
+                continue  # inference mode: the other branch of a cond may still hold the training op
+            layer = _Layer(op.name, fused=op, x=op.inputs[0], route=(*conds.origin(op), *route))
             return layer, MEAN if tensor.value_index == 1 else VARIANCE
         found = _moments(tensor)
         if found is not None:
             key, kind, x = found
-            layer = _Layer(key, x=x)
+            layer = _Layer(key, x=x, route=(*conds.origin(tensor.op), *route))
             layer.moments[kind] = tensor
             return layer, kind
         if op.type in UPDATE_ARITHMETIC:
-            queue.extend(op.inputs)
+            queue.extend((source, route) for source in op.inputs)
+        elif op.type in COND_OPS and not conds.constant(op, tensor.value_index):
+            for value, outputs in conds.branches(op):
+                if tensor.value_index < len(outputs):
+                    queue.append((outputs[tensor.value_index], (*route, (op, value))))
     return None
 
 
-def find_layers(graph) -> list[_Layer]:
-    """Every BatchNorm computation whose batch statistics update a moving mean and a moving variance."""
+def find_layers(graph, conds: _Conds) -> list[_Layer]:
+    """Every BatchNorm computation whose batch statistics update a moving mean and a moving variance, with
+    the updates inside conds' branches copied into the graph first."""
+    conds.inline_updates()
     layers: dict[str, _Layer] = {}
     for op in graph.get_operations():
         if op.type not in UPDATE_OPS or len(op.inputs) < 2:
             continue
         variable = _variable_of(op.inputs[0])
-        found = _batch_statistic(op) if variable else None
+        found = _batch_statistic(op, conds) if variable else None
         if found is None or variable is None:
             continue
         candidate, kind = found
         layer = layers.setdefault(candidate.key, candidate)
         layer.moments.update({k: v for k, v in candidate.moments.items() if k not in layer.moments})
+        layer.route += tuple(step for step in candidate.route if step not in layer.route)
         layer.variables.setdefault(kind, set()).add(variable)
     return list(layers.values())
 
@@ -157,7 +301,8 @@ class GraphRunner:
         self._graph = tf.Graph()
         with self._graph.as_default():
             self._import(meta_graph)
-            found = find_layers(self._graph)
+            self._conds = _Conds(tf, self._graph)
+            found = find_layers(self._graph, self._conds)
             if not found:
                 raise RecalibrateError(self._no_training_layers())
             self._found = sorted(found, key=lambda layer: _one_variable(layer, MEAN, meta_graph))
@@ -165,6 +310,7 @@ class GraphRunner:
             self._fetches = [self._layer_fetches(layer) for layer in self._found]
             self._input = self._input_tensor(input_name, feeds)
             self._feeds = self._extra_feeds(feeds)
+            self._feeds.update(self._branch_feeds())
             restore, initialise = self._split_variables(checkpoint)
             self._session = tf1.Session(graph=self._graph)
         try:
@@ -192,6 +338,13 @@ class GraphRunner:
             raise ModelError(f"{meta_graph}: not a MetaGraphDef TensorFlow can import ({first_line(error)})") from None
 
     def _no_training_layers(self) -> str:
+        conds = self._conds
+        if conds.unfollowed is not None or conds.holds_batchnorm():
+            why = f" ({conds.unfollowed})" if conds.unfollowed else ""
+            return (
+                f"{self._meta}: its graph functions (tf.cond of control flow v2) update variables or run BatchNorm "
+                f"in training mode, but recalibrate cannot follow them to a layer's batch statistics{why}"
+            )
         ops = self._graph.get_operations()
         evaluation = any(op.type in FUSED_OPS and not op.get_attr("is_training") for op in ops) or any(
             op.type in VARIABLE_OPS and op.name.rsplit("/", 1)[-1] in STATISTIC_LEAVES for op in ops
@@ -241,7 +394,10 @@ class GraphRunner:
         candidates = [
             op.outputs[0]
             for op in self._graph.get_operations()
-            if op.type == "Placeholder" and op.outputs[0].dtype.is_floating and op.name not in feeds
+            if op.type == "Placeholder"
+            and op.outputs[0].dtype.is_floating
+            and op.name not in feeds
+            and not self._conds.is_copy(op)  # a copied branch's argument, mapped to the cond's input
         ]
         if len(candidates) == 1:
             return candidates[0]
@@ -256,6 +412,30 @@ class GraphRunner:
             for name, value in feeds.items()
             for tensor in [self._tensor(name, "--feed")]
         }
+
+    def _branch_feeds(self) -> dict:
+        """The predicate of each cond a layer's statistics came through, fed the value selecting that branch
+        (the cond in the graph runs its training branch, so deeper layers see training-mode activations). A
+        predicate inside a copied branch is left alone: the copy is fetched directly, never through its cond."""
+        chosen: dict[Any, bool] = {}
+        for layer in self._found:
+            for op, value in layer.route:
+                predicate = op.inputs[0]
+                if self._conds.is_copy(predicate.op):
+                    continue
+                if chosen.setdefault(predicate, value) != value:
+                    raise RecalibrateError(
+                        f"{self._meta}: {predicate.op.name} selects the training branch of one tf.cond when "
+                        "true and of another when false; recalibrate cannot run both"
+                    )
+        for predicate, value in chosen.items():
+            given = self._feeds.get(predicate)
+            if given is not None and bool(given) != value:
+                raise ConfigError(
+                    f"--feed {predicate.op.name}={str(bool(given)).lower()}: BatchNorm runs in training mode "
+                    f"when it is {str(value).lower()}"
+                )
+        return chosen
 
     def _split_variables(self, checkpoint: Checkpoint) -> tuple[list, list]:
         """The graph's variables the checkpoint holds (restored) and those it lacks (initialised: the
