@@ -11,9 +11,18 @@ as tf.layers and slim write it for fused BatchNorm), or by FusedBatchNormV3 itse
 VariableV2 node, never by name: ops and variables live under different scopes (slim's
 `InceptionV3/InceptionV3/...` ops update `InceptionV3/...` variables).
 
-The file (a path, or a URL read by range through the byte source) is untrusted: its size, the node count and
-the depth of folded expressions are bounded, only scalar constants are folded, and anything unexpected means
-"no decay known here", never an exception.
+Control flow v2 (a TF1 script under TF 2.x with `disable_eager_execution()` only, BatchNorm's training flag a
+placeholder): tf.cond is an `If`/`StatelessIf` node whose branches are functions of `graph_def.library`. The
+updates then live in a branch function (non-fused: `AssignSubVariableOp(arg, Mul(Sub(ReadVariableOp(arg),
+arg), decay))`, each argument the If node's input in its caller), or the decay is a cond's output (slim's fused
+BatchNorm: `Sub(1.0, StatelessIf)`, 0.999 from the training branch, 1.0 from the other). Each branch is read
+as a body whose arguments lead back to its caller; a value from a cond has both branches' values as
+candidates, and the decay 1.0 (an update that changes nothing: the inference branch) gives way to the other.
+
+The file (a path, or a URL read by range through the byte source) is untrusted: its size, the node count, the
+nodes read in branch functions, the nesting of conds and the depth of folded expressions are bounded, only
+scalar constants are folded, and anything unexpected means "no decay known here", never an exception; a
+damaged function library (a cond naming a missing function, or not matching its signature) is a problem.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import stat
 import struct
 from contextlib import closing
 from dataclasses import dataclass, field
+from typing import Any
 
 from ckptdoctor import dtypes
 from ckptdoctor.formats.model_spec import ModelVariable
@@ -32,6 +42,9 @@ MAX_META_BYTES = 64 << 20  # a large training graph (InceptionV3 with its optimi
 MAX_NODES = 500_000  # bounds the Python work of mapping updates (about 3 s and 300 MiB at the limit)
 MAX_CHAIN = 16  # Identity/Cast/Sub/Mul hops followed from an update to its variable or its constant
 MAX_SCALAR_BYTES = 8  # a constant folded here is one element of at most float64/int64
+MAX_FUNCTION_NODES = MAX_NODES  # nodes read in branch functions, each cond's branches counted where it is read
+MAX_COND_DEPTH = 8  # nested tf.cond levels read (slim nests none; hand-written code one or two)
+MAX_CANDIDATES = 4  # values a constant expression may take through conds' branches before it is unknown
 
 # The collections that list what tf.compat.v1.train.Saver() restores by default, and which are trainable.
 VARIABLE_COLLECTIONS = ("variables", "trainable_variables")
@@ -40,6 +53,8 @@ UPDATE_OPS = frozenset({"AssignSubVariableOp", "AssignSub"})
 FUSED_WITH_FACTOR = "FusedBatchNormV3"
 # Ops a variable's handle or value passes through unchanged on its way to an update.
 PASS_THROUGH = frozenset({"Identity", "ReadVariableOp", "Snapshot"})
+COND_OPS = frozenset({"If", "StatelessIf"})  # tf.cond of control flow v2: branches are library functions
+BRANCHES = ("then_branch", "else_branch")
 # DataType enum values (types.proto) a scalar constant may have, with their struct format in tensor_content.
 _SCALAR_FORMATS = {1: "<f", 2: "<d", 3: "<i", 9: "<q", 19: "<e"}  # float, double, int32, int64, half
 _BFLOAT16 = 14
@@ -108,7 +123,10 @@ def read_decays(path: str) -> MetaGraphDecays:
     meta, problem = _parse(path)
     if meta is None:
         return MetaGraphDecays(problem=problem)
-    return MetaGraphDecays(decays=_Graph(meta.graph_def.node).decays())
+    try:
+        return MetaGraphDecays(decays=_Graph(meta.graph_def).decays())
+    except _DamagedLibrary as error:
+        return MetaGraphDecays(problem=str(error))
 
 
 def read_variables(path: str) -> tuple[ModelVariable, ...]:
@@ -169,93 +187,227 @@ def _source(input_name: str) -> str | None:
     return name if name and port.isdigit() else input_name
 
 
+class _DamagedLibrary(Exception):
+    """The graph's function library cannot be read as TF writes it, or reading it would pass a limit."""
+
+
+@dataclass(eq=False)  # hashed by identity: one body per function per cond that calls it
+class _Body:
+    """The nodes of the graph, or of one branch function as one cond calls it: each argument is the cond's
+    input in its caller's body."""
+
+    nodes: dict
+    arguments: dict[str, tuple[_Body, str]] = field(default_factory=dict)
+    depth: int = 0
+
+
+def _output_index(input_name: str) -> int:
+    """The output an input names: `node:2` in a graph, `node:output:2` in a function; 0 where no number ends it."""
+    _, colon, last = input_name.rpartition(":")
+    return int(last) if colon and last.isdigit() else 0
+
+
 class _Graph:
-    def __init__(self, nodes) -> None:
-        self.nodes = {node.name: node for node in nodes}
-        self._folded: dict[str, float | None] = {}
+    def __init__(self, graph_def) -> None:
+        self.main = _Body({node.name: node for node in graph_def.node})
+        self.functions = {function.signature.name: function for function in graph_def.library.function}
+        if sum(len(function.node_def) for function in self.functions.values()) > MAX_FUNCTION_NODES:
+            raise _DamagedLibrary(f"its function library has more than {MAX_FUNCTION_NODES} nodes, not read")
+        self._function_nodes: dict[str, dict] = {}
+        self._calls: dict[tuple[_Body, str], list[_Body]] = {}  # (body, cond node) -> its branches' bodies
+        self._assigning: dict[str, bool] = {}  # function -> whether it (or a cond in it) updates a variable
+        self._budget = MAX_FUNCTION_NODES
+        self._folded: dict[tuple[_Body, str], tuple[float, ...]] = {}
 
     def decays(self) -> dict[str, float]:
         found: dict[str, set[float]] = {}
-        for node in self.nodes.values():
-            for variable, decay in self._updates(node):
-                found.setdefault(variable, set()).add(decay)
+        for body in self._bodies():
+            for node in body.nodes.values():
+                for variable, decay in self._updates(body, node):
+                    found.setdefault(variable, set()).add(decay)
         # A variable updated with two different decays (two towers disagreeing) has no one decay.
         return {name: decays.pop() for name, decays in found.items() if len(decays) == 1}
 
-    def _updates(self, node) -> list[tuple[str, float]]:
+    def _bodies(self) -> list[_Body]:
+        """The graph and every branch, as its cond calls it, of a cond whose branches update variables."""
+        bodies, pending = [self.main], [self.main]
+        while pending:
+            body = pending.pop()
+            for node in body.nodes.values():
+                if node.op in COND_OPS and any(self._assigns(name, body.depth) for name in self._branch_names(node)):
+                    branches = self.branches(body, node)
+                    bodies.extend(branches)
+                    pending.extend(branches)
+        return bodies
+
+    def _branch_names(self, node) -> list[str]:
+        attrs = _attrs(node)
+        names = [attrs[attr].func.name for attr in BRANCHES if attr in attrs]
+        if len(names) != len(BRANCHES) or any(name not in self.functions for name in names):
+            raise _DamagedLibrary(f"cond {node.name!r} names a branch its function library lacks")
+        return names
+
+    def _assigns(self, name: str, depth: int) -> bool:
+        if name not in self._assigning:
+            self._assigning[name] = False  # also ends a cycle of functions calling each other
+            nodes = self.functions[name].node_def if depth < MAX_COND_DEPTH else ()
+            self._assigning[name] = any(
+                node.op in UPDATE_OPS
+                or _fused_factor(node) is not None
+                or (
+                    node.op in COND_OPS and any(self._assigns(branch, depth + 1) for branch in self._branch_names(node))
+                )
+                for node in nodes
+            )
+        return self._assigning[name]
+
+    def branches(self, body: _Body, node) -> list[_Body]:
+        """The bodies of a cond's branches, their arguments bound to its inputs after the predicate."""
+        key = (body, node.name)
+        if key not in self._calls:
+            if body.depth >= MAX_COND_DEPTH:
+                raise _DamagedLibrary(f"its conds are nested deeper than {MAX_COND_DEPTH} levels, not read")
+            inputs = [name for name in node.input if not name.startswith("^")][1:]
+            bodies = []
+            for name in self._branch_names(node):
+                signature = self.functions[name].signature
+                if len(signature.input_arg) != len(inputs):
+                    raise _DamagedLibrary(f"cond {node.name!r} gives {name!r} other inputs than it takes")
+                arguments = {arg.name: (body, value) for arg, value in zip(signature.input_arg, inputs, strict=True)}
+                bodies.append(_Body(self._nodes_of(name), arguments, body.depth + 1))
+            self._calls[key] = bodies
+        return self._calls[key]
+
+    def _nodes_of(self, name: str) -> dict:
+        nodes = self.functions[name].node_def
+        self._budget -= max(len(nodes), 1)
+        if self._budget < 0:
+            raise _DamagedLibrary(f"its conds call more than {MAX_FUNCTION_NODES} nodes of functions, not read")
+        if name not in self._function_nodes:
+            self._function_nodes[name] = {node.name: node for node in nodes}
+        return self._function_nodes[name]
+
+    def _updates(self, body: _Body, node) -> list[tuple[str, float]]:
         if node.op in UPDATE_OPS and len(node.input) >= 2:
-            variable = self.variable(node.input[0])
-            decay = self._decay_of_delta(node.input[1], variable) if variable else None
+            variable = self.variable(body, node.input[0])
+            decay = self._decay_of_delta(body, node.input[1], variable) if variable else None
             return [(variable, decay)] if variable and decay is not None else []
-        if node.op == FUSED_WITH_FACTOR and len(node.input) >= 5:
-            attrs = {entry.key: entry.value for entry in node.attr}
-            factor = attrs["exponential_avg_factor"].f if "exponential_avg_factor" in attrs else 1.0
-            is_training = attrs["is_training"].b if "is_training" in attrs else True  # TF's default
-            decay = _decay(factor)
-            if not is_training or factor == 1.0 or decay is None:
-                return []
-            statistics = (self.variable(node.input[3]), self.variable(node.input[4]))
+        factor = _fused_factor(node)
+        decay = _decay(factor) if factor is not None else None
+        if decay is not None and len(node.input) >= 5:
+            statistics = (self.variable(body, node.input[3]), self.variable(body, node.input[4]))
             return [(variable, decay) for variable in statistics if variable]
         return []
 
-    def _decay_of_delta(self, input_name: str, variable: str) -> float | None:
-        """d where the update's delta is Mul(Sub(variable, value), 1 - d), in either operand order."""
-        delta = self._node(input_name)
+    def _decay_of_delta(self, body: _Body, input_name: str, variable: str) -> float | None:
+        """d where the update's delta is Mul(Sub(variable, value), 1 - d), in either operand order. Where the
+        factor comes from a cond, a branch giving d = 1 (no update: the inference branch) gives way."""
+        delta = self._node(body, input_name)
         for _ in range(MAX_CHAIN):
-            if delta is None or delta.op != "Identity" or not delta.input:
+            if delta is None or delta[1].op != "Identity" or not delta[1].input:
                 break
-            delta = self._node(delta.input[0])
-        if delta is None or delta.op != "Mul" or len(delta.input) < 2:
+            delta = self._node(delta[0], delta[1].input[0])
+        if delta is None or delta[1].op != "Mul" or len(delta[1].input) < 2:
             return None
-        for difference, factor in ((delta.input[0], delta.input[1]), (delta.input[1], delta.input[0])):
-            sub = self._node(difference)
-            if sub is not None and sub.op == "Sub" and sub.input and self.variable(sub.input[0]) == variable:
-                value = self.fold(factor)
-                return _decay(value) if value is not None else None
+        where, mul = delta
+        for difference, factor in ((mul.input[0], mul.input[1]), (mul.input[1], mul.input[0])):
+            sub = self._node(where, difference)
+            if (
+                sub is None
+                or sub[1].op != "Sub"
+                or not sub[1].input
+                or self.variable(sub[0], sub[1].input[0]) != variable
+            ):
+                continue
+            decays = {d for d in map(_decay, self.fold(where, factor)) if d is not None}
+            if len(decays) > 1:
+                decays.discard(1.0)
+            return decays.pop() if len(decays) == 1 else None
         return None
 
-    def _node(self, input_name: str):
-        name = _source(input_name)
-        return self.nodes.get(name) if name is not None else None
-
-    def variable(self, input_name: str) -> str | None:
-        """The variable an input reads or refers to, followed through Identity and ReadVariableOp."""
-        node = self._node(input_name)
-        for _ in range(MAX_CHAIN):
-            if node is None:
+    def _node(self, body: _Body, input_name: str) -> tuple[_Body, Any] | None:
+        """The node an input names and the body it is in, an argument followed to its caller's input."""
+        for _ in range(MAX_COND_DEPTH + 1):
+            if input_name.startswith("^"):
                 return None
+            name = input_name.split(":", 1)[0]
+            if name not in body.arguments:
+                node = body.nodes.get(name)
+                return (body, node) if node is not None else None
+            body, input_name = body.arguments[name]
+        return None
+
+    def variable(self, body: _Body, input_name: str) -> str | None:
+        """The variable an input reads or refers to, followed through Identity, ReadVariableOp and the
+        arguments of branch functions; a variable node of the graph itself, never one inside a function."""
+        found = self._node(body, input_name)
+        for _ in range(MAX_CHAIN):
+            if found is None:
+                return None
+            where, node = found
             if node.op in VARIABLE_OPS:
-                return node.name
+                return node.name if where is self.main else None
             if node.op not in PASS_THROUGH or not node.input:
                 return None
-            node = self._node(node.input[0])
+            found = self._node(where, node.input[0])
         return None
 
-    def fold(self, input_name: str, depth: int = 0) -> float | None:
-        """The value of a scalar constant expression (Const, Identity, Cast, Sub, Mul), else None."""
-        name = _source(input_name)
-        if name is None or depth > MAX_CHAIN:
-            return None
-        if name not in self._folded:
-            node = self.nodes.get(name)
-            self._folded[name] = None  # also breaks cycles in a hostile graph
-            self._folded[name] = self._fold_node(node, depth) if node is not None else None
-        return self._folded[name]
+    def fold(self, body: _Body, input_name: str, depth: int = 0) -> tuple[float, ...]:
+        """The values a scalar constant expression (Const, Identity, Cast, Sub, Mul, a cond's output) may take:
+        one, or one per branch of the conds it goes through; () where it is not one."""
+        found = self._node(body, input_name)
+        if found is None or depth > MAX_CHAIN:
+            return ()
+        where, node = found
+        key = (where, f"{node.name}:{_output_index(input_name) if node.op in COND_OPS else 0}")
+        if key not in self._folded:
+            self._folded[key] = ()  # also breaks cycles in a hostile graph
+            self._folded[key] = self._fold_node(where, node, _output_index(input_name), depth)
+        return self._folded[key]
 
-    def _fold_node(self, node, depth: int) -> float | None:
+    def _fold_node(self, body: _Body, node, index: int, depth: int) -> tuple[float, ...]:
         if node.op == "Const":
             for entry in node.attr:
                 if entry.key == "value":
-                    return _scalar(entry.value.tensor)
-            return None
+                    value = _scalar(entry.value.tensor)
+                    return (value,) if value is not None else ()
+            return ()
         if node.op in ("Identity", "Cast") and node.input:
-            return self.fold(node.input[0], depth + 1)
+            return self.fold(body, node.input[0], depth + 1)
         if node.op in ("Sub", "Mul") and len(node.input) >= 2:
-            a, b = self.fold(node.input[0], depth + 1), self.fold(node.input[1], depth + 1)
-            if a is None or b is None:
-                return None
-            return a - b if node.op == "Sub" else a * b
+            a, b = self.fold(body, node.input[0], depth + 1), self.fold(body, node.input[1], depth + 1)
+            return _candidates({x - y if node.op == "Sub" else x * y for x in a for y in b})
+        if node.op in COND_OPS:
+            values: set[float] = set()
+            for branch, name in zip(self.branches(body, node), self._branch_names(node), strict=True):
+                outputs = self.functions[name].signature.output_arg
+                returned = {entry.key: entry.value for entry in self.functions[name].ret}
+                result = returned.get(outputs[index].name) if index < len(outputs) else None
+                folded = self.fold(branch, result, depth + 1) if result is not None else ()
+                if not folded:
+                    return ()  # a branch whose value is unknown: the cond's value is unknown
+                values.update(folded)
+            return _candidates(values)
+        return ()
+
+
+def _candidates(values: set[float]) -> tuple[float, ...]:
+    return tuple(sorted(values)) if len(values) <= MAX_CANDIDATES else ()
+
+
+def _attrs(node) -> dict:
+    """A NodeDef's attributes by name (the map is a list of entries in ckptdoctor's protos)."""
+    return {entry.key: entry.value for entry in node.attr}
+
+
+def _fused_factor(node) -> float | None:
+    """The exponential_avg_factor of a training-mode FusedBatchNormV3 that averages itself (factor != 1)."""
+    if node.op != FUSED_WITH_FACTOR:
         return None
+    attrs = _attrs(node)
+    factor = attrs["exponential_avg_factor"].f if "exponential_avg_factor" in attrs else 1.0
+    is_training = attrs["is_training"].b if "is_training" in attrs else True  # TF's default
+    return factor if is_training and factor != 1.0 else None
 
 
 def _decay(factor: float) -> float | None:

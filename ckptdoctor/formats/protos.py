@@ -129,8 +129,10 @@ _MESSAGES: list[tuple[str, list[tuple[str, int, str, bool]]]] = [
             ("type", 6, "int32", False),
             ("tensor", 8, "TensorProto", False),
             ("shape", 7, "TensorShapeProto", False),
+            ("func", 10, "NameAttrList", False),
         ],
     ),
+    ("NameAttrList", [("name", 1, "string", False)]),  # a cond's branch: the function's name
     ("NodeDef.AttrEntry", [("key", 1, "string", False), ("value", 2, "AttrValue", False)]),
     (
         "NodeDef",
@@ -141,7 +143,19 @@ _MESSAGES: list[tuple[str, list[tuple[str, int, str, bool]]]] = [
             ("attr", 5, "NodeDef.AttrEntry", True),
         ],
     ),
-    ("GraphDef", [("node", 1, "NodeDef", True)]),
+    ("GraphDef", [("node", 1, "NodeDef", True), ("library", 2, "FunctionDefLibrary", False)]),
+    # The function library (function.proto, op_def.proto): the branches of control flow v2's If ops.
+    ("OpDef.ArgDef", [("name", 1, "string", False)]),
+    (
+        "OpDef",
+        [("name", 1, "string", False), ("input_arg", 2, "OpDef.ArgDef", True), ("output_arg", 3, "OpDef.ArgDef", True)],
+    ),
+    ("FunctionDef.RetEntry", [("key", 1, "string", False), ("value", 2, "string", False)]),
+    (
+        "FunctionDef",
+        [("signature", 1, "OpDef", False), ("node_def", 3, "NodeDef", True), ("ret", 4, "FunctionDef.RetEntry", True)],
+    ),
+    ("FunctionDefLibrary", [("function", 1, "FunctionDef", True)]),
     # The `variables` and `trainable_variables` collections: serialized VariableDefs in a BytesList
     # (variable.proto); a partitioned variable's parts carry the checkpoint key in SaveSliceInfoDef.
     ("CollectionDef.BytesList", [("value", 1, "bytes", True)]),
