@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import struct
 
+import numpy as np
 import pytest
 from conftest import FIXTURES
 
@@ -167,3 +168,142 @@ def test_tf_ref_variable_assign_sub(tf, tmp_path):
     ops = {node.op for node in graph.as_graph_def().node}
     assert {"VariableV2", "AssignSub"} <= ops  # the graph really has the ref-variable form
     assert read_decays(path).decays == {"layer/BatchNorm/moving_mean": pytest.approx(0.95)}
+
+
+# ------------------------------------------------------------------------ control flow v2 (If, StatelessIf)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "non-fused"])
+def test_tf_layers_batchnorm_with_a_training_tensor_gives_the_decay_tf_applies(tf, tmp_path, fused):
+    """tf.compat.v1.layers' BatchNorm with training=<placeholder> under TF 2.x graph mode builds If ops whose
+    branch functions hold the update or the decay; the decay read must be the one TF applies in one update."""
+    import warnings
+
+    from tf_keras.src.legacy_tf_layers.normalization import batch_normalization
+
+    tf1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf1.placeholder(tf.float32, [None, 2, 2, 3], name="x")
+        training = tf1.placeholder_with_default(False, [], name="is_training")
+        with warnings.catch_warnings():  # deprecated in favour of Keras, used by TF1 code all the same
+            warnings.simplefilter("ignore", UserWarning)
+            batch_normalization(x, momentum=0.93, training=training, fused=fused, name="bn")
+        assert {"If", "StatelessIf"} & {op.type for op in graph.get_operations()}
+        path = str(tmp_path / "model.ckpt-1.meta")
+        tf1.train.export_meta_graph(path)
+        data = np.random.default_rng(0).normal(3.0, 1.0, size=(4, 2, 2, 3)).astype(np.float32)
+        with tf1.Session(graph=graph) as session:  # one update from moving_mean = 0: new = (1 - d) * batch mean
+            session.run(tf1.global_variables_initializer())
+            session.run(tf1.get_collection(tf1.GraphKeys.UPDATE_OPS), {x: data, training: True})
+            (moving_mean,) = [v for v in tf1.global_variables() if v.op.name == "bn/moving_mean"]
+            moved = session.run(moving_mean)
+    applied = 1.0 - moved / data.mean(axis=(0, 1, 2))
+    found = read_decays(path)
+    assert found.problem is None and set(found.decays) == {"bn/moving_mean", "bn/moving_variance"}
+    np.testing.assert_allclose(found.decays["bn/moving_mean"], applied, rtol=1e-4)
+    assert found.decays["bn/moving_variance"] == pytest.approx(0.93)
+
+
+def _library_graph(functions, *nodes) -> protos.MetaGraphDef:
+    """A meta graph of (name, op, inputs, value) nodes (value: a float, or {then, else} branch names) and
+    functions given as (name, [argument], [(output, returned)], [nodes])."""
+    meta = protos.MetaGraphDef()
+
+    def add(target, name, op, inputs, value):
+        node = target.add(name=name, op=op)
+        node.input.extend(inputs)
+        if isinstance(value, dict):
+            for attr, function in value.items():
+                node.attr.add(key=attr).value.func.name = function
+        elif value is not None:
+            tensor = node.attr.add(key="value").value.tensor
+            tensor.dtype = 1
+            tensor.float_val.append(value)
+
+    for spec in nodes:
+        add(meta.graph_def.node, *spec)
+    for name, arguments, returns, body in functions:
+        function = meta.graph_def.library.function.add()
+        function.signature.name = name
+        for argument in arguments:
+            function.signature.input_arg.add(name=argument)
+        for output, returned in returns:
+            function.signature.output_arg.add(name=output)
+            function.ret.add(key=output, value=returned)
+        for spec in body:
+            add(function.node_def, *spec)
+    return meta
+
+
+BRANCHES = {"then_branch": "update", "else_branch": "keep"}
+UPDATING_BRANCH = (  # slim's non-fused update inside the cond's training branch, decay 0.95
+    "update",
+    ["var", "value"],
+    [],
+    [
+        ("decay", "Const", [], 0.05),
+        ("read", "ReadVariableOp", ["var"], None),
+        ("sub", "Sub", ["read:value:0", "value"], None),
+        ("mul", "Mul", ["sub:z:0", "decay:output:0"], None),
+        ("AssignSubVariableOp", "AssignSubVariableOp", ["var", "mul:z:0"], None),
+    ],
+)
+KEEPING_BRANCH = ("keep", ["var", "value"], [], [])
+MAIN = (
+    ("bn/moving_mean", "VarHandleOp", [], None),
+    ("batch_mean", "Placeholder", [], None),
+    ("is_training", "Placeholder", [], None),
+    ("cond", "If", ["is_training", "bn/moving_mean", "batch_mean", "^batch_mean"], BRANCHES),
+)
+
+
+def test_an_update_inside_a_branch_function_gets_its_decay_through_the_conds_inputs(tmp_path):
+    found = read_decays(_write(tmp_path, _library_graph([UPDATING_BRANCH, KEEPING_BRANCH], *MAIN)))
+    assert found.problem is None and found.decays == {"bn/moving_mean": pytest.approx(0.95)}
+
+
+def test_a_decay_from_a_cond_takes_the_branch_that_updates(tmp_path):
+    """slim's fused form: v -= (v - batch) * (1 - StatelessIf), the cond giving 0.99 in training, 1.0 else."""
+    meta = _update(["factor"], ("one", "Const", [], 1.0), ("factor", "Sub", ["one", "cond_1:0"], None))
+    extra = _library_graph(
+        [
+            ("training", [], [("const", "Const:output:0")], [("Const", "Const", [], 0.99)]),
+            ("inference", [], [("const", "Const:output:0")], [("Const", "Const", [], 1.0)]),
+        ],
+        ("pred", "Placeholder", [], None),
+        ("cond_1", "StatelessIf", ["pred"], {"then_branch": "training", "else_branch": "inference"}),
+    )
+    meta.MergeFrom(extra)
+    assert read_decays(_write(tmp_path, meta)).decays == {"bn/moving_mean": pytest.approx(0.99)}
+
+
+@pytest.mark.parametrize(
+    "functions, problem",
+    [
+        ([UPDATING_BRANCH], "names a branch its function library lacks"),
+        ([UPDATING_BRANCH, ("keep", ["var"], [], [])], "other inputs than it takes"),
+        (  # a branch whose cond calls the branch itself: nested without end
+            [
+                (*UPDATING_BRANCH[:3], [*UPDATING_BRANCH[3], ("inner", "If", ["p", "var", "value"], BRANCHES)]),
+                KEEPING_BRANCH,
+            ],
+            "nested deeper than",
+        ),
+    ],
+    ids=["missing-function", "signature-mismatch", "recursive-cond"],
+)
+def test_a_damaged_function_library_is_a_problem_not_an_exception(tmp_path, functions, problem):
+    found = read_decays(_write(tmp_path, _library_graph(functions, *MAIN)))
+    assert found.decays == {} and problem in found.problem
+
+
+def test_the_nodes_read_in_branch_functions_are_bounded(tmp_path, monkeypatch):
+    import ckptdoctor.formats.meta_graph as module
+
+    conds = [(f"cond{i}", "If", ["is_training", "bn/moving_mean", "batch_mean"], BRANCHES) for i in range(200)]
+    path = _write(tmp_path, _library_graph([UPDATING_BRANCH, KEEPING_BRANCH], *MAIN, *conds))
+    assert read_decays(path).decays == {"bn/moving_mean": pytest.approx(0.95)}  # 201 conds: 1,005 nodes read
+    monkeypatch.setattr(module, "MAX_FUNCTION_NODES", 1000)
+    found = read_decays(path)
+    assert found.decays == {} and "more than 1000 nodes of functions" in found.problem
