@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from ckptdoctor.analysis.checkpoint import Checkpoint
@@ -89,13 +90,17 @@ class _Conds:
     def __init__(self, tf, graph) -> None:
         self._tf = tf
         self._graph = graph
-        self._library = {f.signature.name: f for f in graph.as_graph_def().library.function}
         self._branches: dict[str, list[tuple[bool, list] | None]] = {}  # If op name -> its copied branches
         self._origin: dict[str, tuple] = {}  # copied op name -> the (If op, predicate value) branches it is in
         self._writes: dict[str, bool] = {}  # function name -> whether it (or a cond inside) assigns a variable
         self._copied_conds: list = []  # conds inside copied branches, not yet looked at by inline_updates
         self.inlined = 0
         self.unfollowed: str | None = None
+
+    @cached_property
+    def _library(self) -> dict:
+        """The graph's functions by name, read only when a graph has conds (as_graph_def copies the graph)."""
+        return {function.signature.name: function for function in self._graph.as_graph_def().library.function}
 
     def branches(self, op) -> list[tuple[bool, list]]:
         """(predicate value, the branch's output tensors) for each branch of a cond that could be copied."""
