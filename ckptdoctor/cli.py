@@ -329,6 +329,13 @@ def patch(*, target: str, donor: str, out: str, force: bool, name_map: str | Non
 
 
 MAX_PATCHED_LAYERS_SHOWN = 20  # patch's summary: one line per layer up to this many, then a count
+MAX_LAYERS_NAMED = 20  # a warning names this many layers, then counts the rest
+
+
+def _listed(names: Sequence[str]) -> str:
+    """`a, b, c`, past MAX_LAYERS_NAMED names `…, and 12 more`."""
+    named = ", ".join(names[:MAX_LAYERS_NAMED])
+    return named if len(names) <= MAX_LAYERS_NAMED else f"{named}, … and {len(names) - MAX_LAYERS_NAMED} more"
 
 
 def _additions_by_layer(added: Sequence[Addition], donor: str) -> list[str]:
@@ -604,6 +611,11 @@ def recalibrate(
         sys.stderr.write(
             f"ckptdoctor: warning: only {result.samples} samples; population statistics from fewer than "
             f"{MIN_SAMPLES:,} are noisy\n"
+        )
+    if result.untouched:
+        sys.stderr.write(
+            f"ckptdoctor: warning: {_plural(len(result.untouched), 'BatchNorm layer')} of the checkpoint the model "
+            f"computed no statistics for, written as they were: {shown(_listed(result.untouched))}\n"
         )
     with _writing_stdout():
         _say(

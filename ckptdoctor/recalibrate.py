@@ -289,6 +289,8 @@ class RecalibrateResult:
     replaced: int  # statistics replaced
     resolved: Resolved
     state_change: str | None = None
+    # BatchNorm layers of the checkpoint the model computed no statistics for: written as they were
+    untouched: tuple[str, ...] = ()
 
     @property
     def few_samples(self) -> bool:
@@ -314,6 +316,7 @@ class _Placement:
     changes: tuple[LayerChange, ...]
     added: int
     replaced: int
+    untouched: tuple[str, ...]  # the checkpoint's BatchNorm layers none of whose statistics the edits write
 
 
 def plan_edits(checkpoint: Checkpoint, computed: list[tuple[LayerStatistics, PopulationMoments]]) -> _Placement:
@@ -362,7 +365,13 @@ def plan_edits(checkpoint: Checkpoint, computed: list[tuple[LayerStatistics, Pop
             add.append(NewTensor(holder, leaf, Values(array.astype(np.dtype(dtype))), name))
             moved[leaf] = None
         changes.append(LayerChange(statistics.label, moved["moving_mean"], moved["moving_variance"], moments.count))
-    return _Placement(Edits(add=tuple(add), replace=tuple(replace)), tuple(changes), len(add), len(replace))
+    written = {replacement.name for replacement in replace} | {tensor.layer for tensor in add}
+    untouched = tuple(
+        checkpoint.layer_name(layer)
+        for layer in checkpoint.batchnorm
+        if layer.layer not in written and not {layer.moving_mean, layer.moving_variance} & written
+    )
+    return _Placement(Edits(add=tuple(add), replace=tuple(replace)), tuple(changes), len(add), len(replace), untouched)
 
 
 # -------------------------------------------------------------------------------------------- the command
@@ -482,6 +491,7 @@ def recalibrate(
             replaced=placement.replaced,
             resolved=written.resolved,
             state_change=written.state_change,
+            untouched=placement.untouched,
         )
 
 

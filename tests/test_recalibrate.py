@@ -460,3 +460,37 @@ def test_a_keras_recalibration_on_the_command_line_finishes_under_the_watchdog(t
     assert result.returncode == 0, result.stderr
     assert "no findings" in result.stdout
     assert gate([tmp_path / "out.weights.h5"]).exit_code == 0
+
+
+def test_layers_the_model_computes_nothing_for_are_named_in_a_warning(tf, tmp_path, fixture_model):
+    """A training graph holding only the first of the checkpoint's four BatchNorm layers: the other three are
+    written as they were, and the user is told which (the re-check cannot tell stale statistics from new)."""
+
+    def first_layer_only(images):
+        with tf.compat.v1.variable_scope("net"):
+            x = fixture_model.batch_norm(fixture_model.conv(images, "conv1", 8), "conv1/BatchNorm", True, scale=False)
+        return tf.reduce_mean(x, [1, 2])
+
+    meta = tmp_path / "first.meta"
+    export_training_graph(tf, meta, first_layer_only)
+    np.save(tmp_path / "x.npy", samples(16))
+    prefix = TF1 / "finetune_full" / "model.ckpt-20"
+    out = tmp_path / "out" / "model.ckpt-20"
+    result = run_cli("recalibrate", prefix, "--meta-graph", meta, "--data", tmp_path / "x.npy", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "recalibrated 1 BatchNorm layers over 16 samples in 1 batches: 2 statistics replaced, 0 added" in (
+        result.stdout
+    )
+    warnings = [line for line in result.stderr.splitlines() if "computed no statistics" in line]
+    assert warnings == [
+        "ckptdoctor: warning: 3 BatchNorm layers of the checkpoint the model computed no statistics for, written "
+        "as they were: net/batch_normalization, net/batch_normalization_1, net/conv2/BatchNorm"
+    ]
+    before, after = tf.train.load_checkpoint(str(prefix)), tf.train.load_checkpoint(str(out))
+    for layer in ("net/batch_normalization", "net/batch_normalization_1", "net/conv2/BatchNorm"):
+        np.testing.assert_array_equal(
+            after.get_tensor(f"{layer}/moving_mean"), before.get_tensor(f"{layer}/moving_mean")
+        )
+    assert not np.array_equal(
+        after.get_tensor("net/conv1/BatchNorm/moving_mean"), before.get_tensor("net/conv1/BatchNorm/moving_mean")
+    )
