@@ -197,3 +197,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.tf)
         if item.module is not None and item.module.__name__ in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
+
+
+def restored_logits(tf, meta, prefix, images, feed=None):
+    """The `logits:0` of the TF1 graph at `meta` with the variables `prefix` holds restored (the others
+    initialised), for `images` fed to `input:0`; no update op is run."""
+    tf1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default(), tf1.Session(graph=graph) as session:
+        tf1.train.import_meta_graph(str(meta), clear_devices=True)
+        stored = {name for name, _ in tf.train.list_variables(str(prefix))}
+        variables = tf1.global_variables()
+        session.run(tf1.variables_initializer([v for v in variables if v.op.name not in stored]))
+        tf1.train.Saver([v for v in variables if v.op.name in stored]).restore(session, str(prefix))
+        return session.run("logits:0", {"input:0": images, **(feed or {})})

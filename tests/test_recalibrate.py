@@ -14,7 +14,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import KERAS, TF1, copy_checkpoint, file_bytes, run_cli
+from conftest import KERAS, TF1, copy_checkpoint, file_bytes, restored_logits, run_cli
 
 from ckptdoctor import gate
 from ckptdoctor.errors import ConfigError, ModelError, OutputError
@@ -229,19 +229,6 @@ def test_a_batchnorm_on_the_input_gets_numpys_population_statistics(tf, tmp_path
     np.testing.assert_array_equal(stored.get_tensor("net/bn/beta"), [0.5] * 3)
 
 
-def logits_of(tf, meta, prefix, images):
-    """Logits of the graph at `meta` restored from `prefix` (no update op is run)."""
-    tf1 = tf.compat.v1
-    graph = tf.Graph()
-    with graph.as_default(), tf1.Session(graph=graph) as session:
-        tf1.train.import_meta_graph(str(meta), clear_devices=True)
-        stored = {name for name, _ in tf.train.list_variables(str(prefix))}
-        variables = tf1.global_variables()
-        session.run(tf1.variables_initializer([v for v in variables if v.op.name not in stored]))
-        tf1.train.Saver([v for v in variables if v.op.name in stored]).restore(session, str(prefix))
-        return session.run("logits:0", {"input:0": images})
-
-
 def test_b_eval_outputs_equal_training_outputs_over_the_sample_set_as_one_batch(tf, tmp_path, training_meta):
     prefix = TF1 / "finetune_trainable" / "model.ckpt-20"
     data = samples(96, seed=5)
@@ -249,10 +236,10 @@ def test_b_eval_outputs_equal_training_outputs_over_the_sample_set_as_one_batch(
     out = tmp_path / "out" / "model.ckpt-20"
     one_batch = DataSpec(str(tmp_path / "x.npy"), batch_size=len(data))  # deeper layers see what training-mode
     recalibrate(prefix, one_batch, out, meta_graph=str(training_meta))  # BatchNorm over this one batch makes
-    evaluation = logits_of(tf, EVAL_META, out, data)
-    training = logits_of(tf, training_meta, prefix, data)  # BatchNorm on this batch
+    evaluation = restored_logits(tf, EVAL_META, out, data)
+    training = restored_logits(tf, training_meta, prefix, data)  # BatchNorm on this batch
     np.testing.assert_allclose(evaluation, training, rtol=1e-3, atol=1e-3 * np.abs(training).max())
-    before = logits_of(tf, EVAL_META, TF1 / "finetune_full" / "model.ckpt-20", data)  # the run's own statistics
+    before = restored_logits(tf, EVAL_META, TF1 / "finetune_full" / "model.ckpt-20", data)  # the run's own statistics
     assert not np.allclose(before, training, rtol=1e-3)  # so the equality above is not a coincidence
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, file_bytes, run_cli
+from conftest import ROOT, file_bytes, restored_logits, run_cli
 
 from ckptdoctor.errors import ConfigError
 from ckptdoctor.recalibrate import DataSpec, RecalibrateError, recalibrate
@@ -129,19 +129,6 @@ def samples(count: int = SAMPLES, seed: int = 4) -> np.ndarray:
     return (np.random.default_rng(seed).normal(1.0, 2.0, size=(count, *SHAPE)) * [1.0, 0.2, 5.0]).astype(np.float32)
 
 
-def outputs(tf, meta, prefix, images, feed=None) -> np.ndarray:
-    """The graph's output restored from the checkpoint (what it lacks initialised); no update op is run."""
-    tf1 = tf.compat.v1
-    graph = tf.Graph()
-    with graph.as_default(), tf1.Session(graph=graph) as session:
-        tf1.train.import_meta_graph(str(meta), clear_devices=True)
-        stored = {name for name, _ in tf.train.list_variables(str(prefix))}
-        variables = tf1.global_variables()
-        session.run(tf1.variables_initializer([v for v in variables if v.op.name not in stored]))
-        tf1.train.Saver([v for v in variables if v.op.name in stored]).restore(session, str(prefix))
-        return session.run("logits:0", {"input:0": images, **(feed or {})})
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_statistics_inside_conds_equal_numpys_and_restore_in_the_eval_graph(tf, graphs, tmp_path, kind):
     from ckptdoctor.verify import verify_meta_graph
@@ -157,10 +144,10 @@ def test_statistics_inside_conds_equal_numpys_and_restore_in_the_eval_graph(tf, 
     np.testing.assert_allclose(
         stored.get_tensor("net/bn1/moving_variance"), data.astype(np.float64).var(axis=(0, 1, 2)), rtol=1e-5
     )
-    training = outputs(tf, f"{prefix}.meta", prefix, data, {"is_training:0": True})
-    evaluation_outputs = outputs(tf, evaluation, out, data)
+    training = restored_logits(tf, f"{prefix}.meta", prefix, data, {"is_training:0": True})
+    evaluation_outputs = restored_logits(tf, evaluation, out, data)
     np.testing.assert_allclose(evaluation_outputs, training, rtol=1e-4, atol=1e-4 * np.abs(training).max())
-    untrained = outputs(tf, f"{prefix}.meta", prefix, data)  # inference mode with the initial statistics
+    untrained = restored_logits(tf, f"{prefix}.meta", prefix, data)  # inference mode with the initial statistics
     assert not np.allclose(untrained, training, rtol=1e-3)  # so the equality above is not a coincidence
     restored = verify_meta_graph(out, evaluation)
     assert restored.ok, restored
