@@ -333,7 +333,7 @@ MAX_LAYERS_NAMED = 20  # a warning names this many layers, then counts the rest
 
 
 def _listed(names: Sequence[str]) -> str:
-    """`a, b, c`, past MAX_LAYERS_NAMED names `…, and 12 more`."""
+    """The names joined by commas; past MAX_LAYERS_NAMED, the first ones and `… and 12 more`."""
     named = ", ".join(names[:MAX_LAYERS_NAMED])
     return named if len(names) <= MAX_LAYERS_NAMED else f"{named}, … and {len(names) - MAX_LAYERS_NAMED} more"
 
@@ -407,7 +407,7 @@ def diff(*, a: str, b: str, output_format: DiffFormat, atol: float, rtol: float)
     else:
         from ckptdoctor.report.diff_text import render
     with _writing_stdout():
-        sys.stdout.write(render(report))
+        _write_document(render(report))
         sys.stdout.flush()  # inside the guard: a closed pipe shows here, not at interpreter exit
     return report.exit_code
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -307,3 +308,55 @@ def test_the_nodes_read_in_branch_functions_are_bounded(tmp_path, monkeypatch):
     monkeypatch.setattr(module, "MAX_FUNCTION_NODES", 1000)
     found = read_decays(path)
     assert found.decays == {} and "more than 1000 nodes of functions" in found.problem
+
+
+# Found by a red-team pass; each case ran for minutes, took gigabytes or failed the whole check before the fix.
+SECONDS_AT_MOST = 20  # a bound far from both sides: well under a second now, minutes before
+
+
+def test_an_output_number_python_calls_a_digit_but_int_refuses_is_no_number(tmp_path):
+    """`d:²`: str.isdigit accepts `²`, int() does not; the whole `check` failed on an unexpected ValueError."""
+    meta = _update(["factor:\u00b2"], ("factor", "Const", [], 0.1))
+    found = read_decays(_write(tmp_path, meta))
+    assert found.problem is None and found.decays == {"bn/moving_mean": pytest.approx(0.9)}
+
+
+def _nested_fanout(levels: int, arguments: int) -> protos.MetaGraphDef:
+    """Each level's function calls the next through two conds, each cond passing `arguments` arguments: bodies
+    double per level (2**levels) while the file grows linearly."""
+    names = [f"a{i}" for i in range(arguments)]
+    inner = ("level1", names, [], [("upd", "AssignSubVariableOp", [names[0], names[-1]], None)])
+    functions = [inner]
+    for level in range(2, levels + 1):
+        branches = {"then_branch": f"level{level - 1}", "else_branch": f"level{level - 1}"}
+        conds = [(f"c{j}", "StatelessIf", [names[0], *names], branches) for j in range(2)]
+        functions.append((f"level{level}", names, [], conds))
+    top = {"then_branch": f"level{levels}", "else_branch": f"level{levels}"}
+    main = (("p", "Placeholder", [], None), ("c", "StatelessIf", ["p", *["p"] * arguments], top))
+    return _library_graph(functions, *main)
+
+
+def test_conds_calling_one_function_from_many_places_are_bounded_by_their_size(tmp_path):
+    """The budget counted a body's nodes, not its arguments and inputs: 14 KB took 849 MiB and 5 s, 150 KB ran
+    out of memory. Now the work is charged by size and stops with a problem."""
+    path = _write(tmp_path, _nested_fanout(levels=8, arguments=1000))
+    assert os.path.getsize(path) < 200_000
+    started = time.monotonic()
+    found = read_decays(path)
+    assert time.monotonic() - started < SECONDS_AT_MOST  # ~0.6 s here
+    assert found.decays == {} and "nodes of functions, not read" in found.problem
+
+
+def test_a_cond_with_many_outputs_is_folded_in_linear_time(tmp_path):
+    """Each output folded rebuilt the branch's whole output map: 16,000 outputs took over two minutes."""
+    outputs = 16_000
+    main = [("bn/moving_mean", "VariableV2", [], None), ("s", "Sub", ["bn/moving_mean", "x"], None)]
+    main.append(("c", "StatelessIf", ["pred"], {"then_branch": "T", "else_branch": "T"}))
+    for i in range(outputs):
+        main += [(f"m{i}", "Mul", ["s", f"c:{i}"], None), (f"u{i}", "AssignSub", ["bn/moving_mean", f"m{i}"], None)]
+    branch = ("T", [], [(f"o{i}", "d:output:0") for i in range(outputs)], [("d", "Const", [], 0.1)])
+    path = _write(tmp_path, _library_graph([branch], *main))
+    started = time.monotonic()
+    found = read_decays(path)
+    assert time.monotonic() - started < SECONDS_AT_MOST  # ~0.4 s here; over two minutes before
+    assert found.problem is None and found.decays == {"bn/moving_mean": pytest.approx(0.9)}

@@ -42,7 +42,8 @@ MAX_META_BYTES = 64 << 20  # a large training graph (InceptionV3 with its optimi
 MAX_NODES = 500_000  # bounds the Python work of mapping updates (about 3 s and 300 MiB at the limit)
 MAX_CHAIN = 16  # Identity/Cast/Sub/Mul hops followed from an update to its variable or its constant
 MAX_SCALAR_BYTES = 8  # a constant folded here is one element of at most float64/int64
-MAX_FUNCTION_NODES = MAX_NODES  # nodes read in branch functions, each cond's branches counted where it is read
+MAX_FUNCTION_NODES = MAX_NODES  # nodes, arguments, inputs and attributes read in branch functions, each cond's
+# branches counted where it is read (a body's work is its size, not its node count)
 MAX_COND_DEPTH = 8  # nested tf.cond levels read (slim nests none; hand-written code one or two)
 MAX_CANDIDATES = 4  # values a constant expression may take through conds' branches before it is unknown
 
@@ -204,7 +205,7 @@ class _Body:
 def _output_index(input_name: str) -> int:
     """The output an input names: `node:2` in a graph, `node:output:2` in a function; 0 where no number ends it."""
     _, colon, last = input_name.rpartition(":")
-    return int(last) if colon and last.isdigit() else 0
+    return int(last) if colon and last.isascii() and last.isdigit() else 0  # `²` is a digit int() refuses
 
 
 class _Graph:
@@ -214,6 +215,8 @@ class _Graph:
         if sum(len(function.node_def) for function in self.functions.values()) > MAX_FUNCTION_NODES:
             raise _DamagedLibrary(f"its function library has more than {MAX_FUNCTION_NODES} nodes, not read")
         self._function_nodes: dict[str, dict] = {}
+        self._function_cost: dict[str, int] = {}
+        self._returned: dict[str, tuple[list[str], dict[str, str]]] = {}  # function -> its outputs, ret map
         self._calls: dict[tuple[_Body, str], list[_Body]] = {}  # (body, cond node) -> its branches' bodies
         self._assigning: dict[str, bool] = {}  # function -> whether it (or a cond in it) updates a variable
         self._budget = MAX_FUNCTION_NODES
@@ -279,8 +282,12 @@ class _Graph:
         return self._calls[key]
 
     def _nodes_of(self, name: str) -> dict:
-        nodes = self.functions[name].node_def
-        self._budget -= max(len(nodes), 1)
+        function = self.functions[name]
+        nodes = function.node_def
+        if name not in self._function_cost:  # what one body of it costs to bind, walk and fold
+            sizes = (1 + len(node.input) + len(node.attr) for node in nodes)
+            self._function_cost[name] = 1 + len(function.signature.input_arg) + sum(sizes)
+        self._budget -= self._function_cost[name]
         if self._budget < 0:
             raise _DamagedLibrary(f"its conds call more than {MAX_FUNCTION_NODES} nodes of functions, not read")
         if name not in self._function_nodes:
@@ -380,15 +387,22 @@ class _Graph:
         if node.op in COND_OPS:
             values: set[float] = set()
             for branch, name in zip(self.branches(body, node), self._branch_names(node), strict=True):
-                outputs = self.functions[name].signature.output_arg
-                returned = {entry.key: entry.value for entry in self.functions[name].ret}
-                result = returned.get(outputs[index].name) if index < len(outputs) else None
+                outputs, returned = self._outputs(name)
+                result = returned.get(outputs[index]) if index < len(outputs) else None
                 folded = self.fold(branch, result, depth + 1) if result is not None else ()
                 if not folded:
                     return ()  # a branch whose value is unknown: the cond's value is unknown
                 values.update(folded)
             return _candidates(values)
         return ()
+
+    def _outputs(self, name: str) -> tuple[list[str], dict[str, str]]:
+        """A function's output names and what each returns, read once (a cond may have many outputs)."""
+        if name not in self._returned:
+            function = self.functions[name]
+            outputs = [arg.name for arg in function.signature.output_arg]
+            self._returned[name] = outputs, {entry.key: entry.value for entry in function.ret}
+        return self._returned[name]
 
 
 def _candidates(values: set[float]) -> tuple[float, ...]:
