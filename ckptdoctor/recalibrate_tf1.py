@@ -49,6 +49,10 @@ BRANCHES = ("then_branch", "else_branch")  # the predicate value selecting each:
 MAX_SEARCH_OPS = 64  # ops visited backwards from one update to the batch statistic it applies
 MAX_COND_DEPTH = 4  # nested tf.cond levels followed into branch functions (slim nests none, users one or two)
 MAX_INLINED_BRANCHES = 2048  # branch functions copied into the graph (InceptionV3 non-fused: ~760)
+# Nodes those copies add in all. A cond names its branch, so a small file can name one large function from
+# thousands of conds, and TF adds an op in ~0.3 ms (a 170 KB graph at 50,000 took 17 s and 760 MiB); slim's
+# InceptionV3 has ~2,100 nodes in all its branches, ~15,000 where its BatchNorm is not fused.
+MAX_INLINED_NODES = 30_000
 INLINED_SCOPE = "ckptdoctor_inlined"  # the name scope of copied branches: their argument placeholders are no input
 MAX_CHAIN = 16  # Identity/ReadVariableOp hops from an update to its variable
 STATISTIC_LEAVES = ("moving_mean", "moving_variance")
@@ -95,6 +99,7 @@ class _Conds:
         self._writes: dict[str, bool] = {}  # function name -> whether it (or a cond inside) assigns a variable
         self._copied_conds: list = []  # conds inside copied branches, not yet looked at by inline_updates
         self.inlined = 0
+        self.inlined_nodes = 0
         self.unfollowed: str | None = None
 
     @cached_property
@@ -135,7 +140,11 @@ class _Conds:
         if function is None or len(function.signature.input_arg) != len(arguments):
             self.unfollowed = f"the {attr} of {op.name} is not a function of the graph's library taking its inputs"
             return None
+        if self.inlined_nodes + len(function.node_def) > MAX_INLINED_NODES:
+            self.unfollowed = f"tf.cond branches of more than {MAX_INLINED_NODES} nodes in all"
+            return None
         self.inlined += 1
+        self.inlined_nodes += len(function.node_def)
         try:
             graph_def, tensor_names = function_def_to_graph_def(function)
             for node in graph_def.node:  # colocation with ops outside the function cannot be resolved here
@@ -143,17 +152,18 @@ class _Conds:
                 node.device = ""
             outputs = [tensor_names[function.ret[arg.name]] for arg in function.signature.output_arg]
             parameters = zip(function.signature.input_arg, arguments, strict=True)
-            before = len(self._graph.get_operations())
-            copied = self._tf.compat.v1.import_graph_def(
+            # The copy's ops come back by name: listing the graph's ops after each copy made copying quadratic.
+            returned = self._tf.compat.v1.import_graph_def(
                 graph_def,
                 input_map={f"{arg.name}:0": tensor for arg, tensor in parameters},
-                return_elements=outputs,
+                return_elements=[*outputs, *(node.name for node in graph_def.node)],
                 name=f"{INLINED_SCOPE}/{op.name}/{attr}",
             )
         except Exception as error:  # TF raises many types for a function it cannot import
             self.unfollowed = f"the {attr} of {op.name} cannot be copied into the graph ({first_line(error)})"
             return None
-        for new in self._graph.get_operations()[before:]:
+        copied, new_ops = returned[: len(outputs)], returned[len(outputs) :]
+        for new in new_ops:
             self._origin[new.name] = origin
             if new.type in COND_OPS:
                 self._copied_conds.append(new)
