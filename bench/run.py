@@ -297,7 +297,8 @@ def main() -> None:
         f"{platform.machine()}, {os.cpu_count()} cores (shared), Python {platform.python_version()}; checkpoint "
         f"`finetune_full/model.ckpt-3` from `bench/make_inception.py` (TF-slim InceptionV3, 579 tensors, "
         f"{data_bytes / 1e6:.0f} MB), ckptdoctor run as `{' '.join(ckptdoctor)}` (a regular install; `python` is "
-        "that venv's). Fresh processes, alternating, "
+        "that venv's), as users run it: bytecode cached, stdout buffered, one BLAS thread. Fresh processes, "
+        "alternating, "
         f"medians of {args.runs} after a warm-up; peak RSS is the largest of the runs. The ratio is TensorFlow's "
         "time over ckptdoctor's, except where the note says otherwise.",
         "",
