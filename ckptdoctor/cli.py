@@ -86,7 +86,7 @@ def _writing_stdout() -> Iterator[None]:
         from ckptdoctor.policy import ExitCode
 
         _silence_stdout()  # what is still buffered would fail again at exit
-        _error(f"cannot write the output ({error.strerror or error})")
+        _error(f"cannot write to stdout ({error.strerror or error})")
         raise SystemExit(ExitCode.ERROR) from None
 
 

@@ -290,7 +290,7 @@ def test_output_that_cannot_be_written_is_an_error_not_a_pass(arguments, buffere
         )
     assert (process.returncode, process.stderr) == (
         2,
-        "ckptdoctor: error: cannot write the output (No space left on device)\n",
+        "ckptdoctor: error: cannot write to stdout (No space left on device)\n",
     )
 
 

@@ -175,3 +175,19 @@ def test_each_moving_statistic_is_read_once_per_check(monkeypatch):
     statistics = [key for layer in once.batchnorm for key in (layer.moving_mean, layer.moving_variance) if key]
     assert statistics and all(reads[key] == 1 for key in statistics)
     assert (once.findings, once.batchnorm_stats) == (every_time.findings, every_time.batchnorm_stats)
+
+
+def test_a_fix_that_names_recalibrate_for_keras_or_tf2_gives_the_model():
+    """recalibrate refuses a Keras file or TF2 checkpoint without --model: a fix followed as written must run."""
+    from ckptdoctor.model import FormatFamily
+
+    named = 0
+    for rule in CATALOGUE:
+        for family in (FormatFamily.KERAS, FormatFamily.TF2):
+            hint = rule.hint_for(family)
+            for command in hint.split("ckptdoctor recalibrate ")[1:]:
+                named += 1
+                assert "--model MODEL" in command.split(";")[0], (rule.code, family, hint)
+        if "ckptdoctor recalibrate " in rule.hint:  # the hint without a family (explain) says it too
+            assert "--model MODEL" in rule.hint, rule.code
+    assert named >= 10  # BN001-BN006 for both families

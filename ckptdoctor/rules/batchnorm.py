@@ -22,6 +22,8 @@ _MISSING_CAUSE = {
 
 
 _RECALIBRATE = "ckptdoctor recalibrate CKPT --data SAMPLES --out FIXED"
+# A Keras file or TF2 checkpoint is recalibrated by running its model: the command refuses to start without it.
+_RECALIBRATE_WITH_MODEL = "ckptdoctor recalibrate CKPT --model MODEL --data SAMPLES --out FIXED"
 _PATCH = "ckptdoctor patch CKPT --from FULL_SAVE --out FIXED"
 
 _MISSING_FIX = {
@@ -29,10 +31,10 @@ _MISSING_FIX = {
     f"without one: {_RECALIBRATE}; from now on save with tf.compat.v1.train.Saver() (all global variables), "
     "not var_list=tf.trainable_variables()",
     FormatFamily.KERAS: f"repair with: {_PATCH} (FULL_SAVE: a .keras, .weights.h5 or .h5 of the same model that "
-    f"has them), or without one: {_RECALIBRATE} --model MODEL; from now on save from the model itself "
+    f"has them), or without one: {_RECALIBRATE_WITH_MODEL}; from now on save from the model itself "
     "(model.save('model.keras') or model.save_weights('model.weights.h5')), which keeps the non-trainable weights",
     FormatFamily.TF2: f"repair with: {_PATCH} (FULL_SAVE: a checkpoint of the same model that has them), or "
-    f"without one: {_RECALIBRATE} --model MODEL; from now on save tf.train.Checkpoint(model=model), which "
+    f"without one: {_RECALIBRATE_WITH_MODEL}; from now on save tf.train.Checkpoint(model=model), which "
     "tracks every variable, not a list of trainable_variables",
 }
 
@@ -48,9 +50,9 @@ _AT_INIT_CAUSE = {
 _AT_INIT_FIX = {
     FormatFamily.TF1: "make the train op depend on the update ops (with tf.control_dependencies("
     f"tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS))) and retrain, or recompute: {_RECALIBRATE}",
-    FormatFamily.KERAS: f"recompute the statistics: {_RECALIBRATE}; then train with model.fit or call "
+    FormatFamily.KERAS: f"recompute the statistics: {_RECALIBRATE_WITH_MODEL}; then train with model.fit or call "
     "model(x, training=True) in custom loops",
-    FormatFamily.TF2: f"recompute the statistics: {_RECALIBRATE}; then call model(x, training=True) in the "
+    FormatFamily.TF2: f"recompute the statistics: {_RECALIBRATE_WITH_MODEL}; then call model(x, training=True) in the "
     "training step",
 }
 
@@ -65,23 +67,32 @@ _MATCH_REFERENCE_FIX = {
     FormatFamily.TF1: "make the train op depend on tf.GraphKeys.UPDATE_OPS (slim.learning.create_train_op does) "
     f"and fine-tune again, or lower the BatchNorm decay for short runs; or recompute: {_RECALIBRATE}",
     FormatFamily.KERAS: "if the base was meant to stay frozen, ignore this rule (policy ignore); otherwise "
-    f"fine-tune with the layers trainable and training=True, or recompute: {_RECALIBRATE}",
+    f"fine-tune with the layers trainable and training=True, or recompute: {_RECALIBRATE_WITH_MODEL}",
     FormatFamily.TF2: "call model(x, training=True) in the fine-tuning step and fine-tune again, or recompute: "
-    f"{_RECALIBRATE}",
+    f"{_RECALIBRATE_WITH_MODEL}",
 }
 
 _STALE_FIX = {
     FormatFamily.TF1: f"recompute the statistics: {_RECALIBRATE}; for short runs lower the decay "
     "(slim.batch_norm(decay=0.9...0.99), tf.compat.v1.layers.batch_normalization(momentum=...)) or train longer",
-    FormatFamily.KERAS: f"recompute the statistics: {_RECALIBRATE}; for short runs lower "
+    FormatFamily.KERAS: f"recompute the statistics: {_RECALIBRATE_WITH_MODEL}; for short runs lower "
     "BatchNormalization(momentum=0.9...0.99) or train longer",
-    FormatFamily.TF2: f"recompute the statistics: {_RECALIBRATE}; for short runs lower "
+    FormatFamily.TF2: f"recompute the statistics: {_RECALIBRATE_WITH_MODEL}; for short runs lower "
     "BatchNormalization(momentum=0.9...0.99) or train longer",
 }
 
-_BAD_STATISTICS_FIX = (
-    f"recompute the statistics: {_RECALIBRATE}, or go back to an earlier save whose statistics are sound"
+_BAD_STATISTICS_HINT = (
+    f"recompute the statistics: {_RECALIBRATE} (Keras and TF2: with --model MODEL), or go back to an earlier save "
+    "whose statistics are sound"
 )
+_BAD_STATISTICS_FIX = {
+    family: f"recompute the statistics: {command}, or go back to an earlier save whose statistics are sound"
+    for family, command in (
+        (FormatFamily.TF1, _RECALIBRATE),
+        (FormatFamily.KERAS, _RECALIBRATE_WITH_MODEL),
+        (FormatFamily.TF2, _RECALIBRATE_WITH_MODEL),
+    )
+}
 
 
 def _missing_moving_stats(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
@@ -262,7 +273,8 @@ RULES = (
         "`model(x)` without `training=True`, or layers frozen with `trainable=False`). Evaluation then "
         "normalises with the wrong values and accuracy collapses.",
         "recompute the statistics over training data: ckptdoctor recalibrate CKPT --data SAMPLES.npy --out "
-        "FIXED; run the UPDATE_OPS with the train op (tf.control_dependencies) from now on",
+        "FIXED (Keras and TF2: with --model MODEL); run the UPDATE_OPS with the train op (tf.control_dependencies) "
+        "from now on",
         _stats_at_init,
         causes=_AT_INIT_CAUSE,
         fixes=_AT_INIT_FIX,
@@ -277,7 +289,8 @@ RULES = (
         "ran during fine-tuning, so the statistics describe the old data. With a high decay (slim's 0.9997) "
         "and few steps statistics also move very little even when the updates ran.",
         "recompute the statistics over the fine-tuning data: ckptdoctor recalibrate CKPT --data SAMPLES.npy "
-        "--out FIXED (a patch from the reference would copy the same old values); make the train op depend on "
+        "--out FIXED (Keras and TF2: with --model MODEL; a patch from the reference would copy the same old "
+        "values); make the train op depend on "
         "tf.GraphKeys.UPDATE_OPS (slim.learning.create_train_op does) from now on",
         _stats_match_reference,
         needs_reference=True,
@@ -293,8 +306,9 @@ RULES = (
         "from a corrupted file, a bad conversion or a hand-edited checkpoint. A variance of exactly 0 is not "
         "reported here: dead channels (always 0 after a ReLU) have none, and evaluation divides them by "
         "sqrt(epsilon) harmlessly; a layer whose every variance is 0 is bn-variance-all-zero (BN006).",
-        _BAD_STATISTICS_FIX,
+        _BAD_STATISTICS_HINT,
         _variance_negative,
+        fixes=_BAD_STATISTICS_FIX,
     ),
     Rule(
         "BN005",
@@ -311,8 +325,9 @@ RULES = (
         "`-NNN` of a TF1 prefix (with --reference: the difference between the two). --decay and --steps "
         "override them, and the policy's `stale-threshold` (default 0.25) sets the share that is reported. "
         "Layers that are frozen (Keras trainable: false) keep their statistics by design and are info only.",
-        "recompute the statistics over training data: ckptdoctor recalibrate CKPT --data SAMPLES --out FIXED; "
-        "for short runs, lower the BatchNorm decay (e.g. 0.9-0.99) or train longer",
+        "recompute the statistics over training data: ckptdoctor recalibrate CKPT --data SAMPLES --out FIXED "
+        "(Keras and TF2: with --model MODEL); for short runs, lower the BatchNorm decay (e.g. 0.9-0.99) or train "
+        "longer",
         _stats_stale,
         fixes=_STALE_FIX,
     ),
@@ -324,7 +339,8 @@ RULES = (
         "Single dead channels have a variance of 0, but a whole layer without spread means the statistics "
         "were zeroed (by a conversion, an initialiser or a hand edit) or the layer only ever saw constant input. "
         "Evaluation then divides every channel by sqrt(epsilon), amplifying it by about 30-1000x.",
-        _BAD_STATISTICS_FIX,
+        _BAD_STATISTICS_HINT,
         _variance_all_zero,
+        fixes=_BAD_STATISTICS_FIX,
     ),
 )
