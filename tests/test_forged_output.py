@@ -340,3 +340,23 @@ def test_a_name_ending_in_a_superscript_digit_is_listed(tmp_path):
     result = run_cli("inspect", prefix)
     assert result.returncode == 0, result.stderr
     assert "bias1²" in result.stdout
+
+
+def test_a_writing_command_whose_summary_cannot_be_shown_says_it_is_stdout(tmp_path):
+    """`strip ... > /dev/full`: the checkpoint is written in full before anything is printed, so the one line
+    names stdout, not the output checkpoint, and the exit code still says something failed."""
+    out = tmp_path / "stripped" / "model.ckpt-20"
+    with open("/dev/full", "w") as full:
+        process = subprocess.run(
+            cli_command("strip", FIXTURE_BUNDLES["finetune_full"], "--out", out),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=CLI_TIMEOUT,
+            env=cli_env(),
+        )
+    assert (process.returncode, process.stderr) == (
+        2,
+        "ckptdoctor: error: cannot write to stdout (No space left on device)\n",
+    )
+    assert run_cli("check", out).returncode == 0  # the stripped checkpoint is complete and healthy
