@@ -168,7 +168,8 @@ def check(
     steps: int | None,
     verbose: bool,
 ) -> int:
-    """Diagnose checkpoints; exit 0 healthy, 1 findings at or above --fail-on, 2 unreadable."""
+    """Diagnose checkpoints: BatchNorm statistics missing, at init, stale or broken, NaN/Inf, damaged bytes; exit 0
+    healthy, 1 findings at or above --fail-on, 2 unreadable."""
     from ckptdoctor import watchdog
     from ckptdoctor.gate import gate
     from ckptdoctor.policy import load_policy
@@ -423,7 +424,8 @@ def match(
     config: str | None,
 ) -> int:
     """Match CHECKPOINT against the model that restores it: matched, missing, unexpected, shape and dtype
-    mismatches, renames that line names up; exit 0 all matched, 1 findings at or above --fail-on, 2 unreadable."""
+    mismatches, and the renames that make names line up; exit 0 all matched, 1 findings at or above --fail-on, 2
+    unreadable."""
     import dataclasses
     import json
 
@@ -509,8 +511,8 @@ def _show_written(written: Sequence[str], state_change: str | None, verdict: Ver
 
 
 def strip(*, checkpoint: str, out: str, use_ema: bool, keep_step: bool, force: bool) -> int:
-    """Write a deployment checkpoint: weights and BatchNorm statistics kept; optimizer state, learning rates,
-    EMA shadows and step counters dropped."""
+    """Write a deployment checkpoint without optimizer state, learning rates, EMA shadows and step counters; the
+    weights and BatchNorm statistics are kept."""
     from collections import Counter
 
     from ckptdoctor.report.text import human_bytes
@@ -540,7 +542,7 @@ def strip(*, checkpoint: str, out: str, use_ema: bool, keep_step: bool, force: b
             first = shown(plan.without_shadow[0])
             more = f" and {len(plan.without_shadow) - 1} more" if len(plan.without_shadow) > 1 else ""
             _say(f"kept as stored, without a shadow: {first}{more}")
-        _say(f"size: {human_bytes(result.size_before)} -> {human_bytes(result.size_after)}")
+        _say(f"files on disk: {human_bytes(result.size_before)} -> {human_bytes(result.size_after)}")
         _show_written(result.written, result.state_change, verdict)
     return verdict.exit_code
 
@@ -1032,7 +1034,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(title="commands", metavar="COMMAND", prog="ckptdoctor")
     for run, arguments in _COMMANDS:
         about = " ".join((run.__doc__ or "").split())
-        parser = commands.add_parser(run.__name__, help=about.split("; ")[0], description=about, arguments=arguments)
+        summary = about.split("; ")[0].removesuffix(".") + "."
+        parser = commands.add_parser(run.__name__, help=summary, description=about, arguments=arguments)
         parser.set_defaults(run=run)
     return root
 
