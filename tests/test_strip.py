@@ -462,3 +462,15 @@ def test_use_ema_refuses_shadows_of_variables_that_share_a_name(tmp_path, tf):
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "is of Variable, which is not the only one" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_savedmodel_in_gives_a_checkpoint_out_and_says_so(tmp_path):
+    """The SavedModel's variables are written as a checkpoint; nothing else of it is: the re-check says that,
+    so that nobody deploys the output as a SavedModel."""
+    out = tmp_path / "stripped" / "variables"
+    result = run_cli("strip", KERAS / "healthy" / "savedmodel", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "note: written from a SavedModel's variables, as a checkpoint: the SavedModel's graph" in result.stdout
+    assert not (out.parent / "saved_model.pb").exists()
+    plain = run_cli("strip", FIXTURE_BUNDLES["finetune_full"], "--out", tmp_path / "tf1" / "model.ckpt")
+    assert plain.returncode == 0 and "note:" not in plain.stdout

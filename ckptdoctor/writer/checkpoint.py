@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ckptdoctor.errors import OutputError
-from ckptdoctor.formats import Resolved
+from ckptdoctor.formats import CheckpointReader, Resolved
 from ckptdoctor.formats.bytesource import is_url
-from ckptdoctor.model import Storage
+from ckptdoctor.model import Format, Storage
 from ckptdoctor.writer.atomic import clear_debris
 from ckptdoctor.writer.base import CheckpointWriter, Edits, Placed, Progress
 from ckptdoctor.writer.guard import input_files, lock_path, output_lock, refuse_overwriting_inputs
@@ -102,5 +102,15 @@ def write_checkpoint(
         clear_debris(out_text, inputs)
         written = prepared.write(out_text, previous, progress)
         state_change = update_state_file(out_text, inputs, locked=True) if is_bundle else None
-    resolved = Resolved(writer.storage, out_text, verified=written.verified)
+    resolved = Resolved(writer.storage, out_text, note=_output_note(reader), verified=written.verified)
     return WriteResult(out_text, written.files, written.placed, resolved, state_change)
+
+
+def _output_note(reader: CheckpointReader) -> str | None:
+    """What the output is where its input was more than a checkpoint (the re-check shows it as a note)."""
+    if reader.format is Format.TF_SAVEDMODEL:
+        return (
+            "written from a SavedModel's variables, as a checkpoint: the SavedModel's graph (saved_model.pb) and "
+            "assets were not copied"
+        )
+    return None
