@@ -125,3 +125,20 @@ def test_folder_file_reached_by_symlink_is_not_followed(tmp_path):
     (tmp_path / "inside" / "model.keras").symlink_to(KERAS_HEALTHY / "model.keras")
     with pytest.raises(CheckpointError, match="no checkpoint in this directory"):
         resolve(tmp_path / "inside")
+
+
+@pytest.mark.parametrize("given", ["export.meta", "export-?????-of-00001"])
+def test_a_sharded_v1_save_is_reached_through_its_graph_or_tf_s_pattern(tmp_path, given):
+    """Saver(sharded=True) in V1 writes `export-00000-of-00001` beside `export.meta`; TF names the checkpoint by
+    the pattern `export-?????-of-00001` (tf.train.list_variables takes it), and a user may give the .meta."""
+    shutil.copy(realworld("serving_v1_half_plus_two/export-00000-of-00001"), tmp_path / "export-00000-of-00001")
+    (tmp_path / "export.meta").write_bytes(b"")  # the graph's bytes are not read to find the checkpoint
+    resolved = resolve(tmp_path / given)
+    assert (resolved.storage, resolved.location) == (Storage.V1, str(tmp_path / "export-00000-of-00001"))
+    assert resolved.note == f"reading V1 checkpoint export-00000-of-00001 (given {given})"
+
+
+def test_a_v1_save_in_several_files_is_refused_in_one_line(tmp_path):
+    shutil.copy(realworld("serving_v1_half_plus_two/export-00000-of-00001"), tmp_path / "export-00000-of-00002")
+    with pytest.raises(CheckpointError, match=r"export-\?{5}-of-00002: a V1 checkpoint in 2 files"):
+        resolve(tmp_path / "export-?????-of-00002")

@@ -21,6 +21,9 @@ STATE_FILE = "checkpoint"  # the file beside TF checkpoints that names the lates
 SAVED_MODEL_FILE = "saved_model.pb"
 MAX_FILES_TO_SNIFF = 64  # a folder of one checkpoint file: beyond this many files, ask for the file
 _MEMBER_SUFFIX = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
+# The name TF1 gives a V1 checkpoint saved with Saver(sharded=True), `export-?????-of-00001`, and its one file.
+_V1_SHARD_PATTERN = re.compile(r"-\?{5}-of-(\d{5})$")
+_V1_SINGLE_SHARD = "-00000-of-00001"
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,16 @@ def _sniffed_or_none(path: str) -> Resolved | None:
         return None
 
 
+def _v1_shards(prefix: str, shards: int, given: str) -> Resolved:
+    """A V1 checkpoint TF1 saved in `shards` files (`prefix-00000-of-0000N`): read where it is one file."""
+    if shards != 1:
+        raise CheckpointError(f"{given}: a V1 checkpoint in {shards} files; ckptdoctor reads those of one file")
+    path = prefix + _V1_SINGLE_SHARD
+    if not _is_v1_file(path):
+        raise CheckpointError(f"{given}: no V1 checkpoint file {Path(path).name}")
+    return Resolved(Storage.V1, path, note=f"reading V1 checkpoint {Path(path).name} (given {Path(given).name})")
+
+
 def _resolve_prefix(prefix: str, note: str | None = None) -> Resolved:
     if _has_index(prefix):
         parent = Path(prefix).parent
@@ -171,11 +184,16 @@ def resolve(path: str | os.PathLike[str]) -> Resolved:
         return _in_directory(Path(text).parent)
     if _has_index(text):
         return _resolve_prefix(text)
+    pattern = _V1_SHARD_PATTERN.search(text)
+    if pattern:
+        return _v1_shards(text[: pattern.start()], int(pattern.group(1)), text)
     member = _MEMBER_SUFFIX.search(text)
     if member:
         prefix = text[: member.start()]
         if _has_index(prefix) or _is_v1_file(prefix):
             return _resolve_prefix(prefix, f"reading checkpoint {Path(prefix).name} (given {Path(text).name})")
+        if member.group(1) == "meta" and _is_v1_file(prefix + _V1_SINGLE_SHARD):  # a sharded V1 save's graph
+            return _v1_shards(prefix, 1, text)
         if not os.path.exists(text):
             raise CheckpointError(f"{text}: file not found")
         raise CheckpointError(f"{text}: its checkpoint index {Path(prefix).name}.index is missing")
