@@ -436,7 +436,9 @@ def match(
 
     expected = load_model(meta_graph, model)
     with opened(path) as checkpoint:
-        if checkpoint.reader.format.family is FormatFamily.TF2:
+        # A TF1 SavedModel's variables have no object graph: TF1 restores them by name, as here.
+        by_graph = any(info.name == OBJECT_GRAPH_KEY for info in checkpoint.reader.tensors())
+        if checkpoint.reader.format.family is FormatFamily.TF2 and by_graph:
             raise ModelError(
                 f"{checkpoint.resolved.location}: a TF2 object-based checkpoint restores by its object graph, not "
                 "by name: use `ckptdoctor verify --model` for it"

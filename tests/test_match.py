@@ -9,7 +9,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import FIXTURES, KERAS, ROOT, run_cli
+from conftest import FIXTURE_BUNDLES, FIXTURES, KERAS, ROOT, realworld, run_cli
 
 from ckptdoctor.match import Rename, RenameKind, assignment_map, match, match_variables, saver_var_list
 from ckptdoctor.model import Role, Variable
@@ -212,3 +212,26 @@ def test_tensorflow_restores_through_the_map(tf, case):
             for key, name in expected_pairs.items():
                 np.testing.assert_array_equal(session.run(variables[name]), stored.get_tensor(key))
     assert len(expected_pairs) == (12 if case == "head" else 14)
+
+
+def test_a_tf1_savedmodel_matches_its_own_graph_read_from_saved_model_pb():
+    """`--meta-graph saved_model.pb`: the SavedModel's serving MetaGraphDef, read natively; its variables
+    (name-based, no object graph) restore by name in TF1, so they are matched by name, not refused as TF2."""
+    directory = realworld("serving_sm_half_plus_two_mkl")
+    result = run_cli("match", directory, "--meta-graph", directory / "saved_model.pb")
+    assert result.returncode == 0, result.stderr
+    assert "9 model variables: 9 matched by name" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\x12\xff\xff", "cannot be parsed as a SavedModel (saved_model.pb) (DecodeError)"),
+        (b"\x08\x01", "a SavedModel without a MetaGraphDef"),
+    ],
+    ids=["damaged", "no-graph"],
+)
+def test_a_saved_model_pb_that_holds_no_graph_is_one_line(tmp_path, content, message):
+    (tmp_path / "saved_model.pb").write_bytes(content)
+    result = run_cli("match", FIXTURE_BUNDLES["finetune_full"], "--meta-graph", tmp_path / "saved_model.pb")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr

@@ -38,6 +38,8 @@ from typing import Any
 from ckptdoctor import dtypes
 from ckptdoctor.formats.model_spec import ModelVariable
 
+SAVED_MODEL_FILE = "saved_model.pb"  # a SavedModel's graphs: read as the MetaGraphDef it serves
+SERVING_TAG = "serve"
 MAX_META_BYTES = 64 << 20  # a large training graph (InceptionV3 with its optimizer) is a few MB
 MAX_NODES = 500_000  # bounds the Python work of mapping updates (about 3 s and 300 MiB at the limit)
 MAX_CHAIN = 16  # Identity/Cast/Sub/Mul hops followed from an update to its variable or its constant
@@ -109,11 +111,19 @@ def _parse(path: str):
 
     from ckptdoctor.formats import protos
 
-    meta = protos.MetaGraphDef()
+    saved_model = path.replace("\\", "/").rpartition("/")[2] == SAVED_MODEL_FILE
     try:
-        meta.ParseFromString(data)
+        if saved_model:
+            graphs = protos.SavedModel.FromString(data).meta_graphs
+            if not graphs:
+                return None, "a SavedModel without a MetaGraphDef"
+            # The graph tf.saved_model.load serves by default; an export of several tag sets lists it with "serve".
+            meta = next((graph for graph in graphs if SERVING_TAG in graph.meta_info_def.tags), graphs[0])
+        else:
+            meta = protos.MetaGraphDef.FromString(data)
     except (DecodeError, RecursionError) as error:
-        return None, f"it cannot be parsed as a MetaGraphDef ({type(error).__name__})"
+        what = "a SavedModel (saved_model.pb)" if saved_model else "a MetaGraphDef"
+        return None, f"it cannot be parsed as {what} ({type(error).__name__})"
     if len(meta.graph_def.node) > MAX_NODES:
         return None, f"its graph has more than {MAX_NODES} nodes, not read"
     return meta, None

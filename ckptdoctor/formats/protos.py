@@ -161,10 +161,17 @@ _MESSAGES: list[tuple[str, list[tuple[str, int, str, bool]]]] = [
     ("CollectionDef.BytesList", [("value", 1, "bytes", True)]),
     ("CollectionDef", [("bytes_list", 2, "CollectionDef.BytesList", False)]),
     ("MetaGraphDef.CollectionDefEntry", [("key", 1, "string", False), ("value", 2, "CollectionDef", False)]),
+    ("MetaGraphDef.MetaInfoDef", [("tags", 4, "string", True)]),
     (
         "MetaGraphDef",
-        [("graph_def", 2, "GraphDef", False), ("collection_def", 4, "MetaGraphDef.CollectionDefEntry", True)],
+        [
+            ("meta_info_def", 1, "MetaGraphDef.MetaInfoDef", False),
+            ("graph_def", 2, "GraphDef", False),
+            ("collection_def", 4, "MetaGraphDef.CollectionDefEntry", True),
+        ],
     ),
+    # saved_model.pb (saved_model.proto): the MetaGraphDefs of a SavedModel, one per set of tags.
+    ("SavedModel", [("saved_model_schema_version", 1, "int64", False), ("meta_graphs", 2, "MetaGraphDef", True)]),
     (
         "SaveSliceInfoDef",
         [
@@ -270,6 +277,7 @@ _CLASSES = (
     "CheckpointState",
     "TrackableObjectGraph",
     "MetaGraphDef",
+    "SavedModel",
     "VariableDef",
 )
 
