@@ -72,6 +72,19 @@ _MATCH_REFERENCE_FIX = {
     f"{_RECALIBRATE_WITH_MODEL}",
 }
 
+_STALE_PREMISE = (
+    "after N update steps at decay d, a moving statistic still holds d^N of the value training started from "
+    "(0/1, or the pretrained statistics), so evaluation normalises mostly with statistics of other data"
+)
+_STALE_CAUSE = {
+    FormatFamily.TF1: f"{_STALE_PREMISE}: too few steps for the decay (slim's default 0.9997 takes ~10,000 steps "
+    "to move 95% of the way)",
+    FormatFamily.KERAS: f"{_STALE_PREMISE}: too few steps for the momentum (Keras' default 0.99 takes ~300 steps "
+    "to move 95% of the way)",
+    FormatFamily.TF2: f"{_STALE_PREMISE}: too few steps for the momentum (Keras' default 0.99 takes ~300 steps "
+    "to move 95% of the way)",
+}
+
 _STALE_FIX = {
     FormatFamily.TF1: f"recompute the statistics: {_RECALIBRATE}; for short runs lower the decay "
     "(slim.batch_norm(decay=0.9...0.99), tf.compat.v1.layers.batch_normalization(momentum=...)) or train longer",
@@ -329,6 +342,7 @@ RULES = (
         "(Keras and TF2: with --model MODEL); for short runs, lower the BatchNorm decay (e.g. 0.9-0.99) or train "
         "longer",
         _stats_stale,
+        causes=_STALE_CAUSE,
         fixes=_STALE_FIX,
     ),
     Rule(
