@@ -9,7 +9,7 @@ from ckptdoctor.analysis.checkpoint import Checkpoint, opened
 from ckptdoctor.analysis.staleness import DEFAULT_STALE_THRESHOLD, find_updates
 from ckptdoctor.formats import Resolved
 from ckptdoctor.formats.bytesource import without_secrets
-from ckptdoctor.model import BatchNormStats, Finding, Report, StatisticsUpdates, Storage
+from ckptdoctor.model import BatchNormStats, Finding, Report, RulesRun, StatisticsUpdates, Storage
 
 
 def report_of(
@@ -18,6 +18,7 @@ def report_of(
     findings: tuple[Finding, ...] = (),
     updates: StatisticsUpdates | None = None,
     batchnorm_stats: tuple[BatchNormStats, ...] | None = None,
+    rules: RulesRun | None = None,
 ) -> Report:
     """The report on an opened checkpoint, as asked for by `path`, with what a command found in it."""
     return Report(
@@ -31,6 +32,7 @@ def report_of(
         findings=findings,
         updates=updates,
         batchnorm_stats=batchnorm_stats,
+        rules=rules,
     )
 
 
@@ -56,14 +58,15 @@ def check(
     what the files record for bn-stats-stale; it fires where a share of at least `stale_threshold` of the
     starting statistics is left."""
     from ckptdoctor.analysis.bnstats import batchnorm_stats
-    from ckptdoctor.rules import CheckContext, run_rules  # inspect never needs the rule catalogue
+    from ckptdoctor.rules import CheckContext, Command, rules_run, run_rules  # inspect never needs the catalogue
 
     def diagnosed(checkpoint: Checkpoint, reference_checkpoint: Checkpoint | None) -> Report:
         scan = checkpoint.reader.scan(progress, checkpoint.resolved.verified)
         ctx = CheckContext(checkpoint, scan, reference_checkpoint, decay, steps, stale_threshold)
         findings = run_rules(ctx)
         stats = batchnorm_stats(checkpoint, ctx.values, reference_checkpoint)
-        return report_of(path, checkpoint, findings, ctx.updates, stats)
+        rules = rules_run(Command.CHECK, reference=reference_checkpoint is not None)
+        return report_of(path, checkpoint, findings, ctx.updates, stats, rules)
 
     with opened(path) as checkpoint:
         if reference is None:

@@ -432,6 +432,7 @@ def match(
     from ckptdoctor.diagnose import report_of
     from ckptdoctor.errors import ModelError
     from ckptdoctor.model import FormatFamily
+    from ckptdoctor.rules import Command, rules_run
     from ckptdoctor.rules.mapping import findings
 
     expected = load_model(meta_graph, model)
@@ -444,7 +445,7 @@ def match(
                 "by name: use `ckptdoctor verify --model` for it"
             )
         result = match_variables(expected, checkpoint.variables)
-        return result, report_of(path, checkpoint, findings(result))
+        return result, report_of(path, checkpoint, findings(result), rules=rules_run(Command.MATCH))
 
 
 def summary(result: MatchResult) -> list[str]:

@@ -21,6 +21,7 @@ __all__ = [
     "ProblemKind",
     "Report",
     "Role",
+    "RulesRun",
     "Severity",
     "StatisticSummary",
     "Storage",
@@ -261,6 +262,17 @@ class BatchNormStats:
 
 
 @dataclass(frozen=True)
+class RulesRun:
+    """Which rules of the catalogue a check or match evaluated: what the CI reports (JUnit, SARIF) may call run.
+
+    A rule of another command is in neither list; one of this command that lacked an input (BN003 without
+    `--reference`) is skipped, with why."""
+
+    ran: tuple[str, ...]  # rule codes, in catalogue order
+    skipped: tuple[tuple[str, str], ...] = ()  # (rule code, what it needs: "needs --reference")
+
+
+@dataclass(frozen=True)
 class Report:
     """The result of inspect and check: one schema for both, serialised as the JSON report."""
 
@@ -274,3 +286,4 @@ class Report:
     findings: tuple[Finding, ...] = field(default=())
     updates: StatisticsUpdates | None = None  # decay and steps found (None: neither)
     batchnorm_stats: tuple[BatchNormStats, ...] | None = None  # check only (inspect reads no values)
+    rules: RulesRun | None = None  # check and match: the rules evaluated (None: inspect, which runs none)

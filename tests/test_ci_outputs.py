@@ -8,10 +8,12 @@ import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import FIXTURE_BUNDLES, KERAS, REALWORLD, ROOT, run_cli
+from conftest import FIXTURE_BUNDLES, FIXTURES, KERAS, REALWORLD, ROOT, bundle_header, entry_proto, run_cli, write_index
 
-from ckptdoctor.rules import CATALOGUE
+from ckptdoctor.formats.crc import crc32c, mask
+from ckptdoctor.rules import CATALOGUE, Command
 
 jsonschema = pytest.importorskip("jsonschema")
 BROKEN = [
@@ -19,6 +21,12 @@ BROKEN = [
     str(KERAS / "stats_nan" / "model.weights.h5"),
     str(FIXTURE_BUNDLES["finetune_full"]),
 ]
+REFERENCE = ["--reference", str(FIXTURE_BUNDLES["pretrained"])]
+MATCH = [str(FIXTURES / "match" / "head"), "--meta-graph", str(FIXTURES / "match" / "model.meta")]
+# What the catalogue says each command evaluates: read from the rules' data, never a list of codes
+CHECK_RULES = {rule.code for rule in CATALOGUE if rule.command is Command.CHECK}
+MATCH_RULES = {rule.code for rule in CATALOGUE if rule.command is Command.MATCH}
+NEEDS_REFERENCE = {rule.code for rule in CATALOGUE if rule.needs_reference}
 
 
 def run(*args, cwd=None) -> subprocess.CompletedProcess[str]:
@@ -37,7 +45,7 @@ def test_sarif_validates_and_describes_every_rule(tmp_path):
     jsonschema.validate(document, json.loads(schema_path.read_text()))
     (sarif_run,) = document["runs"]
     rules = {rule["id"]: rule for rule in sarif_run["tool"]["driver"]["rules"]}
-    assert set(rules) == {rule.code for rule in CATALOGUE}
+    assert set(rules) == CHECK_RULES - NEEDS_REFERENCE  # the rules that ran: no MAP rule, no BN003 without --reference
     assert all(rule["help"]["text"] and rule["fullDescription"]["text"] for rule in rules.values())
     results = sarif_run["results"]
     assert [r["ruleId"] for r in results] == ["BN001"] * 4 + ["VAL001"]
@@ -61,7 +69,9 @@ def test_junit_has_a_suite_per_checkpoint_and_failures(tmp_path):
     assert [int(s.get("failures")) for s in suites] == [4, 1, 0]
     failed = [case.get("name") for case in suites[0].iter("testcase") if case.find("failure") is not None]
     assert failed[0] == "BN001 bn-missing-moving-stats: net/batch_normalization"
-    assert len(list(suites[2].iter("testcase"))) == len(CATALOGUE)  # every rule passed once
+    cases = {case.get("name").split()[0]: case for case in suites[2].iter("testcase")}  # no findings
+    assert set(cases) == CHECK_RULES  # every rule check runs, once
+    assert {code for code, case in cases.items() if case.find("skipped") is None} == CHECK_RULES - NEEDS_REFERENCE
 
 
 def test_junit_warnings_below_fail_on_are_not_failures():
@@ -70,6 +80,105 @@ def test_junit_warnings_below_fail_on_are_not_failures():
     assert root.get("failures") == "0"
     root = ET.fromstring(run("check", *noupdate, "--format", "junit", "--fail-on", "warning").stdout)
     assert root.get("failures") == "4"
+
+
+def _cases(suite: ET.Element) -> dict[str, list[ET.Element]]:
+    """A testsuite's testcases by rule code (the first word of each name)."""
+    cases: dict[str, list[ET.Element]] = {}
+    for case in suite.iter("testcase"):
+        cases.setdefault(case.get("name").split()[0], []).append(case)
+    return cases
+
+
+def test_junit_claims_only_the_rules_check_ran():
+    """A rule of `match` is no testcase of a check; a rule needing --reference is skipped without one (saying
+    so), and is a real testcase (passed, or its findings) with one."""
+    assert MATCH_RULES and NEEDS_REFERENCE <= CHECK_RULES and NEEDS_REFERENCE
+    full, noupdate = str(FIXTURE_BUNDLES["finetune_full"]), str(FIXTURE_BUNDLES["finetune_noupdate"])
+    result = run("check", full, "--format", "junit")
+    assert result.returncode == 0, result.stderr
+    (suite,) = ET.fromstring(result.stdout).findall("testsuite")
+    cases = _cases(suite)
+    assert set(cases) == CHECK_RULES
+    skipped = {code: case.find("skipped") for code, (case,) in cases.items() if case.find("skipped") is not None}
+    assert set(skipped) == NEEDS_REFERENCE
+    assert {element.get("message") for element in skipped.values()} == {"needs --reference"}
+    assert (suite.get("tests"), suite.get("skipped")) == (str(len(CHECK_RULES)), str(len(NEEDS_REFERENCE)))
+
+    (suite,) = ET.fromstring(run("check", full, *REFERENCE, "--format", "junit").stdout).findall("testsuite")
+    cases = _cases(suite)
+    assert set(cases) == CHECK_RULES and suite.get("skipped") == "0"
+    assert all(case.find("skipped") is None for members in cases.values() for case in members)
+    result = run("check", noupdate, *REFERENCE, "--format", "junit", "--fail-on", "warning")
+    (suite,) = ET.fromstring(result.stdout).findall("testsuite")
+    flagged = [case for code in NEEDS_REFERENCE for case in _cases(suite)[code]]
+    assert len(flagged) == 4 and all(case.find("failure") is not None for case in flagged)  # ran, and failed
+
+
+def test_junit_of_match_lists_only_match_rules():
+    result = run("match", *MATCH, "--format", "junit")
+    assert result.returncode == 1, result.stderr
+    (suite,) = ET.fromstring(result.stdout).findall("testsuite")
+    cases = _cases(suite)
+    assert set(cases) == MATCH_RULES
+    assert any(case.find("failure") is not None for case in cases["MAP002"])  # the head's shape mismatch
+
+
+def _sarif_rules(document: dict) -> list[str]:
+    """The driver's rule ids, after checking that every result's ruleIndex points at its own rule."""
+    (sarif_run,) = document["runs"]
+    ids = [rule["id"] for rule in sarif_run["tool"]["driver"]["rules"]]
+    assert all(ids[result["ruleIndex"]] == result["ruleId"] for result in sarif_run["results"])
+    return ids
+
+
+def test_sarif_describes_only_the_rules_that_ran():
+    schema_path = REALWORLD.parent / "schemas" / "sarif-schema-2.1.0.json"
+    schema = json.loads(schema_path.read_text()) if schema_path.is_file() else None
+    catalogue_order = [rule.code for rule in CATALOGUE]
+    documents = {
+        "check": run("check", str(FIXTURE_BUNDLES["finetune_full"]), "--format", "sarif"),
+        "check --reference": run("check", str(FIXTURE_BUNDLES["finetune_noupdate"]), *REFERENCE, "-f", "sarif"),
+        "match": run("match", *MATCH, "--format", "sarif"),
+    }
+    expected = {
+        "check": CHECK_RULES - NEEDS_REFERENCE,
+        "check --reference": CHECK_RULES,
+        "match": MATCH_RULES,
+    }
+    for invocation, result in documents.items():
+        document = json.loads(result.stdout)
+        if schema is not None:
+            jsonschema.validate(document, schema)
+        ids = _sarif_rules(document)
+        assert set(ids) == expected[invocation], invocation
+        assert ids == [code for code in catalogue_order if code in ids]  # catalogue order, each once
+    assert document["runs"][0]["results"]  # match's findings are still reported
+
+
+def _one_layer_checkpoint(tmp_path: Path) -> Path:
+    """A bundle holding one variable, the beta of one BatchNorm layer without its moving statistics."""
+    ones = np.ones(4, "<f4").tobytes()
+    entry = entry_proto([4], len(ones), 0, crc=mask(crc32c(ones)))
+    return write_index(tmp_path / "model.ckpt", [bundle_header(), (b"bn/beta", entry)], ones)
+
+
+def test_markdown_counts_in_singular_and_plural(tmp_path):
+    one = run("check", _one_layer_checkpoint(tmp_path), "--format", "markdown")
+    assert one.returncode == 1, one.stderr
+    assert "❌ **fail**: 1 finding at or above error" in one.stdout
+    assert "(tf1-name-based): 1 variable, 1 BatchNorm layer; 1 error\n" in one.stdout
+    many = run(
+        "check",
+        FIXTURE_BUNDLES["finetune_trainable"],
+        FIXTURE_BUNDLES["finetune_noupdate"],
+        *REFERENCE,
+        "-f",
+        "markdown",
+    )
+    assert "❌ **fail**: 4 findings at or above error" in many.stdout
+    assert "(tf1-name-based): 13 variables, 4 BatchNorm layers; 4 errors\n" in many.stdout
+    assert "BatchNorm layers; 4 warnings\n" in many.stdout
 
 
 def test_github_workflow_commands():

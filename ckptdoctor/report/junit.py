@@ -1,4 +1,8 @@
-"""JUnit XML for CI test views: a testsuite per checkpoint, a testcase per rule and subject."""
+"""JUnit XML for CI test views: a testsuite per checkpoint, a testcase per rule and subject.
+
+Only the rules that ran are testcases: a rule of another command (match's MAP rules in a check) is absent,
+and one this invocation could not run (BN003 without --reference) is a `<skipped>` testcase saying what it
+needs, which GitHub's test reporters, GitLab and Jenkins count and show as skipped, never as passed."""
 
 from __future__ import annotations
 
@@ -20,9 +24,15 @@ def render(reports: Sequence[Report], threshold: Severity) -> str:
         suite = ET.SubElement(root, "testsuite", name=checkpoint)
         failures = 0
         flagged = {finding.code for finding in report.findings}
+        ran = set(report.rules.ran) if report.rules is not None else set()
+        skipped = dict(report.rules.skipped) if report.rules is not None else {}
         for rule in CATALOGUE:
-            if rule.code not in flagged:  # a rule that found nothing passes once for the whole checkpoint
-                ET.SubElement(suite, "testcase", classname=checkpoint, name=f"{rule.code} {rule.name}")
+            name = f"{rule.code} {rule.name}"
+            if rule.code in ran and rule.code not in flagged:  # found nothing: passes once for the whole checkpoint
+                ET.SubElement(suite, "testcase", classname=checkpoint, name=name)
+            elif rule.code in skipped:
+                case = ET.SubElement(suite, "testcase", classname=checkpoint, name=name)
+                ET.SubElement(case, "skipped", message=skipped[rule.code])
         for finding in report.findings:
             case = ET.SubElement(
                 suite, "testcase", classname=checkpoint, name=shown(f"{finding.code} {finding.name}: {finding.subject}")
@@ -37,6 +47,7 @@ def render(reports: Sequence[Report], threshold: Severity) -> str:
         suite.set("tests", str(tests))
         suite.set("failures", str(failures))
         suite.set("errors", "0")
+        suite.set("skipped", str(len(skipped)))
         total_tests += tests
         total_failures += failures
     root.set("tests", str(total_tests))

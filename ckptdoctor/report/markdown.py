@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from ckptdoctor.model import Finding, Report, Severity
 from ckptdoctor.names import shown
+from ckptdoctor.report.text import plural
 
 EXAMPLES = 3  # example subjects per rule; the rest are counted
 
@@ -29,7 +30,7 @@ def code(text: str) -> str:
 
 def _counts(findings: Sequence[Finding]) -> str:
     severities = Counter(f.severity for f in findings)
-    return ", ".join(f"{severities[s]} {s.value}" for s in reversed(Severity) if severities[s])
+    return ", ".join(plural(severities[s], s.value) for s in reversed(Severity) if severities[s])
 
 
 def _table(findings: Sequence[Finding]) -> list[str]:
@@ -52,13 +53,13 @@ def render(reports: Sequence[Report], threshold: Severity | None = None) -> str:
     threshold = threshold or Severity.ERROR
     failing = sum(1 for r in reports for f in r.findings if f.severity.rank >= threshold.rank)
     verdict = (
-        f"❌ **fail**: {failing} finding{'s' if failing != 1 else ''} at or above {threshold.value}"
+        f"❌ **fail**: {plural(failing, 'finding')} at or above {threshold.value}"
         if failing
         else f"✅ **pass**: nothing at or above {threshold.value}"
     )
     lines = [f"### ckptdoctor check: {verdict}", ""]
     for report in reports:
-        summary = f"{len(report.variables)} variables, {len(report.batchnorm)} BatchNorm layers"
+        summary = f"{plural(len(report.variables), 'variable')}, {plural(len(report.batchnorm), 'BatchNorm layer')}"
         found = _counts(report.findings) or "no findings"
         lines.append(f"**{code(report.resolved)}** ({report.format}): {summary}; {found}")
         lines.append("")

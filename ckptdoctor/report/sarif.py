@@ -1,4 +1,7 @@
-"""SARIF 2.1.0 for code-scanning dashboards: the rule catalogue as driver rules, one result per finding."""
+"""SARIF 2.1.0 for code-scanning dashboards: the rules that ran as driver rules, one result per finding.
+
+`tool.driver.rules` lists the rules the reports' command evaluated (those of `Report.rules`), not the whole
+catalogue: a check's SARIF describes no MAP rule (match's) and, without --reference, not BN003."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from urllib.parse import quote
 from ckptdoctor import __version__
 from ckptdoctor.model import Finding, Report, Severity
 from ckptdoctor.names import shown
-from ckptdoctor.rules import CATALOGUE
+from ckptdoctor.rules import CATALOGUE, Rule
 
 SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
 _LEVEL = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "note"}
@@ -52,8 +55,16 @@ def _result(file: str, finding: Finding, rule_index: int) -> dict[str, Any]:
     }
 
 
+def _rules_run(reports: Sequence[Report]) -> list[Rule]:
+    """The catalogue's rules that ran on any of the reports, or made a finding in one, in catalogue order."""
+    codes = {code for report in reports if report.rules is not None for code in report.rules.ran}
+    codes.update(finding.code for report in reports for finding in report.findings)
+    return [rule for rule in CATALOGUE if rule.code in codes]
+
+
 def to_dict(reports: Sequence[Report]) -> dict[str, Any]:
-    index = {rule.code: position for position, rule in enumerate(CATALOGUE)}
+    described = _rules_run(reports)
+    index = {rule.code: position for position, rule in enumerate(described)}
     rules = [
         {
             "id": rule.code,
@@ -66,7 +77,7 @@ def to_dict(reports: Sequence[Report]) -> dict[str, Any]:
             },
             "defaultConfiguration": {"level": _LEVEL[rule.severity]},
         }
-        for rule in CATALOGUE
+        for rule in described
     ]
     results = [_result(report.file, finding, index[finding.code]) for report in reports for finding in report.findings]
     driver = {

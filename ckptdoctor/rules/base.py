@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -85,6 +86,14 @@ class CheckContext:
         return self._layer_subjects.get(path, path)
 
 
+class Command(str, Enum):
+    """The command that evaluates a rule: `check` has the checkpoint (and maybe a reference), `match` the model
+    that restores it. The CI reports list only the rules of the command that made them."""
+
+    CHECK = "check"
+    MATCH = "match"
+
+
 @dataclass(frozen=True)
 class Rule:
     code: str  # stable, e.g. "BN001"
@@ -95,6 +104,7 @@ class Rule:
     hint: str  # the default next step shown with each finding
     run: Callable[[Rule, CheckContext], Iterable[Finding]]
     needs_reference: bool = False
+    command: Command = Command.CHECK
     reports: ProblemKind | None = None  # an integrity rule: the one kind of reader problem it turns into findings
     # Per format family, where the cause and the repair differ: a TF1 graph's UPDATE_OPS advice is no use for a
     # `.keras` file. A family without an entry gets `explanation` and `hint`.

@@ -1,8 +1,9 @@
 """Rules about names that do not line up between a checkpoint and the model that restores it (`match`).
 
-These rules need the model, which `check` does not have: they find nothing there, and `ckptdoctor match`
-makes their findings from a MatchResult (`findings`). Being in the catalogue gives them stable codes, the
-policy (ignore, severity), `explain`, SARIF's rule list and JUnit like every other rule."""
+These rules need the model, which `check` does not have: they belong to `match` (`Command.MATCH`), which
+makes their findings from a MatchResult (`findings`); `check` never runs them. Being in the catalogue gives
+them stable codes, the policy (ignore, severity), `explain`, and SARIF's and JUnit's reports of a match like
+every other rule."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ckptdoctor.model import Finding, Severity
-from ckptdoctor.rules.base import CheckContext, Rule
+from ckptdoctor.rules.base import CheckContext, Command, Rule
 
 if TYPE_CHECKING:  # match (and its model loading) is imported by `ckptdoctor match`, not by every `check`
     from ckptdoctor.match import MatchResult
@@ -19,7 +20,7 @@ _EXAMPLES = 3  # renamed variables named in a rename finding's message
 
 
 def _only_in_match(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
-    """`check` has no model to compare with."""
+    """Never called by `check`, which runs no `match` rule; `match` makes findings from a MatchResult."""
     return iter(())
 
 
@@ -46,6 +47,7 @@ RULES = (
         "moving statistics are not trainable and are lost by `var_list=tf.trainable_variables()`).",
         "initialise it in the model (a new layer), or save the checkpoint again with every variable",
         _only_in_match,
+        command=Command.MATCH,
     ),
     Rule(
         "MAP002",
@@ -59,6 +61,7 @@ RULES = (
         "leave this variable out of the restore (init_from_checkpoint without it, or a Saver var_list without it) "
         "and train it anew",
         _only_in_match,
+        command=Command.MATCH,
     ),
     Rule(
         "MAP003",
@@ -70,6 +73,7 @@ RULES = (
         "cast the checkpoint's values to the model's dtype in a converted checkpoint, or build the model with the "
         "checkpoint's dtype",
         _only_in_match,
+        command=Command.MATCH,
     ),
     Rule(
         "MAP004",
@@ -82,6 +86,7 @@ RULES = (
         "expected extras and are not reported.",
         "check that the layer was meant to be dropped; if not, map it by hand in the assignment map",
         _only_in_match,
+        command=Command.MATCH,
     ),
     Rule(
         "MAP005",
@@ -95,6 +100,7 @@ RULES = (
         "shape; `--assignment-map` writes the map that restores through it.",
         _MAP_HINT,
         _only_in_match,
+        command=Command.MATCH,
     ),
     Rule(
         "MAP006",
@@ -105,6 +111,7 @@ RULES = (
         "shape (two towers, two copies of a sub-model). ckptdoctor does not guess which one was meant.",
         "decide which scope to restore from and write that entry of the assignment map by hand",
         _only_in_match,
+        command=Command.MATCH,
     ),
     Rule(
         "MAP007",
@@ -116,6 +123,7 @@ RULES = (
         "which is usually intended; a Saver over all variables would fail on them.",
         "restore only the model's weights and statistics (the assignment map) and initialise the rest",
         _only_in_match,
+        command=Command.MATCH,
     ),
 )
 
