@@ -7,8 +7,10 @@ making Keras 3's `v * 0 + batch` and tf.keras's `v - (v - batch) * 1` exact. tf.
 non-fused: the fused kernel hands the moving average the Bessel-corrected variance, the non-fused path the
 biased one training normalises with. The layers' own settings are restored afterwards.
 
-The model's weights are loaded from the checkpoint by name (the Keras path `bn_default/gamma`, which Keras
-files store as the path and TF2 checkpoints as the full name), so a checkpoint without statistics loads too.
+The model's weights are loaded from a Keras file by name (the Keras path `bn_default/gamma`), and from a TF2
+checkpoint by its object graph, the model bound under the root child that holds it (`net` of
+`tf.train.Checkpoint(step=..., net=model)`), as verify binds it; either way a checkpoint without statistics
+loads too.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from ckptdoctor.analysis.checkpoint import Checkpoint
 from ckptdoctor.errors import ModelError, first_line
-from ckptdoctor.model import Role
+from ckptdoctor.model import FormatFamily, Role, Storage
 from ckptdoctor.recalibrate import Batch, BatchMoments, DataError, LayerStatistics, RecalibrateError
 
 BATCHNORM_CLASSES = frozenset({"BatchNormalization", "SyncBatchNormalization"})
@@ -58,13 +60,20 @@ class KerasRunner:
                     f"{model_spec}: {layer.name} uses batch renormalisation or virtual batches, "
                     "whose statistics recalibrate does not compute"
                 )
+        reader = checkpoint.reader
+        if reader.format.family is FormatFamily.TF2 and checkpoint.resolved.storage is Storage.BUNDLE:
+            stored_as = self._restore(checkpoint)
+        else:
+            self._load(checkpoint)
+            stored_as = {}
         self.layers = tuple(
             LayerStatistics(
-                layer.name, _name(layer.moving_mean, self._model), _name(layer.moving_variance, self._model)
+                layer.name,
+                stored_as.get(id(layer.moving_mean)) or _name(layer.moving_mean, self._model),
+                stored_as.get(id(layer.moving_variance)) or _name(layer.moving_variance, self._model),
             )
             for layer in self._batchnorm
         )
-        self._load(checkpoint)
         self._saved = [
             (layer, layer.momentum, layer.trainable, getattr(layer, "fused", None)) for layer in self._batchnorm
         ]
@@ -105,6 +114,44 @@ class KerasRunner:
                     f"{location}: {key} is {list(values.shape)} but {name} in {self._spec} is {list(weight.shape)}"
                 )
             weight.assign(values.astype(np.dtype(_dtype_name(weight))))
+
+    def _restore(self, checkpoint: Checkpoint) -> dict[int, str]:
+        """Restore a TF2 checkpoint into the model as TensorFlow binds it; every weight but the moving
+        statistics must bind. Returns each BatchNorm statistic's object path in the checkpoint (by the
+        variable's id): where the checkpoint lacks it, the path beside its layer's gamma or beta."""
+        from ckptdoctor.verify import bound_nodes, choose_root, root_children, variable_leaf
+
+        statistics = {id(layer.moving_mean) for layer in self._batchnorm}
+        statistics |= {id(layer.moving_variance) for layer in self._batchnorm}
+        required = [weight for weight in self._model.weights if id(weight) not in statistics]
+        location = checkpoint.resolved.location
+        choice = choose_root(self._tf, self._model, location, root_children(checkpoint.reader), required)
+        try:
+            status = choice.checkpoint(self._tf, self._model).read(location)
+        except Exception as error:  # a shape that differs, damaged bytes: TF's words say which
+            raise ModelError(f"{location}: {self._spec} does not restore from it ({first_line(error)})") from None
+        status.expect_partial()
+        nodes = bound_nodes(status)
+        if nodes is None:
+            raise ModelError(f"{location}: this TensorFlow does not say which variables a restore bound")
+        unbound = [_name(weight, self._model) for weight in required if id(weight) not in nodes]
+        if unbound:
+            where = f"under {choice.child!r}" if choice.child else "at its root"
+            raise ModelError(
+                f"{location}: holds no {unbound[0]}, which {self._spec} has (bound {where}; {choice.children_line()})"
+            )
+        graph = getattr(checkpoint.reader, "object_graph", None)  # None where the graph is damaged
+        paths = {variable.node_id: variable.path for variable in graph.variables.values()} if graph else {}
+        stored_as: dict[int, str] = {}
+        for layer in self._batchnorm:
+            sibling = next((paths.get(nodes.get(id(v), -1)) for v in (layer.gamma, layer.beta) if v is not None), None)
+            for variable in (layer.moving_mean, layer.moving_variance):
+                path = paths.get(nodes.get(id(variable), -1))
+                if path is None and sibling:
+                    path = f"{sibling.rpartition('/')[0]}/{variable_leaf(variable)}"
+                if path:
+                    stored_as[id(variable)] = path
+        return stored_as
 
     @staticmethod
     def _spatial_size(layer) -> int:

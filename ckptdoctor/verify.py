@@ -138,7 +138,7 @@ def _first_line(error: BaseException) -> str:
     return first_line(error, ESSENTIAL_LINE_LIMIT, _ESSENTIAL)
 
 
-def _variable_leaf(variable) -> str:
+def variable_leaf(variable) -> str:
     """`moving_mean` of a Keras 3 variable (`.path`) or a tf.keras one (a tf.Variable: `.name` `bn/moving_mean:0`)."""
     path = getattr(variable, "path", None) or variable.name
     return path.rsplit("/", 1)[-1].split(":", 1)[0]
@@ -155,7 +155,7 @@ def _compare_keras_layers(reader, model) -> tuple[list[str], list[Mismatch]]:
         expected = list(layer.weights)
         found = stored.get(layer.name, [])
         for index, variable in enumerate(expected):
-            label = f"{layer.name}/{_variable_leaf(variable)}"
+            label = f"{layer.name}/{variable_leaf(variable)}"
             if index >= len(found):
                 missing.append(label)
                 continue
@@ -199,13 +199,19 @@ def _variable_name(variable) -> str:
     return (getattr(variable, "path", None) or variable.name).split(":", 1)[0]
 
 
-def _bound_objects(status) -> set[int] | None:
-    """ids of the Python objects the restore bound to checkpoint values. TF's own test
-    (assert_existing_objects_matched) compares every object with this map; it is not public API, so where it
-    is gone None leaves TF's verdict as it stands."""
+def bound_nodes(status) -> dict[int, int] | None:
+    """The object graph node each Python object the restore bound to a checkpoint value came from, by the
+    object's id. TF's own test (assert_existing_objects_matched) compares every object with this map; it is
+    not public API, so where it is gone None leaves TF's verdict as it stands."""
     bound = getattr(getattr(status, "_checkpoint", None), "object_by_proto_id", None)
-    values = getattr(bound, "values", None)
-    return {id(found) for found in values()} if callable(values) else None
+    items = getattr(bound, "items", None)
+    return {id(found): node_id for node_id, found in items()} if callable(items) else None
+
+
+def _bound_objects(status) -> set[int] | None:
+    """ids of the Python objects the restore bound to checkpoint values (None: TF no longer says)."""
+    nodes = bound_nodes(status)
+    return None if nodes is None else set(nodes)
 
 
 def _training_state_note(model, bound: set[int], failure: AssertionError) -> str:
@@ -225,11 +231,104 @@ def _training_state_note(model, bound: set[int], failure: AssertionError) -> str
     )
 
 
-def _restore_bundle(tf, model, location: str, roots: set[str], missing: list[str], notes: list[str]) -> None:
-    """Restore a TF2 checkpoint into the model; unbound model variables are named in `missing` and fail the
-    restore, unbound training state alone passes with a note."""
-    root = tf.train.Checkpoint(model=model) if "model" in roots else tf.train.Checkpoint(root=model)
-    status = root.read(location)
+MAX_ROOT_CANDIDATES = 8  # root children a model is tried under (each try is a restore in TensorFlow)
+ROOT_CHILDREN_SHOWN = 8  # root children a message names before "and N more"
+MODEL_CHILD = "model"  # tf.train.Checkpoint(model=model), the name Keras's own docs use
+NOT_MODELS = frozenset({"save_counter", "optimizer", "root"})  # `root=` makes its object the root, not a child
+
+
+@dataclass(frozen=True)
+class RootChoice:
+    """Where a model sits in a TF2 checkpoint: under a root child (`net` of `Checkpoint(step=..., net=model)`),
+    or as the root itself (None: `Checkpoint(root=model)`, `save_weights`, a SavedModel)."""
+
+    child: str | None
+    binds: bool  # every required variable of the model is bound there
+    children: tuple[str, ...]  # the root's children, as the checkpoint names them
+
+    def checkpoint(self, tf, model):
+        return tf.train.Checkpoint(root=model) if self.child is None else tf.train.Checkpoint(**{self.child: model})
+
+    def children_line(self) -> str:
+        shown = ", ".join(self.children[:ROOT_CHILDREN_SHOWN]) or "nothing"
+        rest = len(self.children) - ROOT_CHILDREN_SHOWN
+        return f"the checkpoint's root holds: {shown}" + (f" and {rest} more" if rest > 0 else "")
+
+
+@dataclass(frozen=True)
+class RootChildren:
+    names: tuple[str, ...]  # every child of the checkpoint's root, in the graph's order
+    candidates: tuple[str, ...]  # those that may hold a model
+
+
+def root_children(reader) -> RootChildren:
+    """The root's children, and those that may hold a model: not the optimizer, not a counter or other lone
+    variable (`step`), and holding model variables below them."""
+    graph = getattr(reader, "object_graph", None)
+    if graph is None:  # no object graph to read: the first segment of each key, as TF1 names scopes
+        names = tuple(dict.fromkeys((t.path or t.name).split("/", 1)[0] for t in reader.tensors()))
+        return RootChildren(names, tuple(name for name in names if name == MODEL_CHILD))
+    from ckptdoctor.formats.object_graph import _join as escaped
+
+    nodes = graph.proto.nodes
+    names = tuple(child.local_name for child in nodes[0].children) if nodes else ()
+    holding = {
+        variable.path.split("/", 1)[0]
+        for variable in graph.variables.values()
+        if "/" in variable.path and variable.slot_of is None and not variable.optimizer_only
+    }
+    candidates = (name for name in dict.fromkeys(names) if name not in NOT_MODELS and escaped("", name) in holding)
+    return RootChildren(names, tuple(candidates))
+
+
+def choose_root(tf, model, location: str, roots: RootChildren, required: list) -> RootChoice:
+    """The root child the model binds under, tried in TensorFlow: `model` first, then the root itself, then
+    each other child that holds model variables (at most MAX_ROOT_CANDIDATES tries). Where several children
+    bind every required variable there is no telling which is the model (a ModelError); where none does,
+    the likeliest (`model`, else the one candidate, else the root) with `binds` False, so the caller's
+    restore reports what is missing."""
+    names, candidates = roots.names, roots.candidates
+    first = [MODEL_CHILD] if MODEL_CHILD in candidates else []
+    order: list[str | None] = [*first, None, *[name for name in candidates if name != MODEL_CHILD]]
+    fallback = MODEL_CHILD if first else candidates[0] if len(candidates) == 1 else None
+    binding: list[str | None] = []
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")  # a try that binds nothing warns of every unrestored value as it is freed
+    try:
+        for child in order[:MAX_ROOT_CANDIDATES]:
+            bound = _binds(tf, model, location, RootChoice(child, False, names), required)
+            if bound is None:  # TF no longer says what it bound: the choice made before trying
+                return RootChoice(fallback, False, names)
+            if bound:
+                binding.append(child)
+                if child == MODEL_CHILD or child is None:
+                    break
+    finally:
+        logger.setLevel(level)
+    if len(binding) > 1:
+        raise ModelError(
+            f"{location}: the model binds under each of {', '.join(map(str, binding))} "
+            f"({RootChoice(None, False, names).children_line()}), so which one is the model cannot be told"
+        )
+    return RootChoice(binding[0], True, names) if binding else RootChoice(fallback, False, names)
+
+
+def _binds(tf, model, location: str, choice: RootChoice, required: list) -> bool | None:
+    """Whether a restore with the model under `choice` binds every required variable (None: TF cannot say)."""
+    try:
+        status = choice.checkpoint(tf, model).read(location)
+    except Exception:  # a shape that differs, a damaged value: not this child, or reported by the real restore
+        return False
+    status.expect_partial()
+    bound = _bound_objects(status)
+    return None if bound is None else all(id(variable) in bound for variable in required)
+
+
+def _restore_bundle(tf, model, location: str, choice: RootChoice, missing: list[str], notes: list[str]) -> None:
+    """Restore a TF2 checkpoint into the model, bound under the root child chosen; unbound model variables
+    are named in `missing` and fail the restore, unbound training state alone passes with a note."""
+    status = choice.checkpoint(tf, model).read(location)
     status.expect_partial()  # optimizer state the eval model does not hold is expected, not an error
     try:
         status.assert_existing_objects_matched()
@@ -259,7 +358,7 @@ def _verify_model(checkpoint: str | os.PathLike[str], model_spec: str) -> Verify
         model = load_model_spec(model_spec)
         expected = len(model.weights)
         if resolved.storage is Storage.BUNDLE:
-            roots = {(t.path or t.name).split("/", 1)[0] for t in reader.tensors()}
+            roots = root_children(reader)
             missing: list[str] = []
             mismatched: list[Mismatch] = []
         else:
@@ -267,9 +366,12 @@ def _verify_model(checkpoint: str | os.PathLike[str], model_spec: str) -> Verify
     finally:
         reader.close()
     error, notes = None, list[str]()
+    choice = None
+    if resolved.storage is Storage.BUNDLE:  # a model that binds under two children is an error (exit 2)
+        choice = choose_root(tf, model, resolved.location, roots, list(model.weights))
     try:
-        if resolved.storage is Storage.BUNDLE:
-            _restore_bundle(tf, model, resolved.location, roots, missing, notes)
+        if choice is not None:
+            _restore_bundle(tf, model, resolved.location, choice, missing, notes)
         else:
             model.load_weights(resolved.location)
     except AssertionError as failure:  # TF names (up to 10 of) the unbound variables by their Keras path
@@ -278,6 +380,8 @@ def _verify_model(checkpoint: str | os.PathLike[str], model_spec: str) -> Verify
         error = f"AssertionError: {_first_line(failure).split(': [<')[0]}"
     except Exception as failure:  # what TF or Keras says is the verdict, whatever its type
         error = f"{type(failure).__name__}: {_first_line(failure)}"
+    if error and choice is not None and not choice.binds:
+        error = f"{error} ({choice.children_line()})"
     return VerifyResult(
         resolved.location, expected, tuple(missing), tuple(mismatched), error is None, error, tuple(notes)
     )
