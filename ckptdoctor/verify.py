@@ -268,7 +268,7 @@ def root_children(reader) -> RootChildren:
     if graph is None:  # no object graph to read: the first segment of each key, as TF1 names scopes
         names = tuple(dict.fromkeys((t.path or t.name).split("/", 1)[0] for t in reader.tensors()))
         return RootChildren(names, tuple(name for name in names if name == MODEL_CHILD))
-    from ckptdoctor.formats.object_graph import _join as escaped
+    from ckptdoctor.formats.object_graph import escape_local_name
 
     nodes = graph.proto.nodes
     names = tuple(child.local_name for child in nodes[0].children) if nodes else ()
@@ -277,7 +277,9 @@ def root_children(reader) -> RootChildren:
         for variable in graph.variables.values()
         if "/" in variable.path and variable.slot_of is None and not variable.optimizer_only
     }
-    candidates = (name for name in dict.fromkeys(names) if name not in NOT_MODELS and escaped("", name) in holding)
+    candidates = (
+        name for name in dict.fromkeys(names) if name not in NOT_MODELS and escape_local_name(name) in holding
+    )
     return RootChildren(names, tuple(candidates))
 
 

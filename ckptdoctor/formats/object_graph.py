@@ -117,8 +117,13 @@ class NodesByPath:
         return node_id
 
 
+def escape_local_name(local_name: str) -> str:
+    """An edge's name as it appears in a checkpoint key (trackable_utils.escape_local_name)."""
+    return local_name.replace(".", "..").replace("/", ".S")
+
+
 def _join(parent: str, local_name: str) -> str:
-    escaped = local_name.replace(".", "..").replace("/", ".S")  # trackable_utils.escape_local_name
+    escaped = escape_local_name(local_name)
     return f"{parent}/{escaped}" if parent else escaped
 
 
