@@ -31,7 +31,7 @@ from typing import Any
 
 from ckptdoctor.analysis.checkpoint import Checkpoint
 from ckptdoctor.errors import ConfigError, ModelError, first_line
-from ckptdoctor.formats.meta_graph import MAX_META_BYTES, PASS_THROUGH, VARIABLE_OPS
+from ckptdoctor.formats.meta_graph import PASS_THROUGH, VARIABLE_OPS
 from ckptdoctor.formats.resolve import meta_graph_path
 from ckptdoctor.recalibrate import Batch, BatchMoments, DataError, LayerStatistics, RecalibrateError
 
@@ -341,16 +341,9 @@ class GraphRunner:
             ) from None
 
     def _import(self, meta_graph: str) -> None:
-        try:
-            size = os.stat(meta_graph).st_size
-        except OSError as error:
-            raise ModelError(f"{meta_graph}: cannot read the meta graph ({error.strerror})") from None
-        if size > MAX_META_BYTES:
-            raise ModelError(f"{meta_graph}: larger than {MAX_META_BYTES >> 20} MiB, not imported")
-        try:
-            self._tf.compat.v1.train.import_meta_graph(meta_graph, clear_devices=True)
-        except Exception as error:  # TF raises many types for a file it cannot import
-            raise ModelError(f"{meta_graph}: not a MetaGraphDef TensorFlow can import ({first_line(error)})") from None
+        from ckptdoctor.verify import import_meta_graph
+
+        import_meta_graph(self._tf, meta_graph)
 
     def _no_training_layers(self) -> str:
         conds = self._conds

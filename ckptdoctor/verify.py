@@ -68,6 +68,41 @@ def _essential_line(message: str) -> str:
     return message_line(message, ESSENTIAL_LINE_LIMIT, _ESSENTIAL)
 
 
+_RELEASE = re.compile(r"\d+(?:\.\d+)*")
+
+
+def import_meta_graph(tf, path: str):
+    """Import the MetaGraphDef at `path` into the default graph; its Saver, or None where it has none.
+
+    A file over MAX_META_BYTES is refused. TF reads `meta_info_def.tensorflow_version` only to tell graphs
+    written before 1.9, and fails on a version packaging cannot parse: graphs of TF 0.12 say `0.12.head`. The
+    version is cut to its release numbers (`0.12`) first, which tells TF what it wanted to know."""
+    from ckptdoctor.formats.meta_graph import MAX_META_BYTES
+
+    try:
+        size = os.stat(path).st_size
+        with open(path, "rb") as file:
+            data = file.read(MAX_META_BYTES + 1)
+    except OSError as error:
+        raise ModelError(f"{path}: cannot read the meta graph ({error.strerror})") from None
+    if size > MAX_META_BYTES or len(data) > MAX_META_BYTES:
+        raise ModelError(f"{path}: larger than {MAX_META_BYTES >> 20} MiB, not imported")
+    meta = tf.compat.v1.MetaGraphDef()
+    try:
+        meta.ParseFromString(data)
+    except Exception:  # a text-format .meta, which TF's own import also reads
+        source = path
+    else:
+        version = meta.meta_info_def.tensorflow_version
+        release = _RELEASE.match(version)
+        meta.meta_info_def.tensorflow_version = release.group() if release else ""
+        source = meta
+    try:
+        return tf.compat.v1.train.import_meta_graph(source, clear_devices=True)
+    except Exception as error:  # TF raises many types for a file it cannot import
+        raise ModelError(f"{path}: not a MetaGraphDef TensorFlow can import ({first_line(error)})") from None
+
+
 def verify_meta_graph(checkpoint: str | os.PathLike[str], meta_graph: str | os.PathLike[str]) -> VerifyResult:
     """Compare every variable the eval graph restores with the checkpoint, then restore it in a Session."""
     reader, resolved = open_checkpoint(checkpoint)
@@ -81,10 +116,7 @@ def verify_meta_graph(checkpoint: str | os.PathLike[str], meta_graph: str | os.P
     tf1 = tf.compat.v1
     graph = tf.Graph()
     with graph.as_default():
-        try:
-            saver = tf1.train.import_meta_graph(os.fspath(meta_graph), clear_devices=True)
-        except Exception as error:
-            raise ModelError(f"{meta_graph}: not a MetaGraphDef TensorFlow can import ({error})") from None
+        saver = import_meta_graph(tf, os.fspath(meta_graph))
         variables = tf1.global_variables()
         saver = saver or tf1.train.Saver(variables)
         missing, mismatched = [], []

@@ -95,3 +95,17 @@ def test_model_builder_spec(tmp_path, monkeypatch, tf):
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     assert verify_model(KERAS / "healthy" / "model.weights.h5", "mymodels:build").ok
+
+
+def test_a_graph_written_by_tf_0_12_imports(tf, tmp_path):
+    """TF 0.12 wrote `tensorflow_version: "0.12.head"`, which TF's own import_meta_graph fails to parse; the
+    version only tells TF whether the graph predates 1.9, so the release numbers are enough to import it."""
+    meta = tf.compat.v1.MetaGraphDef()
+    meta.ParseFromString(META.read_bytes())
+    meta.meta_info_def.tensorflow_version = "0.12.head"
+    old = tmp_path / "eval.meta"
+    old.write_bytes(meta.SerializeToString())
+    with tf.Graph().as_default(), pytest.raises(Exception, match=r"0\.12\.head"):
+        tf.compat.v1.train.import_meta_graph(str(old))  # TensorFlow itself cannot
+    result = verify_meta_graph(FIXTURE_BUNDLES["finetune_full"], old)
+    assert result.ok and result.restored and result.graph_variables == 21
