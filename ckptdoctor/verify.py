@@ -133,6 +133,16 @@ def verify_meta_graph(checkpoint: str | os.PathLike[str], meta_graph: str | os.P
                 saver.restore(session, resolved.location)
             except tf.errors.OpError as error:
                 tf_error = f"{type(error).__name__}: {_essential_line(error.message)}"
+    notes: tuple[str, ...] = ()
+    if tf_error is None:  # the graph's own saver restores a subset (a serving export's), and did
+        # A counter or an optimizer slot it leaves out starts from its initializer harmlessly; a weight or a
+        # BatchNorm statistic would too, and evaluation would run with it: that stays missing.
+        by_key = {var.op.name: var for var in variables}
+        state = [key for key in missing if _training_state(key, by_key[key])]
+        notes = tuple(
+            f"{key} is not in the checkpoint, and the graph's saver leaves it to its initializer" for key in state
+        )
+        missing = [key for key in missing if key not in state]
     return VerifyResult(
         checkpoint=resolved.location,
         graph_variables=len(variables),
@@ -140,7 +150,18 @@ def verify_meta_graph(checkpoint: str | os.PathLike[str], meta_graph: str | os.P
         mismatched=tuple(mismatched),
         restored=tf_error is None,
         tf_error=tf_error,
+        notes=notes,
     )
+
+
+def _training_state(key: str, variable) -> bool:
+    """Whether a graph variable is a counter or an optimizer slot, by the roles `inspect` gives."""
+    from ckptdoctor.analysis.roles import role_of
+    from ckptdoctor.model import Role, TensorInfo
+
+    shape = () if variable.shape.rank == 0 else (1,)  # the roles ask only whether it is a scalar
+    info = TensorInfo(key, variable.dtype.base_dtype.name, shape, 0)
+    return role_of(info) in (Role.COUNTER, Role.OPTIMIZER_SLOT)
 
 
 def load_model_spec(spec: str):

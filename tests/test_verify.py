@@ -109,3 +109,40 @@ def test_a_graph_written_by_tf_0_12_imports(tf, tmp_path):
         tf.compat.v1.train.import_meta_graph(str(old))  # TensorFlow itself cannot
     result = verify_meta_graph(FIXTURE_BUNDLES["finetune_full"], old)
     assert result.ok and result.restored and result.graph_variables == 21
+
+
+def _serving_export(tf, directory, restored: list[str]):
+    """A graph of a weight, a BatchNorm statistic and global_step, whose own Saver restores `restored` only
+    (a serving export's), and a checkpoint that holds just those."""
+    tf1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        made = {
+            "w": tf1.get_variable("w", [2], initializer=tf1.constant_initializer(3.0)),
+            "bn/moving_mean": tf1.get_variable("bn/moving_mean", [2], initializer=tf1.zeros_initializer()),
+            "global_step": tf1.train.get_or_create_global_step(),
+        }
+        saver = tf1.train.Saver([made[name] for name in restored])
+        with tf1.Session(graph=graph) as session:
+            session.run(tf1.global_variables_initializer())
+            prefix = saver.save(session, str(directory / "model.ckpt"), write_meta_graph=False)
+        tf1.train.export_meta_graph(str(directory / "export.meta"), saver_def=saver.as_saver_def())
+    return prefix, directory / "export.meta"
+
+
+def test_a_counter_the_graphs_own_saver_leaves_out_is_a_note(tf, tmp_path):
+    """TF restores through the graph's own saver, which here leaves global_step to its initializer: harmless
+    for a counter (the real serving V1 export does this), so it passes with a note."""
+    prefix, meta = _serving_export(tf, tmp_path, ["w", "bn/moving_mean"])
+    result = verify_meta_graph(prefix, meta)
+    assert result.ok and result.restored and result.missing == ()
+    assert result.notes == ("global_step is not in the checkpoint, and the graph's saver leaves it to its initializer",)
+
+
+def test_a_statistic_the_graphs_own_saver_leaves_out_is_still_missing(tf, tmp_path):
+    """TF restores without error, but evaluation would normalise with the initial 0/1: that is the failure
+    verify exists to show, whoever left the statistic out."""
+    prefix, meta = _serving_export(tf, tmp_path, ["w"])
+    result = verify_meta_graph(prefix, meta)
+    assert result.restored and not result.ok
+    assert result.missing == ("bn/moving_mean",)
