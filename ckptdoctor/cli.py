@@ -532,7 +532,7 @@ def strip(*, checkpoint: str, out: str, use_ema: bool, keep_step: bool, force: b
         else:
             _say("no training state to drop: the output holds every tensor of the input")
         for dropped in plan.dropped[:LISTED]:
-            _say(f"  - {shown(dropped.name)}  ({dropped.what}, {human_bytes(dropped.nbytes)})")
+            _say(f"  - {shown(dropped.subject)}  ({dropped.what}, {human_bytes(dropped.nbytes)})")
         if len(plan.dropped) > LISTED:
             _say(f"  … and {len(plan.dropped) - LISTED} more")
         if plan.from_ema:

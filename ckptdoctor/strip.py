@@ -40,6 +40,7 @@ class Dropped:
     name: str
     what: str  # why it goes: "optimizer state", "EMA shadow", …
     nbytes: int
+    subject: str  # the name `inspect` shows it by (TF2: not the raw key)
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,7 @@ def plan_strip(checkpoint: Checkpoint, use_ema: bool = False, keep_step: bool = 
     for variable in checkpoint.variables:
         why = _training_state(infos[variable.name], variable.role, variable.path, keep_step)
         if why is not None:
-            dropped.append(Dropped(variable.name, why, variable.nbytes))
+            dropped.append(Dropped(variable.name, why, variable.nbytes, checkpoint.subjects[variable.name]))
     from_ema: list[tuple[str, str]] = []
     without: list[str] = []
     if use_ema:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURE_BUNDLES, KERAS, TF1, copy_checkpoint, file_bytes, run_cli
+from conftest import FIXTURE_BUNDLES, KERAS, TF1, copy_checkpoint, file_bytes, realworld, run_cli
 
 from ckptdoctor import check
 from ckptdoctor.analysis.checkpoint import opened
@@ -474,3 +474,13 @@ def test_a_savedmodel_in_gives_a_checkpoint_out_and_says_so(tmp_path):
     assert not (out.parent / "saved_model.pb").exists()
     plain = run_cli("strip", FIXTURE_BUNDLES["finetune_full"], "--out", tmp_path / "tf1" / "model.ckpt")
     assert plain.returncode == 0 and "note:" not in plain.stdout
+
+
+def test_what_is_dropped_is_named_as_inspect_names_it(tmp_path):
+    """A TF2 checkpoint's keys (`net/layer_with_weights-0/bias/.OPTIMIZER_SLOT/net/optimizer/m/.ATTRIBUTES/
+    VARIABLE_VALUE`) are listed by the names inspect and check give them (`Adam/dense/bias/m`)."""
+    golf = realworld("golf_tf2_ckpt_manager")
+    result = run_cli("strip", golf / "ckpt-2", "--out", tmp_path / "ckpt")
+    assert result.returncode == 0, result.stderr
+    assert "  - Adam/dense/bias/m  (optimizer state, 256 B)" in result.stdout.splitlines()
+    assert ".ATTRIBUTES" not in result.stdout

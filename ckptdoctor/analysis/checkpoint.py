@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +33,14 @@ class Checkpoint:
             if variable.name in keys and variable.full_name:
                 return variable.full_name.rpartition("/")[0]
         return layer.layer
+
+    @cached_property
+    def subjects(self) -> dict[str, str]:
+        """Each stored tensor as `inspect` and `check` show it: the framework's full name where the file records
+        one that is unique (`bn_default/moving_mean` for `model/_operations/2/moving_mean/.ATTRIBUTES/
+        VARIABLE_VALUE`), else its model path (`bn_default/moving_mean` for a `.weights.h5`'s `layers/.../vars/2`)."""
+        full_names = Counter(v.full_name for v in self.variables if v.full_name)
+        return {v.name: v.full_name if v.full_name and full_names[v.full_name] == 1 else v.path for v in self.variables}
 
     @cached_property
     def _batchnorm_by_path(self) -> dict[str, BatchNormLayer]:

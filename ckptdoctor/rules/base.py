@@ -61,18 +61,9 @@ class CheckContext:
     def family(self) -> FormatFamily:
         return self.target.reader.format.family
 
-    @cached_property
-    def _tensor_subjects(self) -> dict[str, str]:
-        """Each stored tensor as `inspect` shows it: the framework's full name where the file records one that
-        is unique (`bn_default/moving_mean` for `model/_operations/2/moving_mean/.ATTRIBUTES/VARIABLE_VALUE`),
-        else its model path (`bn_default/moving_mean` for a `.weights.h5`'s `layers/.../vars/2`)."""
-        variables = self.target.variables
-        full_names = Counter(v.full_name for v in variables if v.full_name)
-        return {v.name: v.full_name if v.full_name and full_names[v.full_name] == 1 else v.path for v in variables}
-
     def tensor_subject(self, key: str) -> str:
         """A stored tensor's name for people; a subject that is not a tensor (a shard, a block) stays as it is."""
-        return self._tensor_subjects.get(key, key)
+        return self.target.subjects.get(key, key)
 
     @cached_property
     def _layer_subjects(self) -> dict[str, str]:
