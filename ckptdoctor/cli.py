@@ -426,7 +426,6 @@ def match(
     """Match CHECKPOINT against the model that restores it: matched, missing, unexpected, shape and dtype
     mismatches, and the renames that make names line up; exit 0 all matched, 1 findings at or above --fail-on, 2
     unreadable."""
-    import dataclasses
     import json
 
     from ckptdoctor.errors import OutputError
@@ -451,7 +450,7 @@ def match(
                 write_report(assignment_map, json.dumps(result.assignment_map, indent=2, sort_keys=True) + "\n")
             except OSError as error:
                 raise OutputError(f"{assignment_map}: cannot write the assignment map ({error.strerror})") from None
-    report = dataclasses.replace(report, findings=policy.apply(checkpoint, report.findings))
+    report = policy.apply_to_report(checkpoint, report)
     threshold = policy.threshold(fail_on)
     with _writing_stdout():
         if output_format is OutputFormat.TEXT:

@@ -5,7 +5,6 @@ exit code as the command line."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -70,7 +69,7 @@ def gate(
         except CheckpointError as error:
             unreadable.append(Unreadable(shown, str(error)))
             continue
-        reports.append(dataclasses.replace(report, findings=policy.apply(shown, report.findings)))
+        reports.append(policy.apply_to_report(shown, report))
     threshold = policy.threshold(fail_on)
     code = combined_exit_code((r.findings for r in reports), threshold, any_unreadable=bool(unreadable))
     return Verdict(tuple(reports), tuple(unreadable), threshold, code)

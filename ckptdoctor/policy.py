@@ -13,7 +13,9 @@ from typing import Any
 
 from ckptdoctor.analysis.staleness import DEFAULT_STALE_THRESHOLD
 from ckptdoctor.errors import ConfigError
-from ckptdoctor.model import Finding, Severity
+from ckptdoctor.model import Finding, Report, RulesRun, Severity
+
+IGNORED = "ignored by the policy"  # why a rule that ran is reported as skipped
 
 
 class ExitCode(IntEnum):
@@ -64,14 +66,34 @@ class Policy:
         """The severity that fails: the caller's (--fail-on) wins over the policy's, which wins over error."""
         return fail_on or self.fail_on or Severity.ERROR
 
-    def apply(self, path: str, findings: Iterable[Finding]) -> tuple[Finding, ...]:
-        """The findings that remain for `path`, with severities changed as configured."""
+    def _for(self, path: str) -> tuple[set[str], dict[str, Severity]]:
+        """The rules ignored and the severities changed for `path`, overrides applied."""
         ignore, severity = set(self.ignore), dict(self.severity)
         posix = Path(path).as_posix()
         for override in self.overrides:
             if any(fnmatch.fnmatch(posix, pattern) for pattern in override.paths):
                 ignore |= override.ignore
                 severity |= override.severity
+        return ignore, severity
+
+    def apply_to_report(self, path: str, report: Report) -> Report:
+        """The report as the policy leaves it for `path`: its findings through `apply`, and the rules it ignores
+        moved from those that ran to those skipped, so that a CI report never shows an ignored rule as passed."""
+        findings = self.apply(path, report.findings)
+        if report.rules is None:
+            return dataclasses.replace(report, findings=findings)
+        from ckptdoctor.rules import BY_NAME
+
+        ignore = {BY_NAME[name].code for name in self._for(path)[0] if name in BY_NAME}
+        rules = RulesRun(
+            ran=tuple(code for code in report.rules.ran if code not in ignore),
+            skipped=report.rules.skipped + tuple((code, IGNORED) for code in report.rules.ran if code in ignore),
+        )
+        return dataclasses.replace(report, findings=findings, rules=rules)
+
+    def apply(self, path: str, findings: Iterable[Finding]) -> tuple[Finding, ...]:
+        """The findings that remain for `path`, with severities changed as configured."""
+        ignore, severity = self._for(path)
         kept = []
         for finding in findings:
             if finding.code in ignore or finding.name in ignore:

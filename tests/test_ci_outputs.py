@@ -115,6 +115,21 @@ def test_junit_claims_only_the_rules_check_ran():
     assert len(flagged) == 4 and all(case.find("failure") is not None for case in flagged)  # ran, and failed
 
 
+def test_a_rule_the_policy_ignores_is_skipped_not_passed(tmp_path):
+    """`ignore = ["bn-stats-at-init"]`: the rule ran, but its verdict was thrown away, so a CI report must not
+    show it as a passed test; its findings go too, and SARIF does not describe it."""
+    config = tmp_path / "policy.toml"
+    config.write_text('ignore = ["bn-stats-at-init"]\n', encoding="utf-8")
+    noupdate = str(FIXTURE_BUNDLES["finetune_noupdate"])
+    result = run("check", noupdate, "--config", str(config), "--format", "junit")
+    (suite,) = ET.fromstring(result.stdout).findall("testsuite")
+    (case,) = _cases(suite)["BN002"]
+    assert case.find("skipped").get("message") == "ignored by the policy" and case.find("failure") is None
+    assert suite.get("skipped") == str(len(NEEDS_REFERENCE) + 1)
+    sarif = json.loads(run("check", noupdate, "--config", str(config), "--format", "sarif").stdout)
+    assert "BN002" not in _sarif_rules(sarif)
+
+
 def test_junit_of_match_lists_only_match_rules():
     result = run("match", *MATCH, "--format", "junit")
     assert result.returncode == 1, result.stderr
