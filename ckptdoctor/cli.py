@@ -562,6 +562,13 @@ def rename(*, checkpoint: str, name_map: str, out: str, force: bool) -> int:
         if len(result.renamed) > LISTED:
             _say(f"  … and {len(result.renamed) - LISTED} more")
         _show_written(result.written, result.state_change, verdict)
+    if result.stranded_slots and result.slot_entry:
+        old, new = result.slot_entry
+        sys.stderr.write(
+            f"ckptdoctor: warning: {_plural(len(result.stranded_slots), 'optimizer slot')} left under the old "
+            f"variable names (e.g. {shown(result.stranded_slots[0])}), where an optimizer restoring the renamed "
+            f'variables will not look; to move them too, add "{shown(old)}": "{shown(new)}" to the map\n'
+        )
     return verdict.exit_code
 
 

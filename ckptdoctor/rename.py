@@ -37,6 +37,37 @@ class RenameResult:
     renamed: tuple[tuple[str, str], ...]  # (old name, new name) of every tensor renamed, sorted
     resolved: Resolved  # what was written, to read it back as exactly that
     state_change: str | None = None  # what changed in the directory's `checkpoint` state file
+    # Optimizer slots under an optimizer scope (`training/Adagrad/<variable>/accumulator`, tf.keras and
+    # Estimators) whose variable was renamed but which keep its old name: the optimizer will not find them.
+    stranded_slots: tuple[str, ...] = ()
+    slot_entry: tuple[str, str] | None = None  # a map entry that would move the first of them along
+
+
+def stranded_slots(checkpoint: Checkpoint, renames: Mapping[str, str]) -> tuple[str, ...]:
+    """The optimizer slots stored as `training/<Optimizer>/<variable>/...` whose variable `renames` moves while
+    they stay: TF1 slim slots (`<variable>/Momentum`) move with their variable's scope, these do not."""
+    from ckptdoctor.analysis.roles import OPTIMIZER_SCOPES
+
+    stranded = []
+    for variable in checkpoint.variables:
+        parts = variable.name.split("/")
+        if variable.name in renames or len(parts) < 4 or parts[0] != "training" or parts[1] not in OPTIMIZER_SCOPES:
+            continue
+        owner = "/".join(parts[2:-1])
+        if owner in renames:
+            stranded.append(variable.name)
+    return tuple(sorted(stranded))
+
+
+def slot_entry(slot: str, renames: Mapping[str, str]) -> tuple[str, str]:
+    """The map entry that moves a stranded slot's scope as its variable's moved: for `dnn/...` renamed to
+    `deep/...`, `training/Adagrad/dnn/` -> `training/Adagrad/deep/`."""
+    parts = slot.split("/")
+    optimizer, owner = "/".join(parts[:2]), "/".join(parts[2:-1])
+    old, new = owner.split("/"), renames[owner].split("/")
+    while len(old) > 1 and len(new) > 1 and old[-1] == new[-1]:  # the part the rename kept
+        old, new = old[:-1], new[:-1]
+    return f"{optimizer}/{'/'.join(old)}/", f"{optimizer}/{'/'.join(new)}/"
 
 
 def parse_map(text: str | bytes, where: str) -> dict[str, str]:
@@ -161,6 +192,7 @@ def rename(
         outputs = writer.output_files(writer.output_path(os.fspath(out)))
         refuse_overwriting_inputs(os.fspath(out), outputs, [os.fspath(map_path)])  # the map is an input too
         result = write_checkpoint(checkpoint, Edits(rename=renames), out, force=force)
+        stranded = stranded_slots(checkpoint, renames)
         return RenameResult(
             checkpoint.reader.location,
             result.out,
@@ -168,4 +200,6 @@ def rename(
             tuple(sorted(renames.items())),
             result.resolved,
             result.state_change,
+            stranded,
+            slot_entry(stranded[0], renames) if stranded else None,
         )

@@ -170,3 +170,39 @@ def test_formats_that_restore_by_structure_are_refused(tmp_path, source):
     result = run_cli("rename", source, "--map", write_map(tmp_path / "m.json", {"/": "x/"}), "--out", tmp_path / "o")
     assert result.returncode == 2 and "restores by" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def _estimator_bundle(directory: Path) -> Path:
+    """A TF1 bundle as tf.keras and Estimators write it: a variable, and its Adagrad slot under the optimizer's
+    scope (`training/Adagrad/<variable>/accumulator`) rather than beside it."""
+    from ckptdoctor import dtypes
+    from ckptdoctor.formats.crc import crc32c, mask
+    from ckptdoctor.writer.bundle import BundleWriter
+
+    prefix = directory / "model.ckpt"
+    writer = BundleWriter(str(prefix))
+    raw = np.ones(3, dtype="<f4").tobytes()
+    for name in sorted([b"dnn/hidden/kernel", b"training/Adagrad/dnn/hidden/kernel/accumulator"]):
+        writer.add(name, dtypes.BY_NAME["float32"].code, (3,), raw, mask(crc32c(raw)))
+    writer.commit()
+    return prefix
+
+
+def test_a_rename_that_strands_optimizer_slots_says_which_entry_moves_them(tmp_path):
+    """The slots of `training/Adagrad/` do not move with `dnn/`: the optimizer would not find them under the new
+    names. A warning names them and the entry that would move them; with it, they move and nothing is said."""
+    prefix = _estimator_bundle(tmp_path)
+    (tmp_path / "map.json").write_text(json.dumps({"dnn/": "deep/"}), encoding="utf-8")
+    result = run_cli("rename", prefix, "--map", tmp_path / "map.json", "--out", tmp_path / "a" / "model.ckpt")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        "ckptdoctor: warning: 1 optimizer slot left under the old variable names (e.g. training/Adagrad/dnn/hidden/"
+        "kernel/accumulator), where an optimizer restoring the renamed variables will not look; to move them too, "
+        'add "training/Adagrad/dnn/": "training/Adagrad/deep/" to the map\n'
+    )
+    both = {"dnn/": "deep/", "training/Adagrad/dnn/": "training/Adagrad/deep/"}
+    (tmp_path / "both.json").write_text(json.dumps(both), encoding="utf-8")
+    moved = run_cli("rename", prefix, "--map", tmp_path / "both.json", "--out", tmp_path / "b" / "model.ckpt")
+    assert moved.returncode == 0 and moved.stderr == ""
+    listed = json.loads(run_cli("inspect", tmp_path / "b" / "model.ckpt", "--format", "json").stdout)["variables"]
+    assert {v["name"] for v in listed} == {"deep/hidden/kernel", "training/Adagrad/deep/hidden/kernel/accumulator"}
