@@ -118,6 +118,9 @@ def verify_meta_graph(checkpoint: str | os.PathLike[str], meta_graph: str | os.P
     with graph.as_default():
         saver = import_meta_graph(tf, os.fspath(meta_graph))
         variables = tf1.global_variables()
+        # A float the graph trains is a weight, whatever its name says (an integer in the collection, as TF 0.12
+        # put `global_step` there by default, is not: nothing trains it).
+        trainable = {var.op.name for var in tf1.trainable_variables() if var.dtype.base_dtype.is_floating}
         saver = saver or tf1.train.Saver(variables)
         missing, mismatched = [], []
         for var in variables:
@@ -138,7 +141,7 @@ def verify_meta_graph(checkpoint: str | os.PathLike[str], meta_graph: str | os.P
         # A counter or an optimizer slot it leaves out starts from its initializer harmlessly; a weight or a
         # BatchNorm statistic would too, and evaluation would run with it: that stays missing.
         by_key = {var.op.name: var for var in variables}
-        state = [key for key in missing if _training_state(key, by_key[key])]
+        state = [key for key in missing if key not in trainable and _training_state(key, by_key[key])]
         notes = tuple(
             f"{key} is not in the checkpoint, and the graph's saver leaves it to its initializer" for key in state
         )

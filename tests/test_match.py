@@ -235,3 +235,21 @@ def test_a_saved_model_pb_that_holds_no_graph_is_one_line(tmp_path, content, mes
     (tmp_path / "saved_model.pb").write_bytes(content)
     result = run_cli("match", FIXTURE_BUNDLES["finetune_full"], "--meta-graph", tmp_path / "saved_model.pb")
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr
+
+
+def test_a_saved_model_pb_of_millions_of_empty_graphs_is_refused_before_parsing(tmp_path):
+    """33 million empty MetaGraphDefs fit in the 64 MiB a meta graph may have and took 2 GiB and 23 s to parse
+    (red-team pass); they are counted on the wire first."""
+    (tmp_path / "saved_model.pb").write_bytes(b"\x12\x00" * 1_000_000)
+    result = run_cli("match", FIXTURE_BUNDLES["finetune_full"], "--meta-graph", tmp_path / "saved_model.pb")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "a SavedModel with more than 64 MetaGraphDefs, not read" in result.stderr
+
+
+def test_a_graph_that_lists_no_variables_is_refused_not_matched_to_nothing():
+    """A TF2 SavedModel's graph keeps its variables in the object graph, not in collections: matching by name
+    would call every checkpoint variable unexpected and pass (red-team pass)."""
+    tf2 = realworld("serving_sm_half_plus_two_tf2")
+    result = run_cli("match", FIXTURE_BUNDLES["finetune_full"], "--meta-graph", tf2 / "saved_model.pb")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "its graph lists no variables" in result.stderr and "verify --model" in result.stderr

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURE_BUNDLES, FIXTURES, KERAS, TF1, run_cli
+from conftest import FIXTURE_BUNDLES, FIXTURES, KERAS, TF1, realworld, run_cli
 from remote_servers import Azurite, GcsEmulator, HttpServer, free_port, s3_env
 from synthetic import write_synthetic
 
@@ -474,3 +474,15 @@ def test_azure_inspect_check_and_patch(azure):
         "ckpt/fixed/model.ckpt.data-00000-of-00001",
         "ckpt/fixed/model.ckpt.index",
     ]
+
+
+def test_a_sharded_v1_save_over_http_is_reached_through_its_meta(http):
+    """`export.meta` beside `export-00000-of-00001`, as for a local path (red-team pass: over HTTP it said the
+    index export.index was missing)."""
+    (http.root / "v1").mkdir()
+    shutil.copy(realworld("serving_v1_half_plus_two/export-00000-of-00001"), http.root / "v1" / "export-00000-of-00001")
+    (http.root / "v1" / "export.meta").write_bytes(b"")
+    result = run_cli("inspect", "-f", "json", f"{http.url}/v1/export.meta")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["resolved"] == f"{http.url}/v1/export-00000-of-00001" and report["format"] == "tf-v1-legacy"

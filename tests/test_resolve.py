@@ -142,3 +142,12 @@ def test_a_v1_save_in_several_files_is_refused_in_one_line(tmp_path):
     shutil.copy(realworld("serving_v1_half_plus_two/export-00000-of-00001"), tmp_path / "export-00000-of-00002")
     with pytest.raises(CheckpointError, match=r"export-\?{5}-of-00002: a V1 checkpoint in 2 files"):
         resolve(tmp_path / "export-?????-of-00002")
+
+
+@pytest.mark.parametrize("name", ["export-?????-of-00001\n", "model.ckpt-20.index\n"])
+def test_a_name_ending_in_a_newline_is_not_the_name_without_it(tmp_path, name):
+    """`$` also matches before a final newline: `e-?????-of-00001<newline>` read e-00000-of-00001 (red-team)."""
+    shutil.copy(realworld("serving_v1_half_plus_two/export-00000-of-00001"), tmp_path / "export-00000-of-00001")
+    copy_checkpoint(PREFIX, tmp_path)
+    with pytest.raises(CheckpointError):
+        resolve(tmp_path / name)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import FIXTURE_BUNDLES, KERAS, TF1
+from conftest import FIXTURE_BUNDLES, KERAS, TF1, realworld
 
 from ckptdoctor.patch import patch
 from ckptdoctor.verify import verify_meta_graph, verify_model
@@ -146,3 +146,30 @@ def test_a_statistic_the_graphs_own_saver_leaves_out_is_still_missing(tf, tmp_pa
     result = verify_meta_graph(prefix, meta)
     assert result.restored and not result.ok
     assert result.missing == ("bn/moving_mean",)
+
+
+def test_a_weight_named_like_a_counter_stays_missing(tf, tmp_path):
+    """`ode/step`, a trainable float, would be a counter by its name alone: a weight the graph's saver leaves
+    out is missing, whatever its name says (red-team pass)."""
+    tf1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        weight = tf1.get_variable("w", [2], initializer=tf1.constant_initializer(3.0))
+        tf1.get_variable("ode/step", [], initializer=tf1.constant_initializer(0.1))  # trainable by default
+        saver = tf1.train.Saver([weight])
+        with tf1.Session(graph=graph) as session:
+            session.run(tf1.global_variables_initializer())
+            prefix = saver.save(session, str(tmp_path / "model.ckpt"), write_meta_graph=False)
+        tf1.train.export_meta_graph(str(tmp_path / "export.meta"), saver_def=saver.as_saver_def())
+    result = verify_meta_graph(prefix, tmp_path / "export.meta")
+    assert result.restored and not result.ok and result.missing == ("ode/step",) and result.notes == ()
+
+
+def test_the_real_serving_v1_export_restores_with_its_counter_as_a_note(tf):
+    """TF 0.12's export: a `0.12.head` graph whose integer global_step sits in the trainable collection (TF 0.12's
+    default) and which its saver leaves out; TensorFlow restores it through that saver."""
+    export = realworld("serving_v1_half_plus_two")
+    result = verify_meta_graph(export, export / "export.meta")
+    assert result.ok and result.notes == (
+        "global_step is not in the checkpoint, and the graph's saver leaves it to its initializer",
+    )

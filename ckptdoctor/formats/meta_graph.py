@@ -40,6 +40,7 @@ from ckptdoctor.formats.model_spec import ModelVariable
 
 SAVED_MODEL_FILE = "saved_model.pb"  # a SavedModel's graphs: read as the MetaGraphDef it serves
 SERVING_TAG = "serve"
+MAX_META_GRAPHS = 64  # tag sets in one SavedModel (exports have one or a few); each is a message to parse
 MAX_META_BYTES = 64 << 20  # a large training graph (InceptionV3 with its optimizer) is a few MB
 MAX_NODES = 500_000  # bounds the Python work of mapping updates (about 3 s and 300 MiB at the limit)
 MAX_CHAIN = 16  # Identity/Cast/Sub/Mul hops followed from an update to its variable or its constant
@@ -114,6 +115,8 @@ def _parse(path: str):
     saved_model = path.replace("\\", "/").rpartition("/")[2] == SAVED_MODEL_FILE
     try:
         if saved_model:
+            if _meta_graph_count(data) > MAX_META_GRAPHS:
+                return None, f"a SavedModel with more than {MAX_META_GRAPHS} MetaGraphDefs, not read"
             graphs = protos.SavedModel.FromString(data).meta_graphs
             if not graphs:
                 return None, "a SavedModel without a MetaGraphDef"
@@ -127,6 +130,29 @@ def _parse(path: str):
     if len(meta.graph_def.node) > MAX_NODES:
         return None, f"its graph has more than {MAX_NODES} nodes, not read"
     return meta, None
+
+
+def _meta_graph_count(data: bytes) -> int:
+    """How many `meta_graphs` (field 2) a SavedModel's top level holds, counted from the wire format without
+    parsing them, and no further than one past the limit (33 million empty ones fit in MAX_META_BYTES and took
+    2 GiB to parse). Damaged bytes stop the count; the parse that follows names them."""
+    from ckptdoctor.formats.sstable import TableError, decode_varint
+
+    count = offset = 0
+    try:
+        while offset < len(data) and count <= MAX_META_GRAPHS:
+            key, offset = decode_varint(data, offset)
+            if key & 7 == 0:  # a varint field (saved_model_schema_version)
+                _, offset = decode_varint(data, offset)
+            elif key & 7 == 2:  # a length-delimited one: a MetaGraphDef where the field is 2
+                length, offset = decode_varint(data, offset)
+                offset += length
+                count += key >> 3 == 2
+            else:
+                break
+    except TableError:
+        pass
+    return count
 
 
 def read_decays(path: str) -> MetaGraphDecays:
@@ -161,6 +187,11 @@ def read_variables(path: str) -> tuple[ModelVariable, ...]:
             definitions.append((serialized, key == "trainable_variables"))
     if len(definitions) > MAX_NODES:
         raise ModelError(f"{path}: more than {MAX_NODES} variable definitions, not read")
+    if not definitions:  # nothing to match: every checkpoint variable would come out "unexpected"
+        raise ModelError(
+            f"{path}: its graph lists no variables (a TF2 SavedModel's does not: it restores by its object graph; "
+            "use `ckptdoctor verify --model`)"
+        )
     nodes = {node.name: node for node in meta.graph_def.node}
     found: dict[str, ModelVariable] = {}
     for serialized, is_trainable in definitions:

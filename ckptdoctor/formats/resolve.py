@@ -20,9 +20,9 @@ if TYPE_CHECKING:  # the state file's codec is imported where a directory is res
 STATE_FILE = "checkpoint"  # the file beside TF checkpoints that names the latest (read by formats/state_file.py)
 SAVED_MODEL_FILE = "saved_model.pb"
 MAX_FILES_TO_SNIFF = 64  # a folder of one checkpoint file: beyond this many files, ask for the file
-_MEMBER_SUFFIX = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
+_MEMBER_SUFFIX = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})\Z")  # \Z: `$` also matches before a newline
 # The name TF1 gives a V1 checkpoint saved with Saver(sharded=True), `export-?????-of-00001`, and its one file.
-_V1_SHARD_PATTERN = re.compile(r"-\?{5}-of-(\d{5})$")
+_V1_SHARD_PATTERN = re.compile(r"-\?{5}-of-(\d{5})\Z")
 _V1_SINGLE_SHARD = "-00000-of-00001"
 
 
@@ -285,6 +285,10 @@ def resolve_url(url: str) -> Resolved:
         prefix = url[: member.start()]
         if store.is_file(prefix + ".index") or _url_is_v1(store, prefix):
             return _url_prefix(store, prefix, f"reading checkpoint {_name(prefix)} (given {_name(url)})")
+        shard = prefix + _V1_SINGLE_SHARD
+        if member.group(1) == "meta" and _url_is_v1(store, shard):  # a sharded V1 save's graph, as for a path
+            note = f"reading V1 checkpoint {_name(shard)} (given {_name(url)})"
+            return Resolved(Storage.V1, shard, note=note)
         if not store.is_file(url):
             raise CheckpointError(f"{url}: file not found")
         raise CheckpointError(f"{url}: its checkpoint index {_name(prefix)}.index is missing")
