@@ -222,11 +222,19 @@ def _shape(proto) -> tuple[int, ...] | None:
 
 
 def _source(input_name: str) -> str | None:
-    """The node an input names (`node` or `node:1`); None for a control input (`^node`)."""
-    if input_name.startswith("^"):
-        return None
-    name, _, port = input_name.rpartition(":")
-    return name if name and port.isdigit() else input_name
+    """The node an input names; None for a control input (`^node`)."""
+    return None if input_name.startswith("^") else _endpoint(input_name)[0]
+
+
+def _endpoint(input_name: str) -> tuple[str, int]:
+    """(node, output index) an input names: `node` or `node:2` in a graph, `node:output:2` in a function. Any
+    other text names no node: it is returned whole, output 0. An index int() refuses (`²`, a digit to
+    str.isdigit) is output 0."""
+    parts = input_name.split(":")
+    index = parts[-1]
+    if parts[0] and index.isdigit() and (len(parts) == 2 or (len(parts) == 3 and not parts[1].isdigit())):
+        return parts[0], int(index) if index.isascii() else 0
+    return input_name, 0
 
 
 class _DamagedLibrary(Exception):
@@ -241,12 +249,6 @@ class _Body:
     nodes: dict
     arguments: dict[str, tuple[_Body, str]] = field(default_factory=dict)
     depth: int = 0
-
-
-def _output_index(input_name: str) -> int:
-    """The output an input names: `node:2` in a graph, `node:output:2` in a function; 0 where no number ends it."""
-    _, colon, last = input_name.rpartition(":")
-    return int(last) if colon and last.isascii() and last.isdigit() else 0  # `²` is a digit int() refuses
 
 
 class _Graph:
@@ -376,9 +378,9 @@ class _Graph:
     def _node(self, body: _Body, input_name: str) -> tuple[_Body, Any] | None:
         """The node an input names and the body it is in, an argument followed to its caller's input."""
         for _ in range(MAX_COND_DEPTH + 1):
-            if input_name.startswith("^"):
+            name = _source(input_name)
+            if name is None:
                 return None
-            name = input_name.split(":", 1)[0]
             if name not in body.arguments:
                 node = body.nodes.get(name)
                 return (body, node) if node is not None else None
@@ -407,10 +409,11 @@ class _Graph:
         if found is None or depth > MAX_CHAIN:
             return ()
         where, node = found
-        key = (where, f"{node.name}:{_output_index(input_name) if node.op in COND_OPS else 0}")
+        index = _endpoint(input_name)[1]
+        key = (where, f"{node.name}:{index if node.op in COND_OPS else 0}")
         if key not in self._folded:
             self._folded[key] = ()  # also breaks cycles in a hostile graph
-            self._folded[key] = self._fold_node(where, node, _output_index(input_name), depth)
+            self._folded[key] = self._fold_node(where, node, index, depth)
         return self._folded[key]
 
     def _fold_node(self, body: _Body, node, index: int, depth: int) -> tuple[float, ...]:
