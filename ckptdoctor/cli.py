@@ -17,7 +17,7 @@ from contextlib import contextmanager, suppress
 from enum import Enum
 
 from ckptdoctor import TYPE_CHECKING, __version__  # not typing's TYPE_CHECKING: see ckptdoctor/__init__.py
-from ckptdoctor.names import shown
+from ckptdoctor.names import listed, shown
 from ckptdoctor.report import OutputFormat
 from ckptdoctor.report import render as render_report
 
@@ -333,12 +333,6 @@ MAX_PATCHED_LAYERS_SHOWN = 20  # patch's summary: one line per layer up to this 
 MAX_LAYERS_NAMED = 20  # a warning names this many layers, then counts the rest
 
 
-def _listed(names: Sequence[str]) -> str:
-    """The names joined by commas; past MAX_LAYERS_NAMED, the first ones and `… and 12 more`."""
-    named = ", ".join(names[:MAX_LAYERS_NAMED])
-    return named if len(names) <= MAX_LAYERS_NAMED else f"{named}, … and {len(names) - MAX_LAYERS_NAMED} more"
-
-
 def _additions_by_layer(added: Sequence[Addition], donor: str) -> list[str]:
     """`added 8 tensors to 4 BatchNorm layers from DONOR:`, then one line per layer with what it got."""
     by_layer: dict[str, list[Addition]] = {}
@@ -538,9 +532,7 @@ def strip(*, checkpoint: str, out: str, use_ema: bool, keep_step: bool, force: b
             averaged = f"{len(plan.from_ema)} variables written from their moving averages"
             _say(f"{averaged} (EMA shadows or optimizer averages)")
         if plan.without_shadow:
-            first = shown(plan.without_shadow[0])
-            more = f" and {len(plan.without_shadow) - 1} more" if len(plan.without_shadow) > 1 else ""
-            _say(f"kept as stored, without a shadow: {first}{more}")
+            _say(f"kept as stored, without a shadow: {shown(listed(plan.without_shadow, 1))}")
         _say(f"files on disk: {human_bytes(result.size_before)} -> {human_bytes(result.size_after)}")
         _show_written(result.written, result.state_change, verdict)
     return verdict.exit_code
@@ -623,7 +615,7 @@ def recalibrate(
     if result.untouched:
         sys.stderr.write(
             f"ckptdoctor: warning: {_plural(len(result.untouched), 'BatchNorm layer')} of the checkpoint the model "
-            f"computed no statistics for, written as they were: {shown(_listed(result.untouched))}\n"
+            f"computed no statistics for, written as they were: {shown(listed(result.untouched, MAX_LAYERS_NAMED))}\n"
         )
     with _writing_stdout():
         _say(

@@ -11,6 +11,7 @@ or a character XML refuses. Everything that reaches a person or a CI system goes
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 # Characters shown as escapes: C0 controls, DEL, C1 controls; surrogates (undecodable bytes and lone UTF-16
 # halves); line and paragraph separators; bidirectional overrides and isolates (they reorder what a reader
@@ -48,3 +49,10 @@ def shown(text: str) -> str:
 
 def needs_escaping(text: str) -> bool:
     return _UNSAFE.search(text) is not None
+
+
+def listed(names: Sequence[str], most: int) -> str:
+    """`a, b, c`, the first `most` names then `and 12 more`, for a message that cannot name them all (escape
+    the result with `shown` where it is shown)."""
+    named = ", ".join(names[:most])
+    return f"{named} and {len(names) - most} more" if len(names) > most else named

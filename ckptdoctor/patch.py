@@ -11,6 +11,7 @@ from ckptdoctor.analysis.checkpoint import Checkpoint, opened
 from ckptdoctor.errors import OutputError
 from ckptdoctor.formats import Resolved
 from ckptdoctor.model import BatchNormLayer, TensorInfo
+from ckptdoctor.names import listed
 
 # The patch cannot be made as asked; nothing was written. Every refusal of a write is an OutputError, whether
 # patch's own validation or the writer's (an existing output, an input as the output): one kind to catch.
@@ -85,8 +86,7 @@ def plan(target: Checkpoint, donor: Checkpoint, name_map: Mapping[str, str] | No
             additions.append(Addition(layer.layer, statistic, donor_key, info.dtype, info.shape))
     location = donor.reader.location
     if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise PatchError(f"{location}: donor lacks {len(missing)} needed tensors: {shown}")
+        raise PatchError(f"{location}: donor lacks {len(missing)} needed tensors: {listed(missing, 5)}")
     if mismatched:
         raise PatchError(f"{location}: donor statistics do not fit the target: {mismatched[0]}")
     return additions

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from ckptdoctor.errors import ConfigError, OutputError
 from ckptdoctor.formats import Resolved
 from ckptdoctor.model import Format, FormatFamily, Role
+from ckptdoctor.names import listed
 
 if TYPE_CHECKING:
     from ckptdoctor.analysis.checkpoint import Checkpoint
@@ -153,8 +154,7 @@ def plan_renames(checkpoint: Checkpoint, assignment: Mapping[str, str], where: s
         )
     unused = sorted(set(assignment) - used)
     if unused:
-        more = f" and {len(unused) - 1} more" if len(unused) > 1 else ""
-        raise OutputError(f"{where}: the map names {unused[0]}{more}, which is not in {reader.location}")
+        raise OutputError(f"{where}: the map names {listed(unused, 1)}, which is not in {reader.location}")
     return renames
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from ckptdoctor.errors import MissingExtraError, ModelError, first_line, message_line
 from ckptdoctor.formats import open_checkpoint
 from ckptdoctor.model import Storage
+from ckptdoctor.names import listed
 
 
 @dataclass(frozen=True)
@@ -306,9 +307,7 @@ class RootChoice:
         return tf.train.Checkpoint(root=model) if self.child is None else tf.train.Checkpoint(**{self.child: model})
 
     def children_line(self) -> str:
-        shown = ", ".join(self.children[:ROOT_CHILDREN_SHOWN]) or "nothing"
-        rest = len(self.children) - ROOT_CHILDREN_SHOWN
-        return f"the checkpoint's root holds: {shown}" + (f" and {rest} more" if rest > 0 else "")
+        return f"the checkpoint's root holds: {listed(self.children, ROOT_CHILDREN_SHOWN) or 'nothing'}"
 
 
 @dataclass(frozen=True)

@@ -190,7 +190,7 @@ def stdout_sink() -> TextSink:
 
     class StdoutConsole(Console):
         def on_broken_pipe(self) -> None:
-            """Rich would exit 1 here, which reads as findings; the command line's `_reader_may_stop` decides."""
+            """Rich would exit 1 here, which reads as findings; the command line's `_writing_stdout` decides."""
             self.quiet = True
             raise BrokenPipeError
 

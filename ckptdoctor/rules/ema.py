@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 from ckptdoctor.analysis.roles import EMA
 from ckptdoctor.model import Finding, Role, Severity
+from ckptdoctor.names import listed
 from ckptdoctor.rules.base import CheckContext, Rule
 
 _NAMED = 3  # variables named in a finding's message
@@ -27,7 +28,7 @@ def _partial_coverage(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
         if variable.role in (Role.WEIGHT, Role.BN_STATISTIC) and variable.path not in averaged:
             lacking.setdefault(variable.layer, []).append(variable.path)
     for layer, paths in sorted(lacking.items()):
-        named = ", ".join(paths[:_NAMED]) + (f" and {len(paths) - _NAMED} more" if len(paths) > _NAMED else "")
+        named = listed(paths, _NAMED)
         yield rule.finding(
             layer or paths[0],
             f"{named} {'has' if len(paths) == 1 else 'have'} no {EMA} shadow while {len(averaged)} other variables "
