@@ -64,6 +64,11 @@ def _error(message: str) -> None:
         sys.stderr.write(f"ckptdoctor: error: {shown(message)}\n")
 
 
+def _warning(message: str) -> None:
+    """One line on stderr, escaped as `_error`'s is; the command goes on."""
+    sys.stderr.write(f"ckptdoctor: warning: {shown(message)}\n")
+
+
 def _silence_stdout() -> None:
     """Point stdout at /dev/null, so that the flush at interpreter exit has nowhere to fail ("Exception ignored
     ... BrokenPipeError") once the reader has closed the pipe."""
@@ -379,7 +384,7 @@ def verify(*, checkpoint: str, meta_graph: str | None, model: str | None) -> int
             line = f"  mismatched  {mismatch.key}: graph {mismatch.expected}, checkpoint {mismatch.found}"
             _say(shown(line))
         for warning in result.warnings:
-            sys.stderr.write(f"ckptdoctor: warning: {shown(warning)}\n")
+            _warning(warning)
         for note in result.notes:
             _say(f"note: {shown(note)}")
         if result.tf_error:
@@ -556,10 +561,10 @@ def rename(*, checkpoint: str, name_map: str, out: str, force: bool) -> int:
         _show_written(result.written, result.state_change, verdict)
     if result.stranded_slots and result.slot_entry:
         old, new = result.slot_entry
-        sys.stderr.write(
-            f"ckptdoctor: warning: {_plural(len(result.stranded_slots), 'optimizer slot')} left under the old "
-            f"variable names (e.g. {shown(result.stranded_slots[0])}), where an optimizer restoring the renamed "
-            f'variables will not look; to move them too, add "{shown(old)}": "{shown(new)}" to the map\n'
+        _warning(
+            f"{_plural(len(result.stranded_slots), 'optimizer slot')} left under the old variable names (e.g. "
+            f"{result.stranded_slots[0]}), where an optimizer restoring the renamed variables will not look; to "
+            f'move them too, add "{old}": "{new}" to the map'
         )
     return verdict.exit_code
 
@@ -608,14 +613,11 @@ def recalibrate(
         )
     verdict = _recheck(result.resolved, policy)
     if result.few_samples:
-        sys.stderr.write(
-            f"ckptdoctor: warning: only {result.samples} samples; population statistics from fewer than "
-            f"{MIN_SAMPLES:,} are noisy\n"
-        )
+        _warning(f"only {result.samples} samples; population statistics from fewer than {MIN_SAMPLES:,} are noisy")
     if result.untouched:
-        sys.stderr.write(
-            f"ckptdoctor: warning: {_plural(len(result.untouched), 'BatchNorm layer')} of the checkpoint the model "
-            f"computed no statistics for, written as they were: {shown(listed(result.untouched, MAX_LAYERS_NAMED))}\n"
+        _warning(
+            f"{_plural(len(result.untouched), 'BatchNorm layer')} of the checkpoint the model computed no statistics "
+            f"for, written as they were: {listed(result.untouched, MAX_LAYERS_NAMED)}"
         )
     with _writing_stdout():
         _say(
