@@ -31,7 +31,7 @@ from typing import Any
 
 from ckptdoctor.analysis.checkpoint import Checkpoint
 from ckptdoctor.errors import ConfigError, ModelError, first_line
-from ckptdoctor.formats.meta_graph import PASS_THROUGH, VARIABLE_OPS
+from ckptdoctor.formats.meta_graph import BRANCHES, COND_OPS, PASS_THROUGH, VARIABLE_OPS
 from ckptdoctor.formats.resolve import meta_graph_path
 from ckptdoctor.recalibrate import Batch, BatchMoments, DataError, LayerStatistics, RecalibrateError
 
@@ -44,8 +44,7 @@ UPDATE_ARITHMETIC = frozenset(
     {"Identity", "Snapshot", "Sub", "Mul", "Cast", "Squeeze", "Reshape", "Merge", "Switch", "Add", "AddV2", "RealDiv"}
     | {"Maximum", "Minimum", "StopGradient", "ReadVariableOp"}
 )
-COND_OPS = frozenset({"If", "StatelessIf"})
-BRANCHES = ("then_branch", "else_branch")  # the predicate value selecting each: True, False
+# COND_OPS and BRANCHES (the predicate value selecting each: True, False) are the .meta reader's.
 MAX_SEARCH_OPS = 64  # ops visited backwards from one update to the batch statistic it applies
 MAX_COND_DEPTH = 4  # nested tf.cond levels followed into branch functions (slim nests none, users one or two)
 MAX_INLINED_BRANCHES = 2048  # branch functions copied into the graph (InceptionV3 non-fused: ~760)
