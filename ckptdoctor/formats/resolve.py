@@ -159,6 +159,10 @@ def _v1_shards(prefix: str, shards: int, given: str) -> Resolved:
     path = prefix + _V1_SINGLE_SHARD
     if not _is_v1_file(path):
         raise CheckpointError(f"{given}: no V1 checkpoint file {Path(path).name}")
+    return _v1_shard(path, given)
+
+
+def _v1_shard(path: str, given: str) -> Resolved:
     return Resolved(Storage.V1, path, note=f"reading V1 checkpoint {Path(path).name} (given {Path(given).name})")
 
 
@@ -193,7 +197,7 @@ def resolve(path: str | os.PathLike[str]) -> Resolved:
         if _has_index(prefix) or _is_v1_file(prefix):
             return _resolve_prefix(prefix, f"reading checkpoint {Path(prefix).name} (given {Path(text).name})")
         if member.group(1) == "meta" and _is_v1_file(prefix + _V1_SINGLE_SHARD):  # a sharded V1 save's graph
-            return _v1_shards(prefix, 1, text)
+            return _v1_shard(prefix + _V1_SINGLE_SHARD, text)
         if not os.path.exists(text):
             raise CheckpointError(f"{text}: file not found")
         raise CheckpointError(f"{text}: its checkpoint index {Path(prefix).name}.index is missing")
