@@ -17,9 +17,8 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ckptdoctor.analysis.batchnorm import PARTS
 from ckptdoctor.analysis.checkpoint import Checkpoint, opened
@@ -46,8 +45,7 @@ class Outcome(str, Enum):
     UNREADABLE = "unreadable"  # in both, but the bytes of one side (or both) cannot be read
 
 
-@dataclass(frozen=True)
-class Side:
+class Side(NamedTuple):
     """One checkpoint's copy of a tensor."""
 
     name: str  # the stored key
@@ -57,8 +55,7 @@ class Side:
     batchnorm_layer: str | None  # the scope of the BatchNorm layer it belongs to, if any
 
 
-@dataclass(frozen=True)
-class ValueDiff:
+class ValueDiff(NamedTuple):
     """How the values of two same-shaped tensors differ."""
 
     elements: int
@@ -68,8 +65,7 @@ class ValueDiff:
     max_rel_diff: float | None  # |a - b| / max(|a|, |b|), between 0 and 2
 
 
-@dataclass(frozen=True)
-class TensorDiff:
+class TensorDiff(NamedTuple):
     outcome: Outcome
     a: Side | None  # None: added
     b: Side | None  # None: removed
@@ -102,8 +98,7 @@ class TensorDiff:
         return self.a is not None and self.b is not None and self.a.shape != self.b.shape
 
 
-@dataclass(frozen=True)
-class RoleSummary:
+class RoleSummary(NamedTuple):
     role: Role
     compared: int  # in both and readable
     changed: int
@@ -112,8 +107,7 @@ class RoleSummary:
     unreadable: int
 
 
-@dataclass(frozen=True)
-class LayerDiff:
+class LayerDiff(NamedTuple):
     """One BatchNorm layer: what happened to each of its parameters and statistics."""
 
     layer: str  # its scope in A (in B where only B has it)
@@ -127,16 +121,14 @@ class LayerDiff:
         return tuple(part for part, found in self.parts if part in kinds and found is outcome)
 
 
-@dataclass(frozen=True)
-class CheckpointRef:
+class CheckpointRef(NamedTuple):
     path: str  # as given
     resolved: str  # what was read
     format: str
     note: str | None
 
 
-@dataclass(frozen=True)
-class DiffReport:
+class DiffReport(NamedTuple):
     a: CheckpointRef
     b: CheckpointRef
     atol: float

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ckptdoctor.errors import CheckpointError
 from ckptdoctor.formats.bytesource import without_secrets
@@ -18,16 +18,14 @@ from ckptdoctor.policy import ExitCode, Policy, combined_exit_code
 PathProgress = Callable[[str, int, int], None]  # (path, bytes done, bytes in all)
 
 
-@dataclass(frozen=True)
-class Unreadable:
+class Unreadable(NamedTuple):
     """A path that could not be checked at all, and the one-line reason."""
 
     path: str
     message: str
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):
     reports: tuple[Report, ...]  # one per readable path, findings after the policy
     unreadable: tuple[Unreadable, ...]
     fail_on: Severity  # the threshold the exit code was decided at

@@ -16,9 +16,9 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from enum import Enum
 from itertools import combinations
+from typing import NamedTuple
 
 from ckptdoctor.analysis.roles import role_of
 from ckptdoctor.formats.model_spec import ModelVariable
@@ -49,8 +49,7 @@ class RenameKind(str, Enum):
     SUFFIX = "suffix"  # `old` removed from the end, `new` appended
 
 
-@dataclass(frozen=True)
-class Rename:
+class Rename(NamedTuple):
     """One transform of a model variable's name into the checkpoint key it is stored under."""
 
     kind: RenameKind
@@ -112,26 +111,22 @@ def rename_all(renames: Iterable[Rename], name: str) -> str:
     return name
 
 
-@dataclass(frozen=True)
-class Pair:
+class Pair(NamedTuple):
     model: str  # the model variable's name
     checkpoint: str  # the checkpoint key it restores from
 
 
-@dataclass(frozen=True)
-class Mismatch:
+class Mismatch(NamedTuple):
     model: ModelVariable
     stored: Variable
 
 
-@dataclass(frozen=True)
-class Ambiguity:
+class Ambiguity(NamedTuple):
     model: str
     candidates: tuple[str, ...]  # checkpoint keys of equal dtype and shape, one per tied transform
 
 
-@dataclass(frozen=True)
-class MatchResult:
+class MatchResult(NamedTuple):
     """Every model variable in one bucket; checkpoint variables nobody takes, by role."""
 
     model_variables: int
@@ -145,7 +140,7 @@ class MatchResult:
     ambiguous: tuple[Ambiguity, ...]
     unexpected: tuple[Variable, ...]  # checkpoint weights and statistics no model variable takes
     training_state: tuple[Variable, ...]  # checkpoint slots, EMA shadows, counters: expected extras
-    missing_statistics: frozenset[str] = field(default_factory=frozenset)  # BN statistics among `missing`
+    missing_statistics: frozenset[str] = frozenset()  # BN statistics among `missing`
 
     @property
     def assignment_map(self) -> dict[str, str]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
 
 from ckptdoctor.errors import CheckpointError  # re-exported: readers and users import it from here
 
@@ -30,8 +30,8 @@ __all__ = [
 ]
 
 
-# Records made once per tensor, layer or finding are slotted dataclasses (`slots=True`): 100,000 tensors are
-# several records each, and a record without a __dict__ is less than half the size.
+# Records are named tuples (docs/ARCHITECTURE.md says why): made in one step and without a __dict__, which also
+# matters at 100,000 tensors of several records each.
 
 # The variables of a BatchNorm layer, in the order Keras stores them; the last two are its moving statistics.
 BATCHNORM_PARTS = ("gamma", "beta", "moving_mean", "moving_variance")
@@ -117,8 +117,7 @@ class Severity(str, Enum):
         return ("info", "warning", "error").index(self.value)
 
 
-@dataclass(frozen=True, slots=True)
-class TensorInfo:
+class TensorInfo(NamedTuple):
     """What a reader knows about one stored tensor without reading its values."""
 
     name: str  # the exact key (TF) or dataset path (HDF5) in the file
@@ -131,8 +130,7 @@ class TensorInfo:
     optimizer_state: bool = False  # known from the file's structure to belong to an optimizer
 
 
-@dataclass(frozen=True)
-class LayerConfig:
+class LayerConfig(NamedTuple):
     """A layer as a saved model configuration describes it (Keras config.json or model_config)."""
 
     path: str  # the scope its variables' paths start with
@@ -153,8 +151,7 @@ class LayerConfig:
         return tuple(part for part in BATCHNORM_PARTS if kept.get(part, True))
 
 
-@dataclass(frozen=True, slots=True)
-class Variable:
+class Variable(NamedTuple):
     """A tensor as the report shows it: its place in the model and its role."""
 
     name: str
@@ -167,8 +164,7 @@ class Variable:
     full_name: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class BatchNormLayer:
+class BatchNormLayer(NamedTuple):
     """One BatchNorm layer: the checkpoint keys of the parameters and statistics it holds."""
 
     layer: str
@@ -189,8 +185,7 @@ class BatchNormLayer:
         return self.moving_mean, self.moving_variance
 
 
-@dataclass(frozen=True, slots=True)
-class Finding:
+class Finding(NamedTuple):
     code: str
     name: str
     severity: Severity
@@ -201,8 +196,7 @@ class Finding:
     detail: str | None = None  # the message without what the rule's title already says, for one line per subject
 
 
-@dataclass(frozen=True)
-class IntegrityProblem:
+class IntegrityProblem(NamedTuple):
     """Damage a reader found while reading bytes; rules turn these into findings."""
 
     kind: ProblemKind  # reported by the integrity rule that declares it
@@ -210,8 +204,7 @@ class IntegrityProblem:
     detail: str
 
 
-@dataclass(frozen=True)
-class LayerDecay:
+class LayerDecay(NamedTuple):
     """The decay d a BatchNorm layer's moving statistics are updated with: v <- d*v + (1-d)*batch_value."""
 
     layer: str
@@ -220,8 +213,7 @@ class LayerDecay:
     frozen: bool = False  # the layer is not trainable, so its statistics stay as loaded by design
 
 
-@dataclass(frozen=True)
-class StatisticsUpdates:
+class StatisticsUpdates(NamedTuple):
     """How far BatchNorm moving statistics can have moved: update steps and each layer's decay, where found.
 
     After N updates at decay d, a statistic still holds d**N of the value training started from."""
@@ -232,13 +224,12 @@ class StatisticsUpdates:
     note: str | None = None  # why a decay source that exists gave nothing, e.g. an unreadable .meta
 
 
-@dataclass(frozen=True, slots=True)
-class StatisticSummary:
+class StatisticSummary(NamedTuple):
     """One moving statistic of one layer in a fixed handful of numbers (what the HTML report draws).
 
     min, max, mean and the quartiles are over the finite values; None where there are none."""
 
-    count: int
+    size: int  # values summarised, NaN and Inf included (the JSON report's `count`)
     nonfinite: int  # NaN and Inf values
     min: float | None
     q1: float | None
@@ -248,8 +239,7 @@ class StatisticSummary:
     mean: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class BatchNormStats:
+class BatchNormStats(NamedTuple):
     """A BatchNorm layer's moving statistics summarised (None: not stored, unreadable or not numeric), and with
     a reference how far each moved from the reference's layer: max|a - b| / max(max|a|, max|b|), from 0
     (identical) to 2 (None: no matching layer, different shapes, or no finite pair)."""
@@ -261,8 +251,7 @@ class BatchNormStats:
     variance_change: float | None = None
 
 
-@dataclass(frozen=True)
-class RulesRun:
+class RulesRun(NamedTuple):
     """Which rules of the catalogue a check or match evaluated: what the CI reports (JUnit, SARIF) may call run.
 
     A rule of another command is in neither list; one of this command that lacked an input (BN003 without
@@ -272,8 +261,7 @@ class RulesRun:
     skipped: tuple[tuple[str, str], ...] = ()  # (rule code, what it needs: "needs --reference")
 
 
-@dataclass(frozen=True)
-class Report:
+class Report(NamedTuple):
     """The result of inspect and check: one schema for both, serialised as the JSON report."""
 
     path: str
@@ -283,7 +271,7 @@ class Report:
     file: str  # the one file that stands for the checkpoint: the .index of a bundle, else the file itself
     variables: tuple[Variable, ...]
     batchnorm: tuple[BatchNormLayer, ...]
-    findings: tuple[Finding, ...] = field(default=())
+    findings: tuple[Finding, ...] = ()
     updates: StatisticsUpdates | None = None  # decay and steps found (None: neither)
     batchnorm_stats: tuple[BatchNormStats, ...] | None = None  # check only (inspect reads no values)
     rules: RulesRun | None = None  # check and match: the rules evaluated (None: inspect, which runs none)

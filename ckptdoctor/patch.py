@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ckptdoctor.analysis.checkpoint import Checkpoint, opened
 from ckptdoctor.errors import OutputError
@@ -18,8 +17,7 @@ from ckptdoctor.names import listed
 PatchError = OutputError
 
 
-@dataclass(frozen=True)
-class Addition:
+class Addition(NamedTuple):
     """One statistic to add: which target layer lacks it and where the donor holds it."""
 
     layer: str
@@ -30,8 +28,7 @@ class Addition:
     key: str = ""  # where it landed in the output, as the writer placed it
 
 
-@dataclass(frozen=True)
-class PatchResult:
+class PatchResult(NamedTuple):
     target: str
     donor: str
     out: str
@@ -126,8 +123,7 @@ def patch(
         )
         result = write_checkpoint(target, edits, out, also_read=(donor,), force=force, progress=progress)
         added = tuple(
-            dataclasses.replace(addition, key=placed.key)
-            for addition, placed in zip(additions, result.placed, strict=True)
+            addition._replace(key=placed.key) for addition, placed in zip(additions, result.placed, strict=True)
         )
         return PatchResult(
             target.reader.location,

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
-import fnmatch
 import sys
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from enum import IntEnum
-from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ckptdoctor.analysis.staleness import DEFAULT_STALE_THRESHOLD
 from ckptdoctor.errors import ConfigError
 from ckptdoctor.model import Finding, Report, RulesRun, Severity
+
+if TYPE_CHECKING:  # pathlib and fnmatch load where a policy is read: `inspect` only needs ExitCode
+    from pathlib import Path
 
 IGNORED = "ignored by the policy"  # why a rule that ran is reported as skipped
 
@@ -44,20 +44,18 @@ def combined_exit_code(
     return max((exit_code(findings, fail_on) for findings in findings_per_checkpoint), default=ExitCode.OK)
 
 
-@dataclass(frozen=True)
-class Override:
+class Override(NamedTuple):
     paths: tuple[str, ...]  # globs matched against the checkpoint path as given
     ignore: frozenset[str] = frozenset()
-    severity: dict[str, Severity] = field(default_factory=dict)
+    severity: Mapping[str, Severity] = MappingProxyType({})
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(NamedTuple):
     """`[tool.ckptdoctor]` in pyproject.toml, or a TOML file given with --config (same keys at top level)."""
 
     fail_on: Severity | None = None
     ignore: frozenset[str] = frozenset()  # rule codes or slugs
-    severity: dict[str, Severity] = field(default_factory=dict)
+    severity: Mapping[str, Severity] = MappingProxyType({})
     overrides: tuple[Override, ...] = ()
     source: str | None = None
     stale_threshold: float = DEFAULT_STALE_THRESHOLD  # bn-stats-stale: share of the starting statistics left
@@ -68,10 +66,13 @@ class Policy:
 
     def _for(self, path: str) -> tuple[set[str], dict[str, Severity]]:
         """The rules ignored and the severities changed for `path`, overrides applied."""
+        from fnmatch import fnmatch
+        from pathlib import PurePath
+
         ignore, severity = set(self.ignore), dict(self.severity)
-        posix = Path(path).as_posix()
+        posix = PurePath(path).as_posix()
         for override in self.overrides:
-            if any(fnmatch.fnmatch(posix, pattern) for pattern in override.paths):
+            if any(fnmatch(posix, pattern) for pattern in override.paths):
                 ignore |= override.ignore
                 severity |= override.severity
         return ignore, severity
@@ -81,7 +82,7 @@ class Policy:
         moved from those that ran to those skipped, so that a CI report never shows an ignored rule as passed."""
         findings = self.apply(path, report.findings)
         if report.rules is None:
-            return dataclasses.replace(report, findings=findings)
+            return report._replace(findings=findings)
         from ckptdoctor.rules import BY_NAME
 
         ignore = {BY_NAME[name].code for name in self._for(path)[0] if name in BY_NAME}
@@ -89,7 +90,7 @@ class Policy:
             ran=tuple(code for code in report.rules.ran if code not in ignore),
             skipped=report.rules.skipped + tuple((code, IGNORED) for code in report.rules.ran if code in ignore),
         )
-        return dataclasses.replace(report, findings=findings, rules=rules)
+        return report._replace(findings=findings, rules=rules)
 
     def apply(self, path: str, findings: Iterable[Finding]) -> tuple[Finding, ...]:
         """The findings that remain for `path`, with severities changed as configured."""
@@ -99,7 +100,7 @@ class Policy:
             if finding.code in ignore or finding.name in ignore:
                 continue
             changed = severity.get(finding.code) or severity.get(finding.name)
-            kept.append(dataclasses.replace(finding, severity=changed) if changed else finding)
+            kept.append(finding._replace(severity=changed) if changed else finding)
         return tuple(kept)
 
 
@@ -143,6 +144,8 @@ def _share(value: Any, where: str) -> float:
 
 def load_policy(config: str | None = None, cwd: Path | None = None) -> Policy:
     """The policy from --config, else from ./pyproject.toml's [tool.ckptdoctor], else the defaults."""
+    from pathlib import Path
+
     from ckptdoctor.rules import BY_NAME
 
     known = set(BY_NAME)

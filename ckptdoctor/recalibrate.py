@@ -16,8 +16,7 @@ import importlib
 import os
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from ckptdoctor.errors import CkptDoctorError, ConfigError, MissingExtraError, ModelError, OutputError
 from ckptdoctor.formats import Resolved
@@ -53,8 +52,7 @@ class RecalibrateError(CkptDoctorError):
 # --------------------------------------------------------------------------------------------------- data
 
 
-@dataclass(frozen=True)
-class DataSpec:
+class DataSpec(NamedTuple):
     """Where the samples come from and how many are used."""
 
     source: str  # a .npy or .npz file (sniffed by its bytes), or package.module:function
@@ -199,13 +197,12 @@ def load_batches(spec: DataSpec) -> Iterator[tuple[Batch, int]]:
 # ------------------------------------------------------------------------------------------- statistics
 
 
-@dataclass(frozen=True)
-class BatchMoments:
-    """One layer's statistics over one batch: per channel, the mean and biased variance of `count` values."""
+class BatchMoments(NamedTuple):
+    """One layer's statistics over one batch: per channel, the mean and biased variance of `size` values."""
 
     mean: np.ndarray
     variance: np.ndarray
-    count: int  # values per channel: samples × spatial positions
+    size: int  # values per channel: samples × spatial positions
 
 
 class PopulationMoments:
@@ -221,18 +218,18 @@ class PopulationMoments:
         import numpy as np
 
         mean = np.asarray(batch.mean, dtype=np.float64)
-        m2 = np.asarray(batch.variance, dtype=np.float64) * batch.count
-        if batch.count <= 0:
+        m2 = np.asarray(batch.variance, dtype=np.float64) * batch.size
+        if batch.size <= 0:
             return
         if self.mean is None or self._m2 is None:
-            self.count, self.mean, self._m2 = batch.count, mean, m2
+            self.count, self.mean, self._m2 = batch.size, mean, m2
             return
         if mean.shape != self.mean.shape:
             raise RecalibrateError(f"a BatchNorm layer's channel count changed between batches: {mean.shape}")
-        total = self.count + batch.count
+        total = self.count + batch.size
         delta = mean - self.mean
-        self.mean = self.mean + delta * (batch.count / total)
-        self._m2 = self._m2 + m2 + delta**2 * (self.count * batch.count / total)
+        self.mean = self.mean + delta * (batch.size / total)
+        self._m2 = self._m2 + m2 + delta**2 * (self.count * batch.size / total)
         self.count = total
 
     @property
@@ -241,8 +238,7 @@ class PopulationMoments:
         return self._m2 / self.count
 
 
-@dataclass(frozen=True)
-class LayerStatistics:
+class LayerStatistics(NamedTuple):
     """A BatchNorm layer the runner recomputes: its label and its statistics' variable names in the model
     (`net/conv1/BatchNorm/moving_mean`, `bn_default/moving_mean`), which name them in the checkpoint too."""
 
@@ -266,8 +262,7 @@ class StatisticsRunner(Protocol):
 # ------------------------------------------------------------------------------------------ the result
 
 
-@dataclass(frozen=True)
-class LayerChange:
+class LayerChange(NamedTuple):
     """How far one layer's statistics moved: the largest |new - old| / max(|new|, |old|) over channels, as
     `diff` measures it (None where the statistic was missing and is added)."""
 
@@ -277,8 +272,7 @@ class LayerChange:
     values: int  # values per channel the statistics were computed over
 
 
-@dataclass(frozen=True)
-class RecalibrateResult:
+class RecalibrateResult(NamedTuple):
     checkpoint: str
     out: str
     written: tuple[str, ...]
@@ -310,8 +304,7 @@ def _largest_change(old: np.ndarray | None, new: np.ndarray) -> float | None:
     return float(relative.max()) if relative.size else 0.0
 
 
-@dataclass(frozen=True)
-class _Placement:
+class _Placement(NamedTuple):
     edits: Edits
     changes: tuple[LayerChange, ...]
     added: int

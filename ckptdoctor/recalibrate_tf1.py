@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -70,16 +69,16 @@ def training_graph(prefix: str) -> str:
     return path
 
 
-@dataclass
 class _Layer:
-    """One BatchNorm computation: a fused op, or the moments of one input tensor."""
+    """One BatchNorm computation, filled in as the graph is walked: a fused op, or the moments of one input tensor."""
 
-    key: str
-    fused: Any = None  # the FusedBatchNorm* op
-    moments: dict[str, Any] = field(default_factory=dict)  # kind -> the statistic tensor (non-fused)
-    x: Any = None  # the normalised input
-    variables: dict[str, set[str]] = field(default_factory=dict)  # kind -> the moving statistics it updates
-    route: tuple[tuple[Any, bool], ...] = ()  # (If op, predicate value of the branch) the statistics came through
+    def __init__(self, key: str, fused: Any = None, x: Any = None, route: tuple[tuple[Any, bool], ...] = ()) -> None:
+        self.key = key
+        self.fused = fused  # the FusedBatchNorm* op
+        self.moments: dict[str, Any] = {}  # kind -> the statistic tensor (non-fused)
+        self.x = x  # the normalised input
+        self.variables: dict[str, set[str]] = {}  # kind -> the moving statistics it updates
+        self.route = route  # (If op, predicate value of the branch) the statistics came through
 
 
 class _Conds:

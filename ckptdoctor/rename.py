@@ -14,8 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ckptdoctor.errors import ConfigError, OutputError
 from ckptdoctor.formats import Resolved
@@ -30,8 +29,7 @@ MAX_MAP_ENTRIES = 1_000_000
 ROOT = "/"  # the map's name for the root scope, as init_from_checkpoint writes it
 
 
-@dataclass(frozen=True)
-class RenameResult:
+class RenameResult(NamedTuple):
     source: str
     out: str
     written: tuple[str, ...]  # the files that make up the output

@@ -14,8 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ckptdoctor.analysis.roles import EMA, OPTIMIZER_SCOPES, owner_path, shadowed_name
 from ckptdoctor.errors import OutputError
@@ -35,23 +34,20 @@ KERAS3_AVERAGE = re.compile(r"[^/]+/(.+)_average")  # Keras 3: `adam/dense_kerne
 KERAS3_OPTIMIZER_VARS = "optimizer/vars/"  # a Keras 3 file's optimizer variables, by position
 
 
-@dataclass(frozen=True)
-class Dropped:
+class Dropped(NamedTuple):
     name: str
     what: str  # why it goes: "optimizer state", "EMA shadow", …
     nbytes: int
     subject: str  # the name `inspect` shows it by (TF2: not the raw key)
 
 
-@dataclass(frozen=True)
-class StripPlan:
+class StripPlan(NamedTuple):
     dropped: tuple[Dropped, ...]
     from_ema: tuple[tuple[str, str], ...]  # (variable, the shadow its values are taken from)
     without_shadow: tuple[str, ...]  # with use_ema: variables kept as stored, since no shadow averages them
 
 
-@dataclass(frozen=True)
-class StripResult:
+class StripResult(NamedTuple):
     source: str
     out: str
     written: tuple[str, ...]  # the files that make up the output

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import warnings
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ckptdoctor.errors import MissingExtraError, ModelError, first_line, message_line
 from ckptdoctor.formats import open_checkpoint
@@ -17,15 +16,13 @@ from ckptdoctor.model import Storage
 from ckptdoctor.names import listed
 
 
-@dataclass(frozen=True)
-class Mismatch:
+class Mismatch(NamedTuple):
     key: str
     expected: str  # dtype[shape] the graph's variable has
     found: str  # dtype[shape] in the checkpoint
 
 
-@dataclass(frozen=True)
-class VerifyResult:
+class VerifyResult(NamedTuple):
     checkpoint: str
     graph_variables: int  # variables the model or graph expects
     missing: tuple[str, ...]
@@ -294,8 +291,7 @@ MODEL_CHILD = "model"  # tf.train.Checkpoint(model=model), the name Keras's own 
 NOT_MODELS = frozenset({"save_counter", "optimizer", "root"})  # `root=` makes its object the root, not a child
 
 
-@dataclass(frozen=True)
-class RootChoice:
+class RootChoice(NamedTuple):
     """Where a model sits in a TF2 checkpoint: under a root child (`net` of `Checkpoint(step=..., net=model)`),
     or as the root itself (None: `Checkpoint(root=model)`, `save_weights`, a SavedModel)."""
 
@@ -310,8 +306,7 @@ class RootChoice:
         return f"the checkpoint's root holds: {listed(self.children, ROOT_CHILDREN_SHOWN) or 'nothing'}"
 
 
-@dataclass(frozen=True)
-class RootChildren:
+class RootChildren(NamedTuple):
     names: tuple[str, ...]  # every child of the checkpoint's root, in the graph's order
     candidates: tuple[str, ...]  # those that may hold a model
 
@@ -405,7 +400,7 @@ def verify_model(checkpoint: str | os.PathLike[str], model_spec: str) -> VerifyR
     kept_warnings: list[str] = []
     with _warnings_in_one_line(kept_warnings):
         result = _verify_model(checkpoint, model_spec)
-    return dataclasses.replace(result, warnings=tuple(kept_warnings))
+    return result._replace(warnings=tuple(kept_warnings))
 
 
 def _verify_model(checkpoint: str | os.PathLike[str], model_spec: str) -> VerifyResult:

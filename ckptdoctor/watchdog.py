@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
-import signal
 import sys
 import time
 from collections.abc import Iterable
@@ -98,6 +96,9 @@ def _fork(seconds: float, exit_error: int) -> None:
 
 
 def _supervise(pid: int, read_end: int, seconds: float, exit_error: int) -> int:
+    import select  # only the waiting parent needs these: every command imports this module
+    import signal
+
     def forward(signum: int, _frame: object) -> None:  # a kill aimed at us reaches the work too
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)

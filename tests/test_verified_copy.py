@@ -4,7 +4,6 @@ entries it writes without protobuf are byte for byte what protobuf writes."""
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import shutil
 from pathlib import Path
@@ -83,7 +82,7 @@ def test_the_recheck_takes_the_writers_results_for_exactly_the_bytes_it_wrote(tm
         crc, bad = reader._verified(entry, verified)
         assert mask(crc) == entry.crc32c and bad == 0
     reader.close()
-    plain = dataclasses.replace(result.resolved, verified=None)
+    plain = result.resolved._replace(verified=None)
     assert _findings(result.resolved) == _findings(plain)
 
     # The same name, another file (a copy with one byte changed): nothing the writer checked applies to it.

@@ -42,7 +42,7 @@ def summarize(values: np.ndarray) -> StatisticSummary:
     if ordered.size == 0:
         return StatisticSummary(int(values.size), int(values.size), None, None, None, None, None, None)
     return StatisticSummary(
-        count=int(values.size),
+        size=int(values.size),
         nonfinite=int(values.size - ordered.size),
         min=float(ordered[0]),
         q1=_quantile(ordered, 0.25),

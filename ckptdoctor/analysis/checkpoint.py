@@ -6,7 +6,6 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -19,12 +18,21 @@ if TYPE_CHECKING:
     import numpy as np
 
 
-@dataclass(frozen=True)
 class Checkpoint:
-    reader: CheckpointReader
-    resolved: Resolved
-    variables: tuple[Variable, ...]
-    batchnorm: tuple[BatchNormLayer, ...]
+    """An opened checkpoint: its reader, what its path resolved to, its classified variables and BatchNorm
+    layers. A plain class, not a record: it caches what it derives (`subjects`, the layer lookups)."""
+
+    def __init__(
+        self,
+        reader: CheckpointReader,
+        resolved: Resolved,
+        variables: tuple[Variable, ...],
+        batchnorm: tuple[BatchNormLayer, ...],
+    ) -> None:
+        self.reader = reader
+        self.resolved = resolved
+        self.variables = variables
+        self.batchnorm = batchnorm
 
     def layer_name(self, layer: BatchNormLayer) -> str:
         """The layer's name as its framework knows it (`bn_default`), to match layers across formats."""

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ckptdoctor.model import BatchNormLayer, Variable
 
@@ -28,15 +27,13 @@ def identity(variable: Variable) -> str:
     return variable.full_name or variable.path
 
 
-@dataclass(frozen=True)
-class Pair:
+class Pair(NamedTuple):
     a: Variable
     b: Variable
     matched_by: MatchedBy
 
 
-@dataclass(frozen=True)
-class Matching:
+class Matching(NamedTuple):
     pairs: tuple[Pair, ...]
     only_a: tuple[Variable, ...]  # in the first checkpoint only, in its order
     only_b: tuple[Variable, ...]

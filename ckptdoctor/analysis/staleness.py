@@ -134,4 +134,4 @@ def _meta_graph_decays(target: Checkpoint) -> tuple[dict[str, float], str | None
 
     found = read_decays(path)
     note = f"{path}: no decay read, {found.problem}" if found.problem else None
-    return found.decays, note
+    return dict(found.decays), note

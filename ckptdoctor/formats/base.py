@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from ckptdoctor.model import Format, IntegrityProblem, LayerConfig, TensorInfo
 
@@ -20,23 +20,24 @@ MAX_EXPANDED_BYTES = 256 << 20
 Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
 
 
-@dataclass(frozen=True)
-class ScanResult:
+class ScanResult(NamedTuple):
     """What one pass over every stored byte found: non-finite counts and integrity damage."""
 
-    nonfinite: dict[str, int] = field(default_factory=dict)  # tensor name -> count of NaN/Inf elements
+    nonfinite: Mapping[str, int] = MappingProxyType({})  # tensor name -> count of NaN/Inf elements
     problems: tuple[IntegrityProblem, ...] = ()
 
 
-@dataclass(frozen=True)
 class VerifiedBytes:
     """Tensor bytes a writer checked as it wrote them: the CRC-32C (unmasked) and NaN/Inf count of each
     range, keyed by the file's identity (st_dev, st_ino), offset, size and dtype code. A re-check of the
     output takes these instead of reading the same bytes back; any range not here is read as usual, and the
     output's index, read from disk, still decides which ranges hold which tensor."""
 
-    ranges: dict[tuple[int, int, int, int, int], tuple[int, int]] = field(default_factory=dict)
-    files: dict[tuple[int, int], tuple[int, int, int]] = field(default_factory=dict)  # file_state once written
+    __slots__ = ("files", "ranges")
+
+    def __init__(self) -> None:
+        self.ranges: dict[tuple[int, int, int, int, int], tuple[int, int]] = {}
+        self.files: dict[tuple[int, int], tuple[int, int, int]] = {}  # file_state once written
 
     def lookup(self, status: os.stat_result, offset: int, size: int, dtype_code: int) -> tuple[int, int] | None:
         """(crc32c, nonfinite) of the range as the writer computed them, or None where it did not check it or

@@ -6,8 +6,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ckptdoctor import dtypes
 from ckptdoctor.errors import first_line
@@ -328,8 +327,7 @@ def _regions(shape: tuple[int, ...], itemsize: int, prefix: tuple[slice, ...] = 
         yield from _regions(shape[1:], itemsize, (*prefix, slice(index, index + 1)))
 
 
-@dataclass(frozen=True)
-class OutsideLink:
+class OutsideLink(NamedTuple):
     """An HDF5 external link: a name in this file for an object in another file."""
 
     path: str  # the link's own path in this file

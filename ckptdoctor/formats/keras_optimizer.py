@@ -18,8 +18,7 @@ counter and a scalar learning rate are named in either case.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 Runs = list[tuple[str, ...]]
 Layout = tuple[tuple[str, ...], Runs, tuple[str, ...]]  # (header, slot runs, trailer)
@@ -68,22 +67,19 @@ TF_KERAS_SLOTS: dict[str, Callable[[Settings], Runs]] = {
 }
 
 
-@dataclass(frozen=True)
-class StoredVar:
+class StoredVar(NamedTuple):
     """What naming needs of one stored variable."""
 
     shape: tuple[int, ...]
     is_float: bool
 
 
-@dataclass(frozen=True)
-class OptimizerName:
+class OptimizerName(NamedTuple):
     path: str
     slot_of: str | None = None  # the model variable a slot belongs to
 
 
-@dataclass(frozen=True)
-class OptimizerSpec:
+class OptimizerSpec(NamedTuple):
     """The optimizer as config.json and metadata.json describe it."""
 
     class_name: str

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import struct
 import zipfile
@@ -316,7 +315,7 @@ class KerasV3Reader(Hdf5Reader):
         if damage is None:
             return result
         problem = IntegrityProblem(ProblemKind.ARCHIVE_CORRUPT, *damage)
-        return dataclasses.replace(result, problems=(*result.problems, problem))
+        return result._replace(problems=(*result.problems, problem))
 
     def close(self) -> None:
         super().close()

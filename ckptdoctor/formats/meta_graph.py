@@ -31,9 +31,10 @@ import math
 import os
 import stat
 import struct
+from collections.abc import Mapping
 from contextlib import closing
-from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from ckptdoctor import dtypes
 from ckptdoctor.formats.model_spec import ModelVariable
@@ -64,11 +65,10 @@ _SCALAR_FORMATS = {1: "<f", 2: "<d", 3: "<i", 9: "<q", 19: "<e"}  # float, doubl
 _BFLOAT16 = 14
 
 
-@dataclass(frozen=True)
-class MetaGraphDecays:
+class MetaGraphDecays(NamedTuple):
     """Decay per variable name, as the update ops of a meta graph apply it."""
 
-    decays: dict[str, float] = field(default_factory=dict)
+    decays: Mapping[str, float] = MappingProxyType({})
     problem: str | None = None  # why no decay could be read from an existing .meta, in a few words
 
 
@@ -241,14 +241,16 @@ class _DamagedLibrary(Exception):
     """The graph's function library cannot be read as TF writes it, or reading it would pass a limit."""
 
 
-@dataclass(eq=False)  # hashed by identity: one body per function per cond that calls it
 class _Body:
     """The nodes of the graph, or of one branch function as one cond calls it: each argument is the cond's
-    input in its caller's body."""
+    input in its caller's body. Hashed by identity: one body per function per cond that calls it."""
 
-    nodes: dict
-    arguments: dict[str, tuple[_Body, str]] = field(default_factory=dict)
-    depth: int = 0
+    __slots__ = ("arguments", "depth", "nodes")
+
+    def __init__(self, nodes: dict, arguments: dict[str, tuple[_Body, str]] | None = None, depth: int = 0) -> None:
+        self.nodes = nodes
+        self.arguments = {} if arguments is None else arguments
+        self.depth = depth
 
 
 class _Graph:

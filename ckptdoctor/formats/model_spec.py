@@ -6,7 +6,7 @@ one variable per expected weight, whose dtype and shape are what the model build
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ckptdoctor.errors import CheckpointError, ModelError
 from ckptdoctor.model import Storage
@@ -16,8 +16,7 @@ from ckptdoctor.model import Storage
 MAX_MODEL_VARIABLES = 500_000
 
 
-@dataclass(frozen=True)
-class ModelVariable:
+class ModelVariable(NamedTuple):
     """A variable the model restores: the name it looks up (a TF1 checkpoint key, a Keras `layer/weight`
     path), dtype, and shape (-1 for a dimension left open, None for an unknown rank)."""
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ckptdoctor.formats import protos
 from ckptdoctor.formats.object_keys import ATTRIBUTE_MARKER
@@ -11,8 +11,7 @@ from ckptdoctor.formats.object_keys import ATTRIBUTE_MARKER
 OPTIMIZER_EDGE = "optimizer"
 
 
-@dataclass(frozen=True)
-class GraphVariable:
+class GraphVariable(NamedTuple):
     """What the object graph says about one checkpoint key."""
 
     key: str
@@ -131,8 +130,7 @@ def _through_optimizer(path: str) -> bool:
     return OPTIMIZER_EDGE in path.split("/")[:-1] or path.split("/")[0].startswith(OPTIMIZER_EDGE)
 
 
-@dataclass(frozen=True)
-class ObjectGraph:
+class ObjectGraph(NamedTuple):
     proto: object  # TrackableObjectGraph
     variables: dict[str, GraphVariable]  # by checkpoint key
     nodes_by_path: NodesByPath  # the node any path reaches

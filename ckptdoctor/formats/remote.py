@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
@@ -44,13 +43,15 @@ LIBRARIES = {
 }
 
 
-@dataclass
 class ReadStats:
     """What reading one remote file cost: requests (metadata included) and bytes fetched."""
 
-    requests: int = 0
-    fetched: int = 0
-    size: int | None = None
+    __slots__ = ("fetched", "requests", "size")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.fetched = 0
+        self.size: int | None = None
 
 
 # By shown URL, in the order first used; the CLI's `--stats` prints it.

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from ckptdoctor.formats.bytesource import ByteSource
 from ckptdoctor.formats.crc import crc32c, mask, unmask
@@ -55,8 +54,7 @@ def decode_varint(data: bytes, pos: int, limit: int | None = None) -> tuple[int,
         shift += 7
 
 
-@dataclass(frozen=True)
-class BlockHandle:
+class BlockHandle(NamedTuple):
     offset: int
     size: int
 

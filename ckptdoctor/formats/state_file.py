@@ -12,8 +12,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ckptdoctor.model import CheckpointError
 
@@ -25,8 +24,7 @@ MAX_STATE_FILE_SIZE = 16 << 20
 MAX_REASON_CHARS = 200
 
 
-@dataclass(frozen=True)
-class CheckpointState:
+class CheckpointState(NamedTuple):
     """TF's CheckpointState message (tensorflow/python/checkpoint/checkpoint_state.proto, proto3)."""
 
     model_checkpoint_path: str = ""

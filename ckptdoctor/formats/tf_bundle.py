@@ -41,10 +41,7 @@ def data_file_name(prefix: str, shard_id: int, num_shards: int) -> str:
 
 
 class BundleEntry(NamedTuple):
-    """One index entry: where a tensor's bytes live and what they should hash to.
-
-    A named tuple, not a frozen dataclass: one is made per index entry (100,000 are no rarity) and a tuple is
-    made in one step, where a frozen dataclass sets each of its ten fields through object.__setattr__."""
+    """One index entry: where a tensor's bytes live and what they should hash to."""
 
     key: bytes
     name: str

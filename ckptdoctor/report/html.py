@@ -16,7 +16,7 @@ import html
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ckptdoctor import __version__
 from ckptdoctor.model import BatchNormStats, Finding, Report, Severity, StatisticSummary
@@ -69,8 +69,7 @@ def _percent(value: float) -> str:
 # ---- scales -----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Scale:
+class _Scale(NamedTuple):
     """Values to pixels along [0, width]: `transform` maps a value to an axis unit (log10 for variances, a
     symmetric log for means), clamped to the domain so that an outlier sits at the edge instead of off it."""
 
@@ -151,7 +150,7 @@ def _distribution(summary: StatisticSummary | None, scale: _Scale, colour: str, 
     if summary is None:
         return '<span class="muted">not stored or unreadable</span>'
     tooltip = (
-        f"{what}: {summary.count} values, min {_number(summary.min)}, q1 {_number(summary.q1)}, median "
+        f"{what}: {summary.size} values, min {_number(summary.min)}, q1 {_number(summary.q1)}, median "
         f"{_number(summary.median)}, q3 {_number(summary.q3)}, max {_number(summary.max)}, mean {_number(summary.mean)}"
         + (f", {summary.nonfinite} NaN/Inf" if summary.nonfinite else "")
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
@@ -78,10 +77,11 @@ def _document(report: Report, records: Callable[[Iterable[Any]], Any]) -> dict[s
 def _summary(summary: StatisticSummary | None) -> dict[str, Any] | None:
     if summary is None:
         return None
-    return {name: getattr(summary, name) for name in _SUMMARY_FIELDS}
+    return dict(zip(_SUMMARY_KEYS, summary, strict=True))
 
 
-_SUMMARY_FIELDS = tuple(field.name for field in dataclasses.fields(StatisticSummary))  # as asdict, no deep copy
+# The record's fields as the JSON report names them: `size` is `count` there (a tuple's `count` is a method).
+_SUMMARY_KEYS = tuple("count" if name == "size" else name for name in StatisticSummary._fields)
 
 
 def _stats(stats: BatchNormStats) -> dict[str, Any]:

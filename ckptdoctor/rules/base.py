@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from enum import Enum
 from functools import cached_property
-from typing import TYPE_CHECKING
+from types import MappingProxyType
+from typing import TYPE_CHECKING, NamedTuple
 
 from ckptdoctor.analysis.checkpoint import Checkpoint
 from ckptdoctor.analysis.staleness import DEFAULT_STALE_THRESHOLD, find_updates
@@ -18,15 +18,25 @@ if TYPE_CHECKING:
     import numpy as np
 
 
-@dataclass
 class CheckContext:
-    target: Checkpoint
-    scan: ScanResult
-    reference: Checkpoint | None = None
-    decay: float | None = None  # --decay: overrides every layer's decay
-    steps: int | None = None  # --steps: overrides the steps the files record
-    stale_threshold: float = DEFAULT_STALE_THRESHOLD  # policy `stale-threshold`
-    _statistics: dict[str, np.ndarray | None] = field(default_factory=dict, init=False, repr=False)
+    """What every rule of one check reads; it caches what several rules derive (`updates`, the statistics)."""
+
+    def __init__(
+        self,
+        target: Checkpoint,
+        scan: ScanResult,
+        reference: Checkpoint | None = None,
+        decay: float | None = None,  # --decay: overrides every layer's decay
+        steps: int | None = None,  # --steps: overrides the steps the files record
+        stale_threshold: float = DEFAULT_STALE_THRESHOLD,  # policy `stale-threshold`
+    ) -> None:
+        self.target = target
+        self.scan = scan
+        self.reference = reference
+        self.decay = decay
+        self.steps = steps
+        self.stale_threshold = stale_threshold
+        self._statistics: dict[str, np.ndarray | None] = {}
 
     @cached_property
     def updates(self) -> StatisticsUpdates | None:
@@ -85,8 +95,7 @@ class Command(str, Enum):
     MATCH = "match"
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     code: str  # stable, e.g. "BN001"
     name: str  # stable slug, e.g. "bn-missing-moving-stats"
     severity: Severity
@@ -99,8 +108,8 @@ class Rule:
     reports: ProblemKind | None = None  # an integrity rule: the one kind of reader problem it turns into findings
     # Per format family, where the cause and the repair differ: a TF1 graph's UPDATE_OPS advice is no use for a
     # `.keras` file. A family without an entry gets `explanation` and `hint`.
-    causes: Mapping[FormatFamily, str] = field(default_factory=dict)
-    fixes: Mapping[FormatFamily, str] = field(default_factory=dict)
+    causes: Mapping[FormatFamily, str] = MappingProxyType({})
+    fixes: Mapping[FormatFamily, str] = MappingProxyType({})
 
     def hint_for(self, family: FormatFamily | None) -> str:
         return self.fixes.get(family, self.hint) if family is not None else self.hint

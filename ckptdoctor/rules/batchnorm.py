@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 
 from ckptdoctor.analysis.matching import identity
@@ -222,17 +221,14 @@ def _stats_stale(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
             f"values training started from: {updates.steps} steps at decay {layer.decay:g}"
         )
         if layer.frozen:
-            yield dataclasses.replace(
-                _layer_finding(
-                    rule,
-                    ctx,
-                    layer.layer,
-                    f"{moved}, but the layer is frozen (trainable: false), so its statistics stay as loaded by design",
-                    f"{detail}; frozen (trainable: false), so by design",
-                    "nothing to do if the layer was meant to stay frozen",
-                ),
-                severity=Severity.INFO,
-            )
+            yield _layer_finding(
+                rule,
+                ctx,
+                layer.layer,
+                f"{moved}, but the layer is frozen (trainable: false), so its statistics stay as loaded by design",
+                f"{detail}; frozen (trainable: false), so by design",
+                "nothing to do if the layer was meant to stay frozen",
+            )._replace(severity=Severity.INFO)
         else:
             yield _layer_finding(rule, ctx, layer.layer, moved, detail)
 

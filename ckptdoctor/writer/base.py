@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from ckptdoctor.errors import OutputError
 from ckptdoctor.formats.object_keys import OBJECT_GRAPH_KEY
@@ -31,16 +30,14 @@ class UnsupportedEdit(OutputError):
     """The writer for this format cannot make this kind of edit (yet); nothing was written."""
 
 
-@dataclass(frozen=True)
-class Stored:
+class Stored(NamedTuple):
     """A tensor of another checkpoint, by its name there: copied as stored where both are bundles, else read."""
 
     reader: CheckpointReader
     name: str
 
 
-@dataclass(frozen=True)
-class Values:
+class Values(NamedTuple):
     """A tensor given as values (computed statistics, say)."""
 
     array: np.ndarray
@@ -49,8 +46,7 @@ class Values:
 TensorSource = Stored | Values
 
 
-@dataclass(frozen=True)
-class NewTensor:
+class NewTensor(NamedTuple):
     """A tensor to add, named by the layer it belongs to and its variable there (e.g. "moving_mean").
 
     Each format places it its own way: TF keys `<layer>/<variable>` (and a TF2 graph node under the layer's
@@ -63,8 +59,7 @@ class NewTensor:
     full_name: str | None = None  # the framework's variable name, recorded where the format keeps one (TF2)
 
 
-@dataclass(frozen=True)
-class Replacement:
+class Replacement(NamedTuple):
     """New values for a stored tensor, named as the source's reader lists it (`TensorInfo.name`).
 
     The dtype and shape must stay those of the stored tensor: the model that loads it expects them."""
@@ -73,14 +68,13 @@ class Replacement:
     source: TensorSource
 
 
-@dataclass(frozen=True)
-class Edits:
+class Edits(NamedTuple):
     """Everything a write changes in its source; what is not named is copied unchanged."""
 
     add: tuple[NewTensor, ...] = ()
     replace: tuple[Replacement, ...] = ()
     drop: frozenset[str] = frozenset()  # tensor names to leave out
-    rename: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # old name -> new name
+    rename: Mapping[str, str] = MappingProxyType({})  # old name -> new name
 
     def readers(self) -> list[CheckpointReader]:
         """The other checkpoints these edits read from: their files are inputs the output must not touch."""
@@ -88,8 +82,7 @@ class Edits:
         return [source.reader for source in sources if isinstance(source, Stored)]
 
 
-@dataclass(frozen=True)
-class Placed:
+class Placed(NamedTuple):
     """Where an added tensor landed in the output, in the output format's own terms."""
 
     layer: str
@@ -97,8 +90,7 @@ class Placed:
     key: str
 
 
-@dataclass(frozen=True)
-class Written:
+class Written(NamedTuple):
     files: tuple[str, ...]  # the files that make up the output
     placed: tuple[Placed, ...]  # one per `Edits.add`, in the same order
     verified: VerifiedBytes | None = None  # tensor bytes checked as they were written, for the re-check

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeGuard
 
 from ckptdoctor import dtypes
 from ckptdoctor.errors import OutputError
@@ -169,8 +168,7 @@ def _encode(values: np.ndarray, where: str) -> Encoded:
     return dtype.code, tuple(int(size) for size in values.shape), raw, mask(crc32c(raw))
 
 
-@dataclasses.dataclass(frozen=True)
-class BundlePlan:
+class BundlePlan(NamedTuple):
     """Every output tensor: copied as stored from a bundle, or given as encoded bytes."""
 
     copies: dict[bytes, tuple[BundleSource, BundleEntry]]
@@ -314,8 +312,8 @@ class BundleCheckpointWriter:
                 from ckptdoctor.formats.object_graph import NodesByPath
 
                 pruned = _graph_without(graph, edits.drop, reader.location)
-                graph = dataclasses.replace(graph, proto=protos.TrackableObjectGraph.FromString(pruned))
-                graph = dataclasses.replace(graph, nodes_by_path=NodesByPath(graph.proto))
+                graph = graph._replace(proto=protos.TrackableObjectGraph.FromString(pruned))
+                graph = graph._replace(nodes_by_path=NodesByPath(graph.proto))
             raw, crc = encode_string_tensor([_with_graph_nodes(reader.location, graph, added)])
             planner.copies.pop(OBJECT_GRAPH_KEY.encode(), None)
             planner.encoded[OBJECT_GRAPH_KEY.encode()] = (dtypes.BY_NAME["string"].code, (), raw, crc)

@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ckptdoctor.errors import OutputError
 from ckptdoctor.formats import CheckpointReader, Resolved
@@ -29,8 +28,7 @@ if TYPE_CHECKING:
     from ckptdoctor.formats.base import CheckpointReader
 
 
-@dataclass(frozen=True)
-class WriteResult:
+class WriteResult(NamedTuple):
     out: str  # the output as written (a bundle's prefix)
     written: tuple[str, ...]  # the files that make up the output
     placed: tuple[Placed, ...]  # where each added tensor landed, in the order of `Edits.add`

@@ -10,9 +10,8 @@ import os
 import shutil
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from ckptdoctor.errors import OutputError
 from ckptdoctor.formats.keras_common import import_h5py, string_list_attr
@@ -66,15 +65,13 @@ class KerasLegacySource(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class _NewDataset:
+class _NewDataset(NamedTuple):
     tensor: NewTensor
     path: str  # the dataset's HDF5 path in the weights file
     values: np.ndarray
 
 
-@dataclass(frozen=True)
-class _WeightNames:
+class _WeightNames(NamedTuple):
     """A legacy layer group's `weight_names` once the new datasets are listed, kept as bytes where they were."""
 
     group: str
@@ -82,8 +79,7 @@ class _WeightNames:
     as_bytes: bool
 
 
-@dataclass(frozen=True)
-class _Pruning:
+class _Pruning(NamedTuple):
     """What leaves the file: whole top-level members (the optimizer's group) and root attributes
     (`training_config`), and legacy layer groups renamed. HDF5 never gives back the space of a deleted
     object, so such an output is rebuilt object by object rather than edited in place."""
@@ -97,8 +93,7 @@ class _Pruning:
         return bool(self.members or self.attributes or self.layer_renames)
 
 
-@dataclass(frozen=True)
-class KerasPlan:
+class KerasPlan(NamedTuple):
     """A Keras file to copy and edit: datasets to create, datasets to overwrite, attributes to rewrite."""
 
     location: str

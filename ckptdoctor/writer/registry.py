@@ -7,28 +7,27 @@ from __future__ import annotations
 
 import functools
 import importlib
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from ckptdoctor.errors import OutputError
 from ckptdoctor.model import Format
 from ckptdoctor.writer.base import CheckpointWriter
 
 
-@dataclass(frozen=True)
-class NotWritable:
+class NotWritable(NamedTuple):
     """A format ckptdoctor reads but does not write, and why."""
 
     reason: str
 
 
-@dataclass(frozen=True)
-class WriterClass:
+class WriterClass(NamedTuple):
     """A writer, named by module and class, made (once) with `options` when a command first needs it."""
 
     module: str
     name: str
-    options: dict[str, Any] = field(default_factory=dict, hash=False)
+    options: Mapping[str, Any] = MappingProxyType({})
 
 
 _BUNDLE = WriterClass("ckptdoctor.writer.bundle_checkpoint", "BundleCheckpointWriter")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import stat
 import time
@@ -81,8 +80,7 @@ def update_state_file(prefix: str, inputs: Iterable[str] = (), *, locked: bool =
         paired = len(stamps) == len(paths)
         kept = [i for i, p in enumerate(paths) if Path(p).name != name]
         before = state.model_checkpoint_path
-        state = dataclasses.replace(
-            state,
+        state = state._replace(
             model_checkpoint_path=name,
             all_model_checkpoint_paths=(*(paths[i] for i in kept), name),
             all_model_checkpoint_timestamps=(*(stamps[i] for i in kept), time.time()) if paired else (),
