@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Mapping
 from enum import IntEnum
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ckptdoctor.analysis.staleness import DEFAULT_STALE_THRESHOLD
@@ -47,7 +46,7 @@ def combined_exit_code(
 class Override(NamedTuple):
     paths: tuple[str, ...]  # globs matched against the checkpoint path as given
     ignore: frozenset[str] = frozenset()
-    severity: Mapping[str, Severity] = MappingProxyType({})
+    severity: Mapping[str, Severity] = {}
 
 
 class Policy(NamedTuple):
@@ -55,7 +54,7 @@ class Policy(NamedTuple):
 
     fail_on: Severity | None = None
     ignore: frozenset[str] = frozenset()  # rule codes or slugs
-    severity: Mapping[str, Severity] = MappingProxyType({})
+    severity: Mapping[str, Severity] = {}
     overrides: tuple[Override, ...] = ()
     source: str | None = None
     stale_threshold: float = DEFAULT_STALE_THRESHOLD  # bn-stats-stale: share of the starting statistics left

@@ -75,3 +75,17 @@ def test_the_library_never_forks_or_loads_the_watchdog():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "False"]
+
+
+def test_results_pickle_for_another_process(tmp_path):
+    """Records cross process boundaries (a pool of checks): the default policy, a policy read from a file, and a
+    verdict with its report survive pickling unchanged."""
+    import pickle
+
+    from ckptdoctor.policy import Policy
+
+    config = tmp_path / "policy.toml"
+    config.write_text('fail-on = "warning"\n[severity]\nBN001 = "info"\n')
+    verdict = gate(str(FIXTURE_BUNDLES["finetune_trainable"]))
+    for value in (Policy(), load_policy(str(config)), verdict):
+        assert pickle.loads(pickle.dumps(value)) == value

@@ -9,7 +9,7 @@ import pytest
 from conftest import KERAS, TF1, copy_checkpoint, realworld
 
 from ckptdoctor.formats.resolve import resolve
-from ckptdoctor.model import CheckpointError, Storage
+from ckptdoctor.model import CheckpointError, Format, Storage
 
 PREFIX = TF1 / "finetune_full" / "model.ckpt-20"
 KERAS_HEALTHY = KERAS / "healthy"
@@ -151,3 +151,39 @@ def test_a_name_ending_in_a_newline_is_not_the_name_without_it(tmp_path, name):
     copy_checkpoint(PREFIX, tmp_path)
     with pytest.raises(CheckpointError):
         resolve(tmp_path / name)
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        f"{SAVEDMODEL}/variables/./variables",
+        f"{SAVEDMODEL}/variables//variables",
+        f"{SAVEDMODEL}/./variables/variables.index",
+    ],
+)
+def test_dot_and_doubled_slashes_read_as_pathlib_reads_them(given):
+    """resolve splits paths itself (pathlib costs a listing ~3 ms): `.` and empty components are dropped as
+    pathlib drops them, so a SavedModel's variables stay a SavedModel however the path is spelled."""
+    assert resolve(given).format is Format.TF_SAVEDMODEL
+
+
+def test_a_state_file_naming_dot_names_no_checkpoint(tmp_path):
+    """`model_checkpoint_path: "."` names the directory itself: no checkpoint, so the newest index is taken, not
+    a checkpoint named after the directory."""
+    run = tmp_path / "run"
+    run.mkdir()
+    copy_checkpoint(TF1 / "pretrained" / "model.ckpt", run)
+    (run / "model.ckpt.index").rename(run / "run.index")
+    (run / "model.ckpt.data-00000-of-00001").rename(run / "run.data-00000-of-00001")
+    newer = copy_checkpoint(PREFIX, run)
+    os.utime(run / "run.index", (1, 1))
+    (run / "checkpoint").write_text('model_checkpoint_path: "."\n')
+    resolved = resolve(run)
+    assert resolved.location == str(newer) and "state file names no existing checkpoint" in resolved.note
+
+
+def test_a_member_named_by_a_trailing_slash_is_named_in_the_message(tmp_path):
+    (tmp_path / "miss").mkdir()
+    (tmp_path / "miss" / ".meta").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"index miss\.index is missing"):
+        resolve(f"{tmp_path}/miss/.meta")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from types import MappingProxyType
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from ckptdoctor.model import Format, IntegrityProblem, LayerConfig, TensorInfo
@@ -23,7 +22,7 @@ Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
 class ScanResult(NamedTuple):
     """What one pass over every stored byte found: non-finite counts and integrity damage."""
 
-    nonfinite: Mapping[str, int] = MappingProxyType({})  # tensor name -> count of NaN/Inf elements
+    nonfinite: Mapping[str, int] = {}  # tensor name -> count of NaN/Inf elements
     problems: tuple[IntegrityProblem, ...] = ()
 
 

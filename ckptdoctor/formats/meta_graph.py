@@ -33,7 +33,6 @@ import stat
 import struct
 from collections.abc import Mapping
 from contextlib import closing
-from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from ckptdoctor import dtypes
@@ -68,7 +67,7 @@ _BFLOAT16 = 14
 class MetaGraphDecays(NamedTuple):
     """Decay per variable name, as the update ops of a meta graph apply it."""
 
-    decays: Mapping[str, float] = MappingProxyType({})
+    decays: Mapping[str, float] = {}
     problem: str | None = None  # why no decay could be read from an existing .meta, in a few words
 
 

@@ -6,7 +6,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from enum import Enum
 from functools import cached_property
-from types import MappingProxyType
 from typing import TYPE_CHECKING, NamedTuple
 
 from ckptdoctor.analysis.checkpoint import Checkpoint
@@ -108,8 +107,8 @@ class Rule(NamedTuple):
     reports: ProblemKind | None = None  # an integrity rule: the one kind of reader problem it turns into findings
     # Per format family, where the cause and the repair differ: a TF1 graph's UPDATE_OPS advice is no use for a
     # `.keras` file. A family without an entry gets `explanation` and `hint`.
-    causes: Mapping[FormatFamily, str] = MappingProxyType({})
-    fixes: Mapping[FormatFamily, str] = MappingProxyType({})
+    causes: Mapping[FormatFamily, str] = {}
+    fixes: Mapping[FormatFamily, str] = {}
 
     def hint_for(self, family: FormatFamily | None) -> str:
         return self.fixes.get(family, self.hint) if family is not None else self.hint

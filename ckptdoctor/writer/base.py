@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import MappingProxyType
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from ckptdoctor.errors import OutputError
@@ -74,7 +73,7 @@ class Edits(NamedTuple):
     add: tuple[NewTensor, ...] = ()
     replace: tuple[Replacement, ...] = ()
     drop: frozenset[str] = frozenset()  # tensor names to leave out
-    rename: Mapping[str, str] = MappingProxyType({})  # old name -> new name
+    rename: Mapping[str, str] = {}  # old name -> new name
 
     def readers(self) -> list[CheckpointReader]:
         """The other checkpoints these edits read from: their files are inputs the output must not touch."""

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from ckptdoctor.errors import OutputError
@@ -27,7 +25,7 @@ class WriterClass(NamedTuple):
 
     module: str
     name: str
-    options: Mapping[str, Any] = MappingProxyType({})
+    options: tuple[tuple[str, Any], ...] = ()  # keyword arguments as (name, value) pairs: the record is hashable
 
 
 _BUNDLE = WriterClass("ckptdoctor.writer.bundle_checkpoint", "BundleCheckpointWriter")
@@ -39,14 +37,14 @@ WRITERS: dict[Format, WriterClass | NotWritable] = {
         "V1 checkpoints (one SSTable file) are read only; TF itself no longer writes them"
     ),
     Format.KERAS_H5: WriterClass("ckptdoctor.writer.keras", "KerasLegacyWriter"),
-    Format.KERAS_WEIGHTS_H5: WriterClass("ckptdoctor.writer.keras", "KerasV3Writer", {"zipped": False}),
-    Format.KERAS_ZIP: WriterClass("ckptdoctor.writer.keras", "KerasV3Writer", {"zipped": True}),
+    Format.KERAS_WEIGHTS_H5: WriterClass("ckptdoctor.writer.keras", "KerasV3Writer", (("zipped", False),)),
+    Format.KERAS_ZIP: WriterClass("ckptdoctor.writer.keras", "KerasV3Writer", (("zipped", True),)),
 }
 
 
 @functools.cache
-def _instance(module: str, name: str, options: tuple[tuple[str, Any], ...]) -> CheckpointWriter:
-    writer: CheckpointWriter = getattr(importlib.import_module(module), name)(**dict(options))
+def _instance(entry: WriterClass) -> CheckpointWriter:
+    writer: CheckpointWriter = getattr(importlib.import_module(entry.module), entry.name)(**dict(entry.options))
     return writer
 
 
@@ -58,4 +56,4 @@ def writer_for(format: Format | str, location: str) -> CheckpointWriter:
         raise OutputError(f"{location}: ckptdoctor does not write {format} checkpoints") from None
     if isinstance(entry, NotWritable):
         raise OutputError(f"{location}: ckptdoctor does not write {Format(format).value} checkpoints: {entry.reason}")
-    return _instance(entry.module, entry.name, tuple(sorted(entry.options.items())))
+    return _instance(entry)
