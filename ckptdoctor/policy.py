@@ -79,28 +79,33 @@ class Policy(NamedTuple):
     def apply_to_report(self, path: str, report: Report) -> Report:
         """The report as the policy leaves it for `path`: its findings through `apply`, and the rules it ignores
         moved from those that ran to those skipped, so that a CI report never shows an ignored rule as passed."""
-        findings = self.apply(path, report.findings)
+        ignore, severity = self._for(path)
+        findings = _applied(report.findings, ignore, severity)
         if report.rules is None:
             return report._replace(findings=findings)
         from ckptdoctor.rules import BY_NAME
 
-        ignore = {BY_NAME[name].code for name in self._for(path)[0] if name in BY_NAME}
+        ignored = {BY_NAME[name].code for name in ignore if name in BY_NAME}
         rules = RulesRun(
-            ran=tuple(code for code in report.rules.ran if code not in ignore),
-            skipped=report.rules.skipped + tuple((code, IGNORED) for code in report.rules.ran if code in ignore),
+            ran=tuple(code for code in report.rules.ran if code not in ignored),
+            skipped=report.rules.skipped + tuple((code, IGNORED) for code in report.rules.ran if code in ignored),
         )
         return report._replace(findings=findings, rules=rules)
 
     def apply(self, path: str, findings: Iterable[Finding]) -> tuple[Finding, ...]:
         """The findings that remain for `path`, with severities changed as configured."""
-        ignore, severity = self._for(path)
-        kept = []
-        for finding in findings:
-            if finding.code in ignore or finding.name in ignore:
-                continue
-            changed = severity.get(finding.code) or severity.get(finding.name)
-            kept.append(finding._replace(severity=changed) if changed else finding)
-        return tuple(kept)
+        return _applied(findings, *self._for(path))
+
+
+def _applied(findings: Iterable[Finding], ignore: set[str], severity: dict[str, Severity]) -> tuple[Finding, ...]:
+    """The findings not ignored, each with the severity configured for its rule (by code or name)."""
+    kept = []
+    for finding in findings:
+        if finding.code in ignore or finding.name in ignore:
+            continue
+        changed = severity.get(finding.code) or severity.get(finding.name)
+        kept.append(finding._replace(severity=changed) if changed else finding)
+    return tuple(kept)
 
 
 def _toml(path: Path) -> dict[str, Any]:

@@ -37,8 +37,8 @@ from typing import Any, NamedTuple
 
 from ckptdoctor import dtypes
 from ckptdoctor.formats.model_spec import ModelVariable
+from ckptdoctor.formats.resolve import SAVED_MODEL_FILE, file_name
 
-SAVED_MODEL_FILE = "saved_model.pb"  # a SavedModel's graphs: read as the MetaGraphDef it serves
 SERVING_TAG = "serve"
 MAX_META_GRAPHS = 64  # tag sets in one SavedModel (exports have one or a few); each is a message to parse
 MAX_META_BYTES = 64 << 20  # a large training graph (InceptionV3 with its optimizer) is a few MB
@@ -111,7 +111,7 @@ def _parse(path: str):
 
     from ckptdoctor.formats import protos
 
-    saved_model = path.replace("\\", "/").rpartition("/")[2] == SAVED_MODEL_FILE
+    saved_model = file_name(path) == SAVED_MODEL_FILE
     try:
         if saved_model:
             if _meta_graph_count(data) > MAX_META_GRAPHS:

@@ -67,7 +67,7 @@ def _parts(path: str) -> list[str]:
     return [part for part in path.split(os.sep) if part not in ("", ".")]
 
 
-def _name(path: str) -> str:
+def file_name(path: str) -> str:
     """`PurePath(path).name`: the last component, whatever slashes or `.` follow it (of a URL's path too)."""
     parts = _parts(path)
     return parts[-1] if parts else ""
@@ -78,7 +78,7 @@ def _state_path(directory: Path, stored: str) -> str:
     candidate = directory / stored  # an absolute `stored` replaces `directory`
     if _exists(str(candidate)):
         return str(candidate)
-    return str(directory / _name(stored))
+    return str(directory / file_name(stored))
 
 
 def _exists(prefix: str) -> bool:
@@ -125,12 +125,12 @@ def _in_directory(directory: Path) -> Resolved:
     if state is not None and state.model_checkpoint_path:
         chosen = _state_path(directory, state.model_checkpoint_path)
         if _exists(chosen):
-            return _resolve_prefix(chosen, f"using {_name(chosen)}, the latest in {directory / STATE_FILE}")
+            return _resolve_prefix(chosen, f"using {file_name(chosen)}, the latest in {directory / STATE_FILE}")
     indexes = sorted(directory.glob("*.index"), key=lambda p: (p.stat().st_mtime, p.name))
     if indexes:
         prefix = str(indexes[-1])[: -len(".index")]
         why = "the state file names no existing checkpoint" if state is not None else "no checkpoint state file"
-        note = f"using {_name(prefix)}, the newest in {directory} ({why})"
+        note = f"using {file_name(prefix)}, the newest in {directory} ({why})"
         return Resolved(Storage.BUNDLE, prefix, note=note)
     return _single_file(directory)
 
@@ -171,12 +171,12 @@ def _v1_shards(prefix: str, shards: int, given: str) -> Resolved:
         raise CheckpointError(f"{given}: a V1 checkpoint in {shards} files; ckptdoctor reads those of one file")
     path = prefix + _V1_SINGLE_SHARD
     if not _is_v1_file(path):
-        raise CheckpointError(f"{given}: no V1 checkpoint file {_name(path)}")
+        raise CheckpointError(f"{given}: no V1 checkpoint file {file_name(path)}")
     return _v1_shard(path, given)
 
 
 def _v1_shard(path: str, given: str) -> Resolved:
-    note = f"reading V1 checkpoint {_name(path)} (given {_name(given)})"
+    note = f"reading V1 checkpoint {file_name(path)} (given {file_name(given)})"
     return Resolved(Storage.V1, path, note=note)
 
 
@@ -199,7 +199,7 @@ def resolve(path: str | os.PathLike[str]) -> Resolved:
         from pathlib import Path
 
         return _in_directory(Path(text))
-    if _name(text) == SAVED_MODEL_FILE and os.path.isfile(text):
+    if file_name(text) == SAVED_MODEL_FILE and os.path.isfile(text):
         from pathlib import Path
 
         return _in_directory(Path(text).parent)
@@ -212,13 +212,13 @@ def resolve(path: str | os.PathLike[str]) -> Resolved:
     if member:
         prefix = text[: member.start()]
         if _has_index(prefix) or _is_v1_file(prefix):
-            note = f"reading checkpoint {_name(prefix)} (given {_name(text)})"
+            note = f"reading checkpoint {file_name(prefix)} (given {file_name(text)})"
             return _resolve_prefix(prefix, note)
         if member.group(1) == "meta" and _is_v1_file(prefix + _V1_SINGLE_SHARD):  # a sharded V1 save's graph
             return _v1_shard(prefix + _V1_SINGLE_SHARD, text)
         if not os.path.exists(text):
             raise CheckpointError(f"{text}: file not found")
-        raise CheckpointError(f"{text}: its checkpoint index {_name(prefix)}.index is missing")
+        raise CheckpointError(f"{text}: its checkpoint index {file_name(prefix)}.index is missing")
     if os.path.exists(text):
         return _sniff_file(text)  # refuses what is not a regular file, with one line saying what it is
     raise CheckpointError(f"{text}: no such file or checkpoint prefix")
@@ -306,14 +306,14 @@ def resolve_url(url: str) -> Resolved:
     if member:
         prefix = url[: member.start()]
         if store.is_file(prefix + ".index") or _url_is_v1(store, prefix):
-            return _url_prefix(store, prefix, f"reading checkpoint {_name(prefix)} (given {_name(url)})")
+            return _url_prefix(store, prefix, f"reading checkpoint {file_name(prefix)} (given {file_name(url)})")
         shard = prefix + _V1_SINGLE_SHARD
         if member.group(1) == "meta" and _url_is_v1(store, shard):  # a sharded V1 save's graph, as for a path
-            note = f"reading V1 checkpoint {_name(shard)} (given {_name(url)})"
+            note = f"reading V1 checkpoint {file_name(shard)} (given {file_name(url)})"
             return Resolved(Storage.V1, shard, note=note)
         if not store.is_file(url):
             raise CheckpointError(f"{url}: file not found")
-        raise CheckpointError(f"{url}: its checkpoint index {_name(prefix)}.index is missing")
+        raise CheckpointError(f"{url}: its checkpoint index {file_name(prefix)}.index is missing")
     if not store.is_file(url):
         return _url_directory_else(store, url, CheckpointError(f"{url}: no such file or checkpoint prefix"))
     with closing(open_source(url)) as source:
@@ -355,13 +355,13 @@ def _url_directory(store, directory: str) -> Resolved:
     variables = f"{directory}/variables/variables"
     if store.is_file(variables + ".index"):
         return Resolved(Storage.BUNDLE, variables, Format.TF_SAVEDMODEL)
-    if store.is_file(f"{directory}/saved_model.pb"):
+    if store.is_file(f"{directory}/{SAVED_MODEL_FILE}"):
         raise CheckpointError(f"{directory}: SavedModel without variables (no variables/variables.index)")
     state = _url_state(f"{directory}/{STATE_FILE}")
     if state is not None and state.model_checkpoint_path:
         chosen = f"{directory}/{_state_member(state.model_checkpoint_path)}"
         if store.is_file(chosen + ".index") or _url_is_v1(store, chosen):
-            note = f"using {_name(chosen)}, the latest in {directory}/{STATE_FILE}"
+            note = f"using {file_name(chosen)}, the latest in {directory}/{STATE_FILE}"
             return _url_prefix(store, chosen, note)
     why = "the state file names no existing checkpoint" if state is not None else "no checkpoint state file"
     if not store.listable:
@@ -372,7 +372,7 @@ def _url_directory(store, directory: str) -> Resolved:
     indexes = store.indexes(directory)
     if indexes:
         prefix = indexes[-1][: -len(".index")]
-        return Resolved(Storage.BUNDLE, prefix, note=f"using {_name(prefix)}, the newest in {directory} ({why})")
+        return Resolved(Storage.BUNDLE, prefix, note=f"using {file_name(prefix)}, the newest in {directory} ({why})")
     raise CheckpointError(f"{directory}: no checkpoint in this directory (no .index files, no {STATE_FILE} file)")
 
 

@@ -75,22 +75,26 @@ _STALE_PREMISE = (
     "after N update steps at decay d, a moving statistic still holds d^N of the value training started from "
     "(0/1, or the pretrained statistics), so evaluation normalises mostly with statistics of other data"
 )
+# Keras files and TF2 checkpoints share their BatchNormalization layer, so the same cause and repair.
+_STALE_KERAS_CAUSE = (
+    f"{_STALE_PREMISE}: too few steps for the momentum (Keras' default 0.99 takes ~300 steps to move 95% of the way)"
+)
 _STALE_CAUSE = {
     FormatFamily.TF1: f"{_STALE_PREMISE}: too few steps for the decay (slim's default 0.9997 takes ~10,000 steps "
     "to move 95% of the way)",
-    FormatFamily.KERAS: f"{_STALE_PREMISE}: too few steps for the momentum (Keras' default 0.99 takes ~300 steps "
-    "to move 95% of the way)",
-    FormatFamily.TF2: f"{_STALE_PREMISE}: too few steps for the momentum (Keras' default 0.99 takes ~300 steps "
-    "to move 95% of the way)",
+    FormatFamily.KERAS: _STALE_KERAS_CAUSE,
+    FormatFamily.TF2: _STALE_KERAS_CAUSE,
 }
 
+_STALE_KERAS_FIX = (
+    f"recompute the statistics: {_RECALIBRATE_WITH_MODEL}; for short runs lower "
+    "BatchNormalization(momentum=0.9...0.99) or train longer"
+)
 _STALE_FIX = {
     FormatFamily.TF1: f"recompute the statistics: {_RECALIBRATE}; for short runs lower the decay "
     "(slim.batch_norm(decay=0.9...0.99), tf.compat.v1.layers.batch_normalization(momentum=...)) or train longer",
-    FormatFamily.KERAS: f"recompute the statistics: {_RECALIBRATE_WITH_MODEL}; for short runs lower "
-    "BatchNormalization(momentum=0.9...0.99) or train longer",
-    FormatFamily.TF2: f"recompute the statistics: {_RECALIBRATE_WITH_MODEL}; for short runs lower "
-    "BatchNormalization(momentum=0.9...0.99) or train longer",
+    FormatFamily.KERAS: _STALE_KERAS_FIX,
+    FormatFamily.TF2: _STALE_KERAS_FIX,
 }
 
 _BAD_STATISTICS_HINT = (
