@@ -18,14 +18,15 @@ import math
 import os
 from collections.abc import Callable
 from enum import Enum
-from typing import TYPE_CHECKING, NamedTuple
 
+from ckptdoctor import TYPE_CHECKING
 from ckptdoctor.analysis.batchnorm import PARTS
 from ckptdoctor.analysis.checkpoint import Checkpoint, opened
 from ckptdoctor.analysis.matching import MatchedBy, identity, match_batchnorm, match_variables
 from ckptdoctor.errors import ConfigError
 from ckptdoctor.model import BATCHNORM_PARTS, BATCHNORM_STATISTICS, BatchNormLayer, Role, Variable
 from ckptdoctor.policy import ExitCode, outcome_exit_code
+from ckptdoctor.typed import NamedTuple
 
 if TYPE_CHECKING:
     import numpy as np

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from ckptdoctor import TYPE_CHECKING
+from ckptdoctor.typed import NamedTuple
 
 if TYPE_CHECKING:
     import numpy as np

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 from ckptdoctor.errors import CheckpointError
 from ckptdoctor.formats.bytesource import without_secrets
 from ckptdoctor.formats.resolve import Resolved
 from ckptdoctor.model import Report, Severity
 from ckptdoctor.policy import ExitCode, Policy, combined_exit_code
+from ckptdoctor.typed import NamedTuple
 
 PathProgress = Callable[[str, int, int], None]  # (path, bytes done, bytes in all)
 

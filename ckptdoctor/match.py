@@ -18,12 +18,12 @@ from collections import Counter
 from collections.abc import Iterable
 from enum import Enum
 from itertools import combinations
-from typing import NamedTuple
 
 from ckptdoctor.analysis.roles import role_of
 from ckptdoctor.formats.model_spec import ModelVariable
 from ckptdoctor.formats.object_keys import OBJECT_GRAPH_KEY
 from ckptdoctor.model import Report, Role, TensorInfo, Variable
+from ckptdoctor.typed import NamedTuple
 
 MAX_CANDIDATES = 32  # transforms tried one at a time, the most supported first
 MAX_PAIRED = 12  # of those, tried two at a time when no single one helps (composed renames)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import NamedTuple
 
 from ckptdoctor.errors import CheckpointError  # re-exported: readers and users import it from here
+from ckptdoctor.typed import NamedTuple
 
 __all__ = [
     "BATCHNORM_PARTS",

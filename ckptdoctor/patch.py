@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import NamedTuple
 
 from ckptdoctor.analysis.checkpoint import Checkpoint, opened
 from ckptdoctor.errors import OutputError
 from ckptdoctor.formats import Resolved
 from ckptdoctor.model import BatchNormLayer, TensorInfo
 from ckptdoctor.names import listed
+from ckptdoctor.typed import NamedTuple
 
 # The patch cannot be made as asked; nothing was written. Every refusal of a write is an OutputError, whether
 # patch's own validation or the writer's (an existing output, an input as the output): one kind to catch.

@@ -5,11 +5,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Mapping
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ckptdoctor import TYPE_CHECKING
 from ckptdoctor.analysis.staleness import DEFAULT_STALE_THRESHOLD
 from ckptdoctor.errors import ConfigError
 from ckptdoctor.model import Finding, Report, RulesRun, Severity
+from ckptdoctor.typed import NamedTuple
+
+if TYPE_CHECKING:
+    from typing import Any
 
 if TYPE_CHECKING:  # pathlib and fnmatch load where a policy is read: `inspect` only needs ExitCode
     from pathlib import Path

@@ -16,13 +16,18 @@ import importlib
 import os
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+from ckptdoctor import TYPE_CHECKING
 from ckptdoctor.errors import CkptDoctorError, ConfigError, MissingExtraError, ModelError, OutputError
 from ckptdoctor.formats import Resolved
 from ckptdoctor.model import FormatFamily
+from ckptdoctor.typed import NamedTuple, Protocol
 
 if TYPE_CHECKING:
+    from typing import Any
+
+    Batch = Any  # one batch as fed: an ndarray (one input) or a dict of input name -> ndarray
+
     import numpy as np
 
     from ckptdoctor.analysis.checkpoint import Checkpoint
@@ -37,8 +42,6 @@ NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
 # A batch array must hold numbers (no objects, strings or records): bool, integers, floats.
 NUMERIC_KINDS = frozenset("biuf")
-
-Batch = Any  # one batch as fed: an ndarray (one input) or a dict of input name -> ndarray
 
 
 class DataError(ConfigError):

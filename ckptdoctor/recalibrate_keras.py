@@ -16,12 +16,17 @@ loads too.
 from __future__ import annotations
 
 import math
-from typing import Any
 
+from ckptdoctor import TYPE_CHECKING
 from ckptdoctor.analysis.checkpoint import Checkpoint
 from ckptdoctor.errors import ModelError, first_line
 from ckptdoctor.model import FormatFamily, Role, Storage
-from ckptdoctor.recalibrate import Batch, BatchMoments, DataError, LayerStatistics, RecalibrateError
+from ckptdoctor.recalibrate import BatchMoments, DataError, LayerStatistics, RecalibrateError
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ckptdoctor.recalibrate import Batch
 
 BATCHNORM_CLASSES = frozenset({"BatchNormalization", "SyncBatchNormalization"})
 STATISTIC_LEAVES = ("moving_mean", "moving_variance")

@@ -26,13 +26,18 @@ from __future__ import annotations
 import os
 from collections import deque
 from functools import cached_property
-from typing import Any
 
+from ckptdoctor import TYPE_CHECKING
 from ckptdoctor.analysis.checkpoint import Checkpoint
 from ckptdoctor.errors import ConfigError, ModelError, first_line
 from ckptdoctor.formats.meta_graph import BRANCHES, COND_OPS, PASS_THROUGH, VARIABLE_OPS
 from ckptdoctor.formats.resolve import meta_graph_path
-from ckptdoctor.recalibrate import Batch, BatchMoments, DataError, LayerStatistics, RecalibrateError
+from ckptdoctor.recalibrate import BatchMoments, DataError, LayerStatistics, RecalibrateError
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ckptdoctor.recalibrate import Batch
 
 FUSED_OPS = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"})
 # Ops that write a moving statistic: assign_moving_average's AssignSub, or an Assign of the fused op's output.

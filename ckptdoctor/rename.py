@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, NamedTuple
 
+from ckptdoctor import TYPE_CHECKING
 from ckptdoctor.errors import ConfigError, OutputError
 from ckptdoctor.formats import Resolved
 from ckptdoctor.model import Format, FormatFamily, Role
 from ckptdoctor.names import listed
+from ckptdoctor.typed import NamedTuple
 
 if TYPE_CHECKING:
     from ckptdoctor.analysis.checkpoint import Checkpoint

@@ -14,15 +14,18 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ckptdoctor import TYPE_CHECKING
 from ckptdoctor.analysis.roles import EMA, OPTIMIZER_SCOPES, owner_path, shadowed_name
 from ckptdoctor.errors import OutputError
 from ckptdoctor.formats import Resolved
 from ckptdoctor.model import Format, Role, TensorInfo, Variable
 from ckptdoctor.names import shown
+from ckptdoctor.typed import NamedTuple
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from ckptdoctor.analysis.checkpoint import Checkpoint
     from ckptdoctor.writer.base import Edits
 

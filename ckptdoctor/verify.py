@@ -8,12 +8,12 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NamedTuple
 
 from ckptdoctor.errors import MissingExtraError, ModelError, first_line, message_line
 from ckptdoctor.formats import open_checkpoint
 from ckptdoctor.model import Storage
 from ckptdoctor.names import listed
+from ckptdoctor.typed import NamedTuple
 
 
 class Mismatch(NamedTuple):

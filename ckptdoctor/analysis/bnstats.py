@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
+from ckptdoctor import TYPE_CHECKING
 from ckptdoctor.analysis.checkpoint import Checkpoint
 from ckptdoctor.model import BatchNormLayer, BatchNormStats, StatisticSummary
 

@@ -7,8 +7,8 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
-from typing import TYPE_CHECKING
 
+from ckptdoctor import TYPE_CHECKING
 from ckptdoctor.analysis.batchnorm import group_batchnorm
 from ckptdoctor.analysis.roles import classify
 from ckptdoctor.formats import CheckpointReader, Resolved, open_checkpoint

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from enum import Enum
-from typing import TYPE_CHECKING, NamedTuple
 
+from ckptdoctor import TYPE_CHECKING
 from ckptdoctor.model import BatchNormLayer, Variable
+from ckptdoctor.typed import NamedTuple
 
 if TYPE_CHECKING:
     from ckptdoctor.analysis.checkpoint import Checkpoint

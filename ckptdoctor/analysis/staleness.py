@@ -12,11 +12,13 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import TYPE_CHECKING, TypeGuard
 
+from ckptdoctor import TYPE_CHECKING
 from ckptdoctor.model import BATCHNORM_STATISTICS, Format, FormatFamily, LayerDecay, Role, StatisticsUpdates, Storage
 
 if TYPE_CHECKING:
+    from typing import TypeGuard
+
     from ckptdoctor.analysis.checkpoint import Checkpoint
 
 DEFAULT_STALE_THRESHOLD = 0.25  # share of the starting values still held at which bn-stats-stale fires

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, NamedTuple, Protocol
 
+from ckptdoctor import TYPE_CHECKING
 from ckptdoctor.model import Format, IntegrityProblem, LayerConfig, TensorInfo
+from ckptdoctor.typed import NamedTuple, Protocol
 
 if TYPE_CHECKING:
     import numpy as np

@@ -6,9 +6,9 @@ import io
 import os
 import re
 import stat
-from typing import Protocol
 
 from ckptdoctor.model import CheckpointError
+from ckptdoctor.typed import Protocol
 
 
 class MissingFile(CheckpointError):

@@ -6,17 +6,19 @@ import json
 import math
 import re
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ckptdoctor import dtypes
+from ckptdoctor import TYPE_CHECKING, dtypes
 from ckptdoctor.errors import first_line
 from ckptdoctor.formats.base import MAX_EXPANDED_BYTES, SCAN_CHUNK, Progress, ScanResult, VerifiedBytes
 from ckptdoctor.formats.bytesource import SourceFile, is_url, open_source, require_regular
 from ckptdoctor.formats.resolve import HDF5_SIGNATURE
 from ckptdoctor.model import CheckpointError, IntegrityProblem, LayerConfig, ProblemKind, TensorInfo
 from ckptdoctor.names import decode_name
+from ckptdoctor.typed import NamedTuple
 
 if TYPE_CHECKING:
+    from typing import Any
+
     import h5py
     import numpy as np
 

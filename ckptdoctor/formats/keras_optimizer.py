@@ -18,11 +18,17 @@ counter and a scalar learning rate are named in either case.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+
+from ckptdoctor import TYPE_CHECKING
+from ckptdoctor.typed import NamedTuple
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    Settings = dict[str, Any]
 
 Runs = list[tuple[str, ...]]
 Layout = tuple[tuple[str, ...], Runs, tuple[str, ...]]  # (header, slot runs, trailer)
-Settings = dict[str, Any]
 
 ITERATIONS = "iterations"
 LEARNING_RATE = "learning_rate"

@@ -6,8 +6,8 @@ import re
 import struct
 import zipfile
 from contextlib import closing
-from typing import TYPE_CHECKING
 
+from ckptdoctor import TYPE_CHECKING
 from ckptdoctor.formats.base import Progress, ScanResult, VerifiedBytes
 from ckptdoctor.formats.bytesource import SourceFile, is_url, open_source, require_regular
 from ckptdoctor.formats.keras_common import (

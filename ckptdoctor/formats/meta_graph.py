@@ -33,11 +33,14 @@ import stat
 import struct
 from collections.abc import Mapping
 from contextlib import closing
-from typing import Any, NamedTuple
 
-from ckptdoctor import dtypes
+from ckptdoctor import TYPE_CHECKING, dtypes
 from ckptdoctor.formats.model_spec import ModelVariable
 from ckptdoctor.formats.resolve import SAVED_MODEL_FILE, file_name
+from ckptdoctor.typed import NamedTuple
+
+if TYPE_CHECKING:
+    from typing import Any
 
 SERVING_TAG = "serve"
 MAX_META_GRAPHS = 64  # tag sets in one SavedModel (exports have one or a few); each is a message to parse

@@ -6,10 +6,9 @@ one variable per expected weight, whose dtype and shape are what the model build
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from ckptdoctor.errors import CheckpointError, ModelError
 from ckptdoctor.model import Storage
+from ckptdoctor.typed import NamedTuple
 
 # A model with more variables than this is not read: the matching search is linear in it, but the report
 # and assignment map are not meant for millions of entries.

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import NamedTuple
 
 from ckptdoctor.formats import protos
 from ckptdoctor.formats.object_keys import ATTRIBUTE_MARKER
+from ckptdoctor.typed import NamedTuple
 
 OPTIMIZER_EDGE = "optimizer"
 

@@ -8,7 +8,14 @@ with what descriptor_pb2 builds."""
 
 from __future__ import annotations
 
-from typing import Any
+from ckptdoctor import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    # The message classes are made at runtime from the descriptors below, so no type checker knows their fields:
+    # they, and their instances, are typed as Any (`Message` in annotations).
+    Message = Any
 
 # FieldDescriptorProto.Type and .Label values (google/protobuf/descriptor.proto).
 _SCALARS = {
@@ -262,10 +269,6 @@ def serialized_file() -> bytes:
     out += b"".join(_bytes_field(4, message) for message in messages)
     return out + _bytes_field(12, "proto3")
 
-
-# The message classes are made at runtime from the descriptors above, so no type checker knows their fields:
-# they, and their instances, are typed as Any (`Message` in annotations).
-Message = Any
 
 _CLASSES = (
     "TensorShapeProto",

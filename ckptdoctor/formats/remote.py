@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
+from ckptdoctor import TYPE_CHECKING
 from ckptdoctor.errors import first_line
 from ckptdoctor.formats.bytesource import MissingFile
 from ckptdoctor.model import CheckpointError
+
+if TYPE_CHECKING:
+    from typing import Any
 
 # A small read is extended to this many bytes, so an index's blocks or HDF5's scattered metadata cost one
 # request instead of one each; a file no larger than this is fetched whole by its first read. Only a read

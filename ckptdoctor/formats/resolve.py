@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import re
 from contextlib import closing
-from typing import TYPE_CHECKING, NamedTuple
 
+from ckptdoctor import TYPE_CHECKING
 from ckptdoctor.formats.base import VerifiedBytes
 from ckptdoctor.formats.bytesource import ByteSource, MissingFile, is_url, local_path, open_regular, open_source
 from ckptdoctor.model import CheckpointError, Format, Storage
+from ckptdoctor.typed import NamedTuple
 
 if TYPE_CHECKING:  # the state file's codec is imported where a directory is resolved, not for every prefix
     from pathlib import Path  # likewise pathlib (with urllib.parse and ipaddress, ~3 ms of a 45 ms listing)

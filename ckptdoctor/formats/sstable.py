@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from typing import BinaryIO, NamedTuple
 
+from ckptdoctor import TYPE_CHECKING
 from ckptdoctor.formats.bytesource import ByteSource
 from ckptdoctor.formats.crc import crc32c, mask, unmask
 from ckptdoctor.model import CheckpointError
+from ckptdoctor.typed import NamedTuple
+
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48

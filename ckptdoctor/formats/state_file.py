@@ -12,9 +12,13 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from typing import Any, NamedTuple
 
+from ckptdoctor import TYPE_CHECKING
 from ckptdoctor.model import CheckpointError
+from ckptdoctor.typed import NamedTuple
+
+if TYPE_CHECKING:
+    from typing import Any
 
 # One limit for reading a state file and for rewriting one. TF writes a line per listed checkpoint (tens to a
 # few hundred bytes); a CheckpointManager(max_to_keep=None) lists every save of a run, so a long run's file

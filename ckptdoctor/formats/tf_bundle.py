@@ -8,9 +8,8 @@ import struct
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from functools import cached_property
-from typing import TYPE_CHECKING, NamedTuple
 
-from ckptdoctor import dtypes
+from ckptdoctor import TYPE_CHECKING, dtypes
 from ckptdoctor.formats import protos
 from ckptdoctor.formats.base import SCAN_CHUNK, Progress, ScanResult, VerifiedBytes
 from ckptdoctor.formats.bytesource import ByteSource, LocalFile, MissingFile, copy_range, open_source
@@ -21,6 +20,7 @@ from ckptdoctor.formats.resolve import not_a_checkpoint
 from ckptdoctor.formats.sstable import TableError, TableReader, decode_varint, encode_varint
 from ckptdoctor.model import CheckpointError, Format, IntegrityProblem, LayerConfig, ProblemKind, TensorInfo
 from ckptdoctor.names import decode_name, encode_name
+from ckptdoctor.typed import NamedTuple
 
 if TYPE_CHECKING:
     import numpy as np

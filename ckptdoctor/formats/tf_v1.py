@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 from contextlib import closing
-from typing import TYPE_CHECKING
 
-from ckptdoctor import dtypes
+from ckptdoctor import TYPE_CHECKING, dtypes
 from ckptdoctor.formats import protos
 from ckptdoctor.formats.base import MAX_EXPANDED_BYTES, Progress, ScanResult, VerifiedBytes
 from ckptdoctor.formats.bytesource import open_source

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
 
-from ckptdoctor import __version__
+from ckptdoctor import TYPE_CHECKING, __version__
 from ckptdoctor.diff import PARAMETERS, STATISTICS, CheckpointRef, DiffReport, Outcome, Side, TensorDiff
 from ckptdoctor.names import encode_name, needs_escaping, shown
+
+if TYPE_CHECKING:
+    from typing import Any
 
 SCHEMA_VERSION = "1.0"
 

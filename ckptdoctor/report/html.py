@@ -16,11 +16,11 @@ import html
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from typing import NamedTuple
 
 from ckptdoctor import __version__
 from ckptdoctor.model import BatchNormStats, Finding, Report, Severity, StatisticSummary
 from ckptdoctor.names import shown
+from ckptdoctor.typed import NamedTuple
 
 LAYER_ROWS = 300  # layers drawn one row each; more layers: the LAYER_ROWS that matter most
 OVERVIEW_BINS = 500  # columns of the overview chart; consecutive layers share a column beyond that

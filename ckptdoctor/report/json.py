@@ -7,12 +7,14 @@ import json
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
 
-from ckptdoctor import __version__
+from ckptdoctor import TYPE_CHECKING, __version__
 from ckptdoctor.analysis.batchnorm import PARTS
 from ckptdoctor.model import BatchNormStats, Report, Role, Severity, StatisticSummary, Variable
 from ckptdoctor.names import encode_name, shown
+
+if TYPE_CHECKING:
+    from typing import Any
 
 SCHEMA_VERSION = "1.2"  # 1.1: names shown escaped, name_hex where that changed them; 1.2: findings' key
 

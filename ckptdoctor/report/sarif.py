@@ -9,13 +9,15 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
-from ckptdoctor import __version__
+from ckptdoctor import TYPE_CHECKING, __version__
 from ckptdoctor.model import Finding, Report, Severity
 from ckptdoctor.names import shown
 from ckptdoctor.rules import CATALOGUE, Rule
+
+if TYPE_CHECKING:
+    from typing import Any
 
 SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
 _LEVEL = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "note"}

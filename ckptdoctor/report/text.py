@@ -19,13 +19,16 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from functools import cached_property
 from itertools import groupby
-from typing import IO, TYPE_CHECKING, Protocol
 
+from ckptdoctor import TYPE_CHECKING
 from ckptdoctor.analysis.batchnorm import PARTS
 from ckptdoctor.model import Finding, Format, FormatFamily, Report, Role, Severity
 from ckptdoctor.names import encode_name, shown
+from ckptdoctor.typed import Protocol
 
 if TYPE_CHECKING:
+    from typing import IO
+
     from rich.console import Console
 
     from ckptdoctor.rules import Rule

@@ -6,12 +6,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from enum import Enum
 from functools import cached_property
-from typing import TYPE_CHECKING, NamedTuple
 
+from ckptdoctor import TYPE_CHECKING
 from ckptdoctor.analysis.checkpoint import Checkpoint
 from ckptdoctor.analysis.staleness import DEFAULT_STALE_THRESHOLD, find_updates
 from ckptdoctor.formats.base import ScanResult
 from ckptdoctor.model import BatchNormLayer, Finding, FormatFamily, ProblemKind, Severity, StatisticsUpdates
+from ckptdoctor.typed import NamedTuple
 
 if TYPE_CHECKING:
     import numpy as np

@@ -8,8 +8,8 @@ every other rule."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
+from ckptdoctor import TYPE_CHECKING
 from ckptdoctor.model import Finding, Severity
 from ckptdoctor.rules.base import CheckContext, Command, Rule
 

@@ -6,9 +6,11 @@ report (`writer.atomic`) loads no checkpoint writer."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from ckptdoctor import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from ckptdoctor.writer.base import Edits, NewTensor, Replacement, Stored, Values
     from ckptdoctor.writer.checkpoint import WriteResult, write_checkpoint
     from ckptdoctor.writer.registry import writer_for

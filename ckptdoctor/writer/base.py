@@ -10,11 +10,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Protocol
 
+from ckptdoctor import TYPE_CHECKING
 from ckptdoctor.errors import OutputError
 from ckptdoctor.formats.object_keys import OBJECT_GRAPH_KEY
 from ckptdoctor.model import Storage
+from ckptdoctor.typed import NamedTuple, Protocol
 
 if TYPE_CHECKING:
     import numpy as np

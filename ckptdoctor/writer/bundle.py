@@ -9,9 +9,9 @@ from collections.abc import Iterator, Mapping
 from contextlib import suppress
 from pathlib import Path
 from queue import SimpleQueue
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from ckptdoctor import dtypes
+from ckptdoctor import TYPE_CHECKING, dtypes
 from ckptdoctor.formats.base import VerifiedBytes, file_state
 from ckptdoctor.formats.bytesource import LocalFile, write_all
 from ckptdoctor.formats.sstable import TableBuilder

@@ -6,9 +6,8 @@ import glob
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeGuard
 
-from ckptdoctor import dtypes
+from ckptdoctor import TYPE_CHECKING, dtypes
 from ckptdoctor.errors import OutputError
 from ckptdoctor.formats import protos
 from ckptdoctor.formats.crc import crc32c, mask
@@ -22,6 +21,7 @@ from ckptdoctor.formats.tf_bundle import (
 )
 from ckptdoctor.model import CheckpointError, Storage
 from ckptdoctor.names import encode_name
+from ckptdoctor.typed import NamedTuple
 from ckptdoctor.writer.base import (
     Edits,
     NewTensor,
@@ -39,6 +39,8 @@ from ckptdoctor.writer.base import (
 from ckptdoctor.writer.bundle import BundleSource, BundleWriter
 
 if TYPE_CHECKING:
+    from typing import Any, TypeGuard
+
     import numpy as np
 
     from ckptdoctor.analysis.checkpoint import Checkpoint

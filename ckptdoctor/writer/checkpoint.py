@@ -10,12 +10,13 @@ import os
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
 
+from ckptdoctor import TYPE_CHECKING
 from ckptdoctor.errors import OutputError
 from ckptdoctor.formats import CheckpointReader, Resolved
 from ckptdoctor.formats.bytesource import is_url
 from ckptdoctor.model import Format, Storage
+from ckptdoctor.typed import NamedTuple
 from ckptdoctor.writer.atomic import clear_debris
 from ckptdoctor.writer.base import CheckpointWriter, Edits, Placed, Progress
 from ckptdoctor.writer.guard import input_files, lock_path, output_lock, refuse_overwriting_inputs

@@ -11,13 +11,15 @@ import shutil
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
+from ckptdoctor import TYPE_CHECKING
 from ckptdoctor.errors import OutputError
 from ckptdoctor.formats.keras_common import import_h5py, string_list_attr
 from ckptdoctor.formats.keras_v3 import CONFIG_MEMBER, MAX_CONFIG_SIZE, WEIGHTS_MEMBER, read_member
 from ckptdoctor.model import BATCHNORM_PARTS, BatchNormLayer, Storage
 from ckptdoctor.names import encode_name
+from ckptdoctor.typed import NamedTuple
 from ckptdoctor.writer.atomic import atomic_output, create_exclusive, temp_beside
 from ckptdoctor.writer.base import (
     Edits,
@@ -32,6 +34,8 @@ from ckptdoctor.writer.base import (
 )
 
 if TYPE_CHECKING:
+    from typing import IO, Any
+
     import numpy as np
 
     from ckptdoctor.analysis.checkpoint import Checkpoint

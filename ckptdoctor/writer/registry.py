@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import functools
 import importlib
-from typing import Any, NamedTuple
 
+from ckptdoctor import TYPE_CHECKING
 from ckptdoctor.errors import OutputError
 from ckptdoctor.model import Format
+from ckptdoctor.typed import NamedTuple
 from ckptdoctor.writer.base import CheckpointWriter
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class NotWritable(NamedTuple):

@@ -16,8 +16,8 @@ import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from ckptdoctor import TYPE_CHECKING
 from ckptdoctor.errors import OutputError, first_line
 from ckptdoctor.formats import Resolved
 from ckptdoctor.formats.resolve import STATE_FILE
