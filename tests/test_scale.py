@@ -222,3 +222,32 @@ def test_the_index_shortcut_reads_what_protobuf_reads():
                 taken += 1
                 assert fields == reference(value), value.hex()
         assert taken > 100  # the damage exercised the shortcut, not only its refusals
+
+
+def test_the_command_collects_cycles_rarely():
+    """The `ckptdoctor` command raises the collector's threshold before the command line imports anything: no
+    collection runs while `--version` imports argparse and the CLI (several did at the default). Importing the
+    library leaves its host process's setting alone."""
+    import tomllib
+
+    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"ckptdoctor": "ckptdoctor.__main__:main"}
+
+    def collections_during(code: str) -> list[str]:
+        probe = (
+            "import atexit, gc, sys\n"
+            "passes = []\n"
+            "gc.callbacks.append(lambda phase, info: phase == 'start' and passes.append(info['generation']))\n"
+            "atexit.register(lambda: print(len(passes), *gc.get_threshold()))\n"
+            "sys.argv = ['ckptdoctor', '--version']\n"
+        )
+        run = subprocess.run([sys.executable, "-c", probe + code], capture_output=True, text=True, env=cli_env())
+        assert run.returncode == 0, run.stderr
+        return run.stdout.split()[-4:]
+
+    from ckptdoctor.__main__ import GC_FIRST_GENERATION
+
+    count, threshold, *_ = collections_during("from ckptdoctor.__main__ import main\npasses.clear()\nmain()\n")
+    assert (count, threshold) == ("0", str(GC_FIRST_GENERATION))
+    count, threshold, *_ = collections_during("from ckptdoctor.cli import main\nmain()\n")  # the library's own
+    assert int(count) > 0 and threshold == "700"
