@@ -7,14 +7,17 @@ they must be different layers to every rule, to patch, and in every report.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import hypothesis
 import numpy as np
 from conftest import ROOT, run_cli
+from hypothesis import strategies as st
 
 from ckptdoctor import dtypes
 from ckptdoctor.formats.crc import crc32c, mask
-from ckptdoctor.names import decode_name, encode_name, shown
+from ckptdoctor.names import UNSAFE_CHARACTERS, decode_name, encode_name, needs_escaping, shown
 from ckptdoctor.writer.bundle import BundleWriter
 
 BYTE_LAYER = b"net/bn\xff"  # not UTF-8
@@ -55,6 +58,25 @@ def test_names_round_trip_every_byte_and_show_distinctly():
     assert decode_name(BYTE_LAYER) != decode_name(LITERAL_LAYER)
     assert shown(decode_name(BYTE_LAYER)) == "net/bn\\xff"
     assert shown(decode_name(LITERAL_LAYER)) == "net/bn\\\\xff"
+
+
+@hypothesis.settings(max_examples=500, deadline=None)
+@hypothesis.given(st.text(alphabet=st.characters(codec=None), max_size=12) | st.binary(max_size=12).map(decode_name))
+@hypothesis.example("net/bn\u2028\ud800\x7f\ufffe\u202e\\é\x9b")
+def test_a_plain_name_is_shown_as_the_pattern_shows_it(text):
+    """The printable-ASCII shortcut (no pattern compiled) never differs from the pattern itself."""
+    assert shown(text) == re.sub(UNSAFE_CHARACTERS, lambda m: _escaped(m.group()), text)
+    assert needs_escaping(text) == (re.search(UNSAFE_CHARACTERS, text) is not None)
+    assert needs_escaping(text) == (shown(text) != text)
+
+
+def _escaped(character: str) -> str:
+    code = ord(character)
+    if character == "\\":
+        return "\\\\"
+    if 0xDC80 <= code < 0xDD00:
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 
 def _assert_byte_layer_checked(report: dict) -> None:

@@ -9,15 +9,19 @@ from ckptdoctor.model import BATCHNORM_PARTS, BATCHNORM_STATISTICS, BatchNormLay
 PARTS = BATCHNORM_PARTS  # the name report/ imports it by
 
 # A scope with only gamma/beta is a BatchNorm layer only if its name says so: LayerNorm and
-# GroupNorm scopes also hold gamma and beta, and must never be told they lack moving statistics.
-_BN_NAME = re.compile(r"batch_?norm|(^|[^a-z])bn([^a-z]|$)", re.IGNORECASE)
-_OTHER_NORM = re.compile(r"layer_?norm|group_?norm|instance_?norm", re.IGNORECASE)
+# GroupNorm scopes also hold gamma and beta, and must never be told they lack moving statistics. (Patterns
+# compiled by `re` when first asked: a layer that holds its statistics never asks, and compiling them took
+# ~0.5 ms of every listing.)
+_BN_NAME = r"batch_?norm|(^|[^a-z])bn([^a-z]|$)"
+_OTHER_NORM = r"layer_?norm|group_?norm|instance_?norm"
 
 
 def _looks_like_batchnorm(scopes: set[str]) -> bool:
     """True when a scope's own name (or the framework name of its variables' scope) says BatchNorm."""
     lasts = [scope.rsplit("/", 1)[-1] for scope in scopes]
-    return any(_BN_NAME.search(last) for last in lasts) and not any(_OTHER_NORM.search(s) for s in scopes)
+    return any(re.search(_BN_NAME, last, re.IGNORECASE) for last in lasts) and not any(
+        re.search(_OTHER_NORM, scope, re.IGNORECASE) for scope in scopes
+    )
 
 
 def group_batchnorm(

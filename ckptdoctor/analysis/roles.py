@@ -41,14 +41,16 @@ COUNTERS = frozenset({"global_step", "save_counter", "iter", "iterations", "_ite
 BN_STATISTICS = frozenset(BATCHNORM_STATISTICS)
 EMA = "ExponentialMovingAverage"
 # A shadow's recorded name in a TF2 object graph: eager TF numbers shadows of like-named variables (`_1`).
-EMA_SEGMENT = re.compile(EMA + r"(_\d+)?")
+EMA_SEGMENT = EMA + r"(_\d+)?"
 
 
 def shadowed_name(full_name: str | None) -> str | None:
     """The recorded name of the variable a TF2 shadow averages (`dense/kernel/ExponentialMovingAverage` ->
     `dense/kernel`), or None where the name is not a shadow's."""
-    parts = (full_name or "").split("/")
-    at = next((i for i, part in enumerate(parts) if EMA_SEGMENT.fullmatch(part)), None)
+    if not full_name or EMA not in full_name:  # most names, answered without the pattern
+        return None
+    parts = full_name.split("/")
+    at = next((i for i, part in enumerate(parts) if re.fullmatch(EMA_SEGMENT, part)), None)
     return "/".join(parts[:at]) if at else None
 
 
