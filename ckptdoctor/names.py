@@ -63,6 +63,13 @@ def needs_escaping(text: str) -> bool:
     return not _plain(text) and _unsafe().search(text) is not None
 
 
+def is_writable_name(text: str) -> bool:
+    """A name ckptdoctor may write, one a person chose (in a map file): non-empty, and nothing `shown` escapes
+    but the backslash. Controls split every listing and log line; surrogates are bytes that are not UTF-8; the
+    others reorder what a reader sees. (A name read from a checkpoint may hold anything: it is data.)"""
+    return bool(text) and (_plain(text) or _unsafe().search(text.replace("\\", "")) is None)
+
+
 def listed(names: Sequence[str], most: int) -> str:
     """`a, b, c`, the first `most` names then `and 12 more`, for a message that cannot name them all (escape
     the result with `shown` where it is shown)."""

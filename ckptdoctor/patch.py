@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from ckptdoctor.analysis.checkpoint import Checkpoint, opened
 from ckptdoctor.errors import OutputError
 from ckptdoctor.formats import Resolved
-from ckptdoctor.model import BatchNormLayer, TensorInfo
+from ckptdoctor.model import BatchNormLayer
 from ckptdoctor.names import listed
 from ckptdoctor.typed import NamedTuple
 
@@ -57,8 +57,8 @@ def plan(target: Checkpoint, donor: Checkpoint, name_map: Mapping[str, str] | No
     """What to take from the donor, validated against the target's layers; raises PatchError naming gaps.
 
     `name_map` (an assignment map, donor names to target names) pairs layers the two name differently."""
-    infos: dict[str, TensorInfo] = {t.name: t for t in target.reader.tensors()}
-    donor_infos: dict[str, TensorInfo] = {t.name: t for t in donor.reader.tensors()}
+    infos = {v.name: v for v in target.variables}  # as read at open: no second listing of either
+    donor_infos = {v.name: v for v in donor.variables}
     by_layer = _donor_layers(donor, name_map)
     by_name = {donor.layer_name(layer): layer for layer in donor.batchnorm}
     additions, missing, mismatched = [], [], []

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from ckptdoctor import dtypes
 from ckptdoctor.formats.crc import crc32c, mask
-from ckptdoctor.names import UNSAFE_CHARACTERS, decode_name, encode_name, needs_escaping, shown
+from ckptdoctor.names import UNSAFE_CHARACTERS, decode_name, encode_name, is_writable_name, needs_escaping, shown
 from ckptdoctor.writer.bundle import BundleWriter
 
 BYTE_LAYER = b"net/bn\xff"  # not UTF-8
@@ -68,6 +68,9 @@ def test_a_plain_name_is_shown_as_the_pattern_shows_it(text):
     assert shown(text) == re.sub(UNSAFE_CHARACTERS, lambda m: _escaped(m.group()), text)
     assert needs_escaping(text) == (re.search(UNSAFE_CHARACTERS, text) is not None)
     assert needs_escaping(text) == (shown(text) != text)
+    # a name to write may hold a backslash, nothing else `shown` escapes
+    unwritable = "[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029\u202a-\u202e\u2066-\u2069\ufffe\uffff]"
+    assert is_writable_name(text) == (text != "" and re.search(unwritable, text) is None)
 
 
 def _escaped(character: str) -> str:

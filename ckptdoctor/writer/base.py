@@ -7,7 +7,6 @@ write (guard, lock, debris, signals, state file) once for every command."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from ckptdoctor import TYPE_CHECKING
 from ckptdoctor.errors import OutputError
 from ckptdoctor.formats.object_keys import OBJECT_GRAPH_KEY
 from ckptdoctor.model import Storage
+from ckptdoctor.names import is_writable_name
 from ckptdoctor.typed import NamedTuple, Protocol
 
 if TYPE_CHECKING:
@@ -137,12 +137,6 @@ def refuse_unsupported(edits: Edits, location: str, what: str, drop: bool = Fals
         raise UnsupportedEdit(f"{location}: renaming tensors in {what} is not supported yet")
 
 
-# Characters a new name may not hold: controls (a newline splits every listing and log line), surrogates
-# from undecodable bytes, and the characters `names.shown` escapes for reordering text. A name read from a
-# checkpoint may hold anything (it is data); a name ckptdoctor writes is one a person chose, in a map file.
-_UNWRITABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029\u202a-\u202e\u2066-\u2069\ufffe\uffff]")
-
-
 def check_drops_and_renames(source: Checkpoint, edits: Edits) -> None:
     """Every dropped or renamed tensor exists; no new name is empty, holds a control character, or lands on
     a name the output already has; and the output keeps at least one tensor. Raises OutputError."""
@@ -159,7 +153,7 @@ def check_drops_and_renames(source: Checkpoint, edits: Edits) -> None:
     kept = names - edits.drop - set(edits.rename)
     targets: dict[str, str] = {}
     for old, new in sorted(edits.rename.items()):
-        if not new or _UNWRITABLE.search(new):
+        if not is_writable_name(new):
             raise OutputError(
                 f"{location}: cannot rename {old} to '{new}': a new name is non-empty text without control characters"
             )
