@@ -115,6 +115,9 @@ class _Verifier:
         self._work.put((shard, offset, size, dtype))
 
     def _run(self) -> None:
+        # The counts need numpy: imported while the first run copies, not once it is queued (~10 ms later).
+        import numpy  # noqa: F401
+
         while (job := self._work.get()) is not None:
             if self._abandoned:
                 continue
@@ -293,6 +296,8 @@ class BundleWriter:
             self.last_size = 0
             return
         offset = self._offsets[shard]
+        if self._verifier is None and entry.dtype.itemsize:  # started before the first copy: see `_Verifier._run`
+            self._verifier = _Verifier(self._temps)
         if self._run is None or not self._run.extend(reader, entry, shard, offset):
             self._flush()
             self._run = _Run(reader, entry, shard, offset)
@@ -311,9 +316,8 @@ class BundleWriter:
             self._writeback = _Writeback()
         self._writeback.flush(self._fds[run.shard])
         for entry, offset in zip(run.entries, run.offsets, strict=True):
-            if entry.dtype.itemsize:  # numeric (a string tensor's CRC covers its lengths: the re-check reads it)
-                if self._verifier is None:
-                    self._verifier = _Verifier(self._temps)
+            if entry.dtype.itemsize and self._verifier is not None:  # numeric (a string tensor's CRC covers
+                # its lengths: the re-check reads it)
                 self._verifier.submit(run.shard, offset, entry.size, entry.dtype)
 
     def add(self, key: bytes, dtype_code: int, shape: tuple[int, ...], raw: bytes, masked_crc: int) -> None:
