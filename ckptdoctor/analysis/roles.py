@@ -105,6 +105,8 @@ def owner_path(info: TensorInfo, role: Role) -> str:
     if info.slot_of is not None:
         return info.slot_of
     path = analysis_path(info)
+    if role is not Role.OPTIMIZER_SLOT and role is not Role.EMA:  # most tensors: their own path
+        return path
     if role is Role.OPTIMIZER_SLOT and "/.OPTIMIZER_SLOT/" in path:
         return path.split("/.OPTIMIZER_SLOT/")[0]
     parts = path.split("/")
