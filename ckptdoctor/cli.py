@@ -1025,10 +1025,10 @@ def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     """The command line that parses `argv`: each command's function is its parser's `run`, called with the
     parsed values. A command's docstring is its description, up to the first `;` its line in the list.
 
-    Only the command `argv` names gets a parser (the top level's options take no value, so its first word that
-    is not an option is the command): each costs ~0.1 ms, with the lookups on disk for argparse's translated
-    headings. Every command gets one where `argv` names none or one that does not exist, for the list and the
-    error that show them all."""
+    Only the command `argv` names gets a parser: each costs ~0.1 ms, with the lookups on disk for argparse's
+    translated headings. Every command gets one wherever the top level might do more than run that command
+    (its help, an unknown or missing command, `--`, a word argparse reads as a value), for the lists that show
+    them all."""
     root = _Parser(prog="ckptdoctor", description="Inspect, check, repair and verify TensorFlow and Keras checkpoints.")
     root.add_argument(
         "--version", action="version", version=f"ckptdoctor {__version__}", help="Show the version and exit."
@@ -1037,7 +1037,7 @@ def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         "--stats", action="store_true", help="Afterwards, print on stderr the requests and bytes of each remote read."
     )
     commands = root.add_subparsers(title="commands", metavar="COMMAND", prog="ckptdoctor")
-    named = next((word for word in argv if not word.startswith("-")), None)
+    named = next((word for word in argv if word != "--stats"), None)  # --stats: the one option before a command
     for run, arguments in [command for command in _COMMANDS if command[0].__name__ == named] or _COMMANDS:
         about = " ".join((run.__doc__ or "").split())
         summary = about.split("; ")[0].removesuffix(".") + "."

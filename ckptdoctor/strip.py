@@ -128,10 +128,15 @@ def _named_averages(checkpoint: Checkpoint) -> list[tuple[Variable, Variable]]:
             continue
         owner = owners.get(owner_name)
         if owner is None:  # averaging nothing stored, or a name variables share (eager `Variable`s): never guess
+            whose = (
+                f"is of {shown(owner_name)}, which"
+                f" {'is not one' if owner_name not in by_any else 'is not the only one'} of the checkpoint's variables"
+                if owner_name
+                else "names no variable"  # the key is `ExponentialMovingAverage` itself
+            )
             raise OutputError(
-                f"{checkpoint.reader.location}: --use-ema: the moving average {shown(average.name)} is of"
-                f" {shown(owner_name)}, which {'is not one' if owner_name not in by_any else 'is not the only one'}"
-                " of the checkpoint's variables; strip without --use-ema"
+                f"{checkpoint.reader.location}: --use-ema: the moving average {shown(average.name)} {whose};"
+                " strip without --use-ema"
             )
         pairs.append((owner, average))
     return pairs

@@ -7,7 +7,7 @@ for every field's annotation): ~4.5 ms of `inspect`, which is allowed 4x `python
 - `NamedTuple` builds the record with `collections.namedtuple`, as typing's does, from the class statement's
   annotations (left as strings: every module says `from __future__ import annotations`), with typing's rules:
   defaults only after the fields without one, namedtuple's own attributes not overwritten, methods, properties
-  and the docstring kept.
+  and the docstring kept. The class statement only: no functional form, no Generic record.
 - `Protocol` is a plain base: nothing checks a protocol at run time, and no class inherits from one. A protocol
   that `isinstance` checks (`runtime_checkable`) takes typing's own.
 """
@@ -43,12 +43,12 @@ else:
                 if field in namespace:
                     with_default.append(field)
                 elif with_default:
-                    after = ", ".join(with_default)
-                    raise TypeError(f"Non-default namedtuple field {field} cannot follow default field(s) {after}")
+                    after = f"{'s' if len(with_default) > 1 else ''} {', '.join(with_default)}"
+                    raise TypeError(f"Non-default namedtuple field {field} cannot follow default field{after}")
             record = namedtuple(
                 typename, fields, defaults=[namespace[name] for name in with_default], module=namespace["__module__"]
             )
-            record.__annotations__ = fields
+            record.__annotations__ = record.__new__.__annotations__ = fields
             for key, value in namespace.items():
                 if key in _PROHIBITED:
                     raise AttributeError(f"Cannot overwrite NamedTuple attribute {key}")

@@ -194,3 +194,21 @@ def test_only_the_named_command_gets_a_parser_and_parses_as_the_whole_line(argv)
     every = next(a for a in _parser([])._actions if a.dest == "==SUPPRESS==" and a.choices).choices
     assert list(every) == COMMANDS
     assert vars(_parser(argv).parse_args(argv)) == vars(_parser([]).parse_args(argv))
+
+
+@pytest.mark.parametrize("argv", [["-h", "inspect"], ["--stats", "--help", "check"]])
+def test_the_help_before_a_command_is_the_whole_help(argv):
+    """`-h` first is the top level's help, listing every command, whatever word follows it."""
+    result = run_cli(*argv)
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout.startswith("usage: ckptdoctor [OPTIONS] COMMAND ...")
+    commands = result.stdout.split("commands:")[1].splitlines()[1:]
+    assert [line.split()[0] for line in commands if line.startswith("  ") and line[2] != " "] == COMMANDS
+
+
+@pytest.mark.parametrize("argv", [["-", "inspect", FULL], ["-1", "rules"], ["--", "inspect", FULL]])
+def test_a_word_argparse_takes_for_the_command_names_every_choice(argv):
+    """argparse reads `-` or `-1` as the COMMAND: its error lists all eleven, as the full parser's does."""
+    result = run_cli(*argv)
+    assert result.returncode == 2
+    assert "(choose from " + ", ".join(map(repr, COMMANDS)) + ")" in result.stderr

@@ -464,6 +464,19 @@ def test_use_ema_refuses_shadows_of_variables_that_share_a_name(tmp_path, tf):
     assert not (tmp_path / "out").exists()
 
 
+def test_use_ema_refuses_a_shadow_named_for_no_variable(tmp_path):
+    """A key that is `ExponentialMovingAverage` itself averages nothing its name can say: one line naming it."""
+    from test_rule_coverage import write_bundle
+
+    tensors = {"net/w": np.ones(2, "<f4"), "ExponentialMovingAverage": np.ones(2, "<f4")}
+    (tmp_path / "in").mkdir()
+    source = write_bundle(tmp_path / "in" / "model.ckpt", tensors)
+    result = run_cli("strip", source, "--out", tmp_path / "out" / "model.ckpt", "--use-ema")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "the moving average ExponentialMovingAverage names no variable; strip without --use-ema" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_savedmodel_in_gives_a_checkpoint_out_and_says_so(tmp_path):
     """The SavedModel's variables are written as a checkpoint; nothing else of it is: the re-check says that,
     so that nobody deploys the output as a SavedModel."""

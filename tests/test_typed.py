@@ -51,12 +51,17 @@ def test_the_records_pickle_and_compare_as_tuples():
     assert pickle.loads(pickle.dumps(layer)) == layer
 
 
-def test_typings_rules_hold():
-    with pytest.raises(TypeError, match="Non-default namedtuple field b cannot follow default field"):
+def _late_field_refused(base: type, defaults: int) -> str:
+    """The message for a field without a default after `defaults` fields with one."""
+    fields = [f"    {name}: int" + (" = 0" if number < defaults else "") for number, name in enumerate("abc")]
+    with pytest.raises(TypeError) as refused:
+        exec("\n".join(["class Late(base):", *fields]), {"base": base, "__name__": __name__})
+    return str(refused.value)
 
-        class Late(typed.NamedTuple):
-            a: int = 0
-            b: int
+
+def test_typings_rules_hold():
+    for defaults in (1, 2):  # "field a", "fields a, b": typing's words
+        assert _late_field_refused(typed.NamedTuple, defaults) == _late_field_refused(typing.NamedTuple, defaults)
 
     with pytest.raises(AttributeError, match="Cannot overwrite NamedTuple attribute _replace"):
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURE_BUNDLES, copy_checkpoint, file_bytes
+from conftest import FIXTURE_BUNDLES, cli_env, copy_checkpoint, file_bytes
 
 from ckptdoctor import dtypes
 from ckptdoctor.formats import protos
@@ -133,3 +135,25 @@ def test_what_was_wrong_in_the_copied_bytes_is_found_by_the_recheck(tmp_path, ke
     assert expected in _findings(result.resolved)
     assert file_bytes(target) == before
     shutil.rmtree(tmp_path / "out")
+
+
+def test_a_verifier_that_cannot_import_numpy_leaves_the_ranges_to_the_recheck(tmp_path):
+    """numpy failing to load on the verifier's thread (a memory limit) is no traceback: the re-check reads the
+    ranges itself, and the command says what the normal run says."""
+    command = "from ckptdoctor.__main__ import main\nsys.argv = ['ckptdoctor', *sys.argv[1:]]\nmain()\n"
+    refusing = (
+        "import builtins, sys, threading\n"
+        "real = builtins.__import__\n"
+        "def refuse(name, *args, **kwargs):\n"
+        "    if name == 'numpy' and threading.current_thread().name == 'ckptdoctor-verify':\n"
+        "        raise MemoryError('simulated')\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = refuse\n"
+    )
+    runs = {}
+    for name, code in (("refused", refusing + command), ("normal", "import sys\n" + command)):
+        argv = ["patch", str(TRAINABLE), "--from", str(FULL), "--out", str(tmp_path / name / "model.ckpt-1")]
+        runs[name] = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=cli_env())
+    assert runs["refused"].returncode == runs["normal"].returncode == 0, runs["refused"].stderr
+    assert runs["refused"].stderr == runs["normal"].stderr == ""
+    assert runs["refused"].stdout.replace("refused", "normal") == runs["normal"].stdout

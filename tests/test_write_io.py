@@ -202,3 +202,9 @@ def test_a_directory_where_the_data_file_goes_is_refused_before_the_old_index_go
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "directory" in result.stderr and "unexpected" not in result.stderr
     assert Path(f"{out}.index").read_bytes() == index  # the older checkpoint's index is still there
+
+
+def test_a_writer_that_cannot_create_its_files_raises_what_stopped_it(tmp_path):
+    """Its abort then has nothing to undo, and says nothing of its own (it once raised AttributeError)."""
+    with pytest.raises(FileNotFoundError):
+        BundleWriter(str(tmp_path / "no such directory" / "model.ckpt"))

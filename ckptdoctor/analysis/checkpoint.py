@@ -45,7 +45,11 @@ class Checkpoint:
     def _full_names(self) -> dict[str, tuple[int, str]]:
         """Each variable's stored position and full name, where the file records one: looking a layer's up in
         the variables one by one made matching all layers quadratic (25,000 layers of 100,000 tensors)."""
-        return {v.name: (position, v.full_name) for position, v in enumerate(self.variables) if v.full_name}
+        found: dict[str, tuple[int, str]] = {}
+        for position, v in enumerate(self.variables):
+            if v.full_name:
+                found.setdefault(v.name, (position, v.full_name))
+        return found
 
     @cached_property
     def subjects(self) -> dict[str, str]:

@@ -115,8 +115,10 @@ class _Verifier:
         self._work.put((shard, offset, size, dtype))
 
     def _run(self) -> None:
-        # The counts need numpy: imported while the first run copies, not once it is queued (~10 ms later).
-        import numpy  # noqa: F401
+        # The counts need numpy: imported while the first run copies, not once it is queued (~10 ms later). Where
+        # it cannot be, each count fails as it would have, and the re-check reads those ranges itself.
+        with suppress(Exception):
+            import numpy  # noqa: F401
 
         while (job := self._work.get()) is not None:
             if self._abandoned:
@@ -260,13 +262,6 @@ class BundleWriter:
         self._index_temp = temp_beside(self.index_path)
         self._fds: list[int] = []
         self._created: list[str] = []  # temporaries this writer made, the only files abort removes
-        try:
-            for temp in self._temps:
-                self._fds.append(create_exclusive(temp))
-                self._created.append(temp)
-        except BaseException:
-            self.abort()
-            raise
         self._offsets = [0] * num_shards
         self._entries: dict[bytes, bytes] = {}
         self._run: _Run | None = None  # tensors placed but not yet copied
@@ -274,6 +269,13 @@ class BundleWriter:
         self._writeback: _Writeback | None = None  # likewise
         self.verified = VerifiedBytes()  # after `commit`: what the verifier checked of the copies
         self.last_size = 0  # bytes the last copy or add wrote, for progress reporting
+        try:  # last: `abort` needs everything above
+            for temp in self._temps:
+                self._fds.append(create_exclusive(temp))
+                self._created.append(temp)
+        except BaseException:
+            self.abort()
+            raise
 
     @property
     def data_path(self) -> str:
