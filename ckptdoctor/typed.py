@@ -26,8 +26,10 @@ else:
     # As typing.NamedTuple: what a record may not define, and what the class statement makes that the named tuple
     # has its own of.
     _PROHIBITED = frozenset(
-        {"__new__", "__init__", "__slots__", "__getnewargs__", "_fields", "_field_defaults", "_make", "_replace"}
-        | {"_asdict", "_source"}
+        {
+            *("__new__", "__init__", "__slots__", "__getnewargs__"),
+            *("_fields", "_field_defaults", "_make", "_replace", "_asdict", "_source"),
+        }
     )
     _SPECIAL = frozenset({"__annotations__", "__module__", "__name__"})
 
