@@ -141,7 +141,7 @@ def check_drops_and_renames(source: Checkpoint, edits: Edits) -> None:
     """Every dropped or renamed tensor exists; no new name is empty, holds a control character, or lands on
     a name the output already has; and the output keeps at least one tensor. Raises OutputError."""
     location = source.reader.location
-    names = {info.name for info in source.reader.tensors()}
+    names = {variable.name for variable in source.variables}  # classified at open: no second listing
     for name in sorted(edits.drop | set(edits.rename)):
         if name not in names:
             raise OutputError(f"{location}: no tensor {name} to {'drop' if name in edits.drop else 'rename'}")
@@ -168,7 +168,7 @@ def check_drops_and_renames(source: Checkpoint, edits: Edits) -> None:
 
 def check_replacements(source: Checkpoint, edits: Edits) -> None:
     """Each replaced tensor exists in the source, and its new values have its dtype and shape."""
-    infos = {info.name: info for info in source.reader.tensors()}
+    infos = {variable.name: variable for variable in source.variables}
     specs = TensorSpecs()
     for replacement in edits.replace:
         info = infos.get(replacement.name)
