@@ -64,7 +64,7 @@ def check(
         scan = checkpoint.reader.scan(progress, checkpoint.resolved.verified)
         ctx = CheckContext(checkpoint, scan, reference_checkpoint, decay, steps, stale_threshold)
         findings = run_rules(ctx)
-        stats = batchnorm_stats(checkpoint, ctx.values, reference_checkpoint)
+        stats = batchnorm_stats(checkpoint, ctx.statistic, reference_checkpoint)
         rules = rules_run(Command.CHECK, reference=reference_checkpoint is not None)
         return report_of(path, checkpoint, findings, ctx.updates, stats, rules)
 

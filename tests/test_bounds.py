@@ -132,6 +132,28 @@ def test_partitioned_statistics_claiming_4g_elements(tmp_path):
     assert "INT004 size-mismatch" in out
 
 
+def test_statistic_claiming_a_billion_elements_over_16_bytes(tmp_path):
+    """Read as plain numbers (as the rules read statistics), a tensor is refused where its shape claims more
+    than it stores: never decoded short, never allocated by its claim."""
+    from ckptdoctor.formats import open_checkpoint
+    from ckptdoctor.model import CheckpointError
+
+    ones = np.ones(4, "<f4").tobytes()
+    entries = {
+        name: entry_proto([1 << 30 if name == b"bn/moving_mean" else 4], 16, 0, crc=mask(crc32c(ones)))
+        for name in (b"bn/beta", b"bn/moving_mean", b"bn/moving_variance")
+    }
+    prefix = _bundle(tmp_path / "model.ckpt", entries, ones)
+    reader, _ = open_checkpoint(prefix)
+    with pytest.raises(CheckpointError, match="bn/moving_mean stores 16 bytes, not 4294967296"):
+        reader.numbers("bn/moving_mean")
+    assert reader.numbers("bn/moving_variance").tolist() == [1.0] * 4
+    reader.close()
+    code, out, err, peak, seconds = measured("check", prefix)
+    within_bounds(code, out, err, peak, seconds, 1)
+    assert "INT004 size-mismatch" in out
+
+
 def test_v1_splat_of_a_billion_values(tmp_path):
     """One NaN standing for 2^30 float32 values: counted from the one value, never expanded."""
     header = protos.SavedTensorSlices()

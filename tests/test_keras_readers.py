@@ -57,6 +57,9 @@ def test_listing_and_values_equal_h5py(case):
         for name, values in expected.items():
             assert listed[name].shape == np.shape(values)
             np.testing.assert_array_equal(reader.read(name), values, strict=True)
+            numbers = reader.numbers(name)  # what the rules read
+            assert numbers is not None
+            np.testing.assert_array_equal(np.array(numbers), np.ravel(values), err_msg=name)
     finally:
         reader.close()
 

@@ -164,13 +164,13 @@ def test_each_moving_statistic_is_read_once_per_check(monkeypatch):
     path = FIXTURE_BUNDLES["finetune_full"]
     every_time = check(path)
     reads: Counter[str] = Counter()
-    original = BundleReader.read
+    original = BundleReader.numbers
 
     def counted(self, name):
         reads[name] += 1
         return original(self, name)
 
-    monkeypatch.setattr(BundleReader, "read", counted)
+    monkeypatch.setattr(BundleReader, "numbers", counted)
     once = check(path)
     statistics = [key for layer in once.batchnorm for key in (layer.moving_mean, layer.moving_variance) if key]
     assert statistics and all(reads[key] == 1 for key in statistics)

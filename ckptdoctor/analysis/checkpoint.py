@@ -17,6 +17,8 @@ from ckptdoctor.model import BatchNormLayer, CheckpointError, Variable
 if TYPE_CHECKING:
     import numpy as np
 
+    from ckptdoctor.dtypes import Numbers
+
 
 class Checkpoint:
     """An opened checkpoint: its reader, what its path resolved to, its classified variables and BatchNorm
@@ -77,6 +79,14 @@ class Checkpoint:
         """A tensor's values, or None where its bytes cannot be read (that damage is its own finding)."""
         try:
             return self.reader.read(name)
+        except (CheckpointError, KeyError, ValueError):
+            return None
+
+    def numbers(self, name: str) -> Numbers | None:
+        """A real-valued tensor's elements as plain numbers (see `CheckpointReader.numbers`), or None where its
+        bytes cannot be read or it holds none."""
+        try:
+            return self.reader.numbers(name)
         except (CheckpointError, KeyError, ValueError):
             return None
 

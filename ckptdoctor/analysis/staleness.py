@@ -91,10 +91,10 @@ def _step_in_prefix(checkpoint: Checkpoint) -> tuple[int, str] | None:
 def _integer(checkpoint: Checkpoint, name: str, dtype: str) -> int | None:
     if not dtype.startswith(("int", "uint")):
         return None
-    values = checkpoint.values(name)
-    if values is None or values.size != 1:
+    numbers = checkpoint.numbers(name)
+    if numbers is None or len(numbers) != 1:
         return None
-    value = int(values.reshape(()))
+    value = int(numbers[0])
     return value if value >= 0 else None
 
 

@@ -12,6 +12,8 @@ from ckptdoctor.typed import NamedTuple, Protocol
 if TYPE_CHECKING:
     import numpy as np
 
+    from ckptdoctor.dtypes import Numbers
+
 SCAN_CHUNK = 8 << 20  # bytes read at a time when streaming a tensor
 # `read()` builds at most this many bytes of values that a file stores in fewer bytes (a V1 splat, compressed
 # HDF5 chunks): a few stored bytes must never cost gigabytes. Values stored byte for byte are not capped.
@@ -66,6 +68,11 @@ class CheckpointReader(Protocol):
 
     def read(self, name: str) -> np.ndarray:
         """One tensor's values."""
+        ...
+
+    def numbers(self, name: str) -> Numbers | None:
+        """A real-valued tensor's elements, flattened, as plain Python numbers (`dtypes.decode_numbers`); None for
+        a string or complex one. What rules read: a TF bundle's are decoded without importing numpy."""
         ...
 
     def scan(self, progress: Progress | None = None, verified: VerifiedBytes | None = None) -> ScanResult:

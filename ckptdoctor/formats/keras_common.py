@@ -487,6 +487,9 @@ class Hdf5Reader:
         except Exception as error:
             raise damaged_structure(self.location, error) from None
 
+    def numbers(self, name: str) -> dtypes.Numbers | None:
+        return dtypes.numbers_of(self.read(name))  # h5py reads into numpy in any case
+
     def scan(self, progress: Progress | None = None, verified: VerifiedBytes | None = None) -> ScanResult:
         return scan_datasets(self._datasets, self._dtypes, self.external, progress)
 

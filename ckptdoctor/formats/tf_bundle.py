@@ -456,6 +456,14 @@ class BundleReader:
             return np.array(decode_strings(raw, math.prod(entry.shape)), dtype=object).reshape(entry.shape)
         return decode_numeric(raw, entry.dtype, entry.shape)
 
+    def numbers(self, name: str) -> dtypes.Numbers | None:
+        entry = self.entry(name)
+        if entry.num_slices:  # a partitioned variable: assembled in numpy
+            return dtypes.numbers_of(self._read_partitioned(entry))
+        if entry.expected_size is not None and entry.size != entry.expected_size:
+            raise CheckpointError(f"{self.location}: {entry.name} stores {entry.size} bytes, not {entry.expected_size}")
+        return dtypes.decode_numbers(self.read_bytes(entry), entry.dtype)
+
     def _read_partitioned(self, entry: BundleEntry) -> np.ndarray:
         """Assemble a partitioned variable from its slices, each stored under an OrderedCode key.
 
@@ -634,7 +642,10 @@ def checksum_and_count(chunks: Iterable[bytes], dtype: dtypes.DType) -> tuple[in
 
 
 def count_nonfinite(raw: bytes, dtype: dtypes.DType) -> int:
-    """NaN and Inf elements among a tensor's raw bytes (a whole number of elements)."""
+    """NaN and Inf elements among a tensor's raw bytes (a whole number of elements): counted with numpy only
+    where the exponent bytes say some element might be one."""
+    if not dtypes.may_hold_nonfinite(raw, dtype):
+        return 0
     return dtypes.count_nonfinite(decode_numeric(raw, dtype, (len(raw) // (dtype.itemsize or 1),)))
 
 

@@ -103,6 +103,9 @@ class V1Reader:
             stored = np.full(count, stored[0], dtype=stored.dtype)
         return stored.reshape(info.shape)
 
+    def numbers(self, name: str) -> dtypes.Numbers | None:
+        return dtypes.numbers_of(self.read(name))
+
     def scan(self, progress: Progress | None = None, verified: VerifiedBytes | None = None) -> ScanResult:
 
         nonfinite = {}

@@ -17,6 +17,8 @@ from ckptdoctor.typed import NamedTuple
 if TYPE_CHECKING:
     import numpy as np
 
+    from ckptdoctor.dtypes import Numbers
+
 
 class CheckContext:
     """What every rule of one check reads; it caches what several rules derive (`updates`, the statistics)."""
@@ -36,7 +38,7 @@ class CheckContext:
         self.decay = decay
         self.steps = steps
         self.stale_threshold = stale_threshold
-        self._statistics: dict[str, np.ndarray | None] = {}
+        self._statistics: dict[str, Numbers | None] = {}
 
     @cached_property
     def updates(self) -> StatisticsUpdates | None:
@@ -49,23 +51,18 @@ class CheckContext:
         return frozenset(problem.subject for problem in self.scan.problems)
 
     def values(self, name: str) -> np.ndarray | None:
-        """A tensor's values, None where its bytes are damaged. A moving statistic is read once: several rules and
-        the report's summaries each read every one (at 25,000 layers, ~100,000 reads repeated)."""
+        """A tensor's values in numpy, None where its bytes are damaged (for comparisons with a reference)."""
+        return None if name in self.damaged else self.target.values(name)
+
+    def statistic(self, name: str) -> Numbers | None:
+        """A moving statistic's elements as plain numbers (no numpy), None where its bytes are damaged. Each is
+        decoded once: several rules and the report's summaries read every one (100,000 reads at 25,000 layers).
+        """
         if name in self.damaged:
             return None
-        if name not in self._statistic_keys:
-            return self.target.values(name)
         if name not in self._statistics:
-            values = self.target.values(name)
-            if values is not None:
-                values.flags.writeable = False  # shared by every reader from here on
-            self._statistics[name] = values
+            self._statistics[name] = self.target.numbers(name)
         return self._statistics[name]
-
-    @cached_property
-    def _statistic_keys(self) -> frozenset[str]:
-        layers = self.target.batchnorm
-        return frozenset(key for layer in layers for key in (layer.moving_mean, layer.moving_variance) if key)
 
     @property
     def family(self) -> FormatFamily:

@@ -131,10 +131,10 @@ def _stats_at_init(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
     for layer in ctx.target.batchnorm:
         if layer.statistics is None:
             continue
-        mean, variance = (ctx.values(key) for key in layer.statistics)
-        if mean is None or variance is None or mean.size == 0:
+        mean, variance = (ctx.statistic(key) for key in layer.statistics)
+        if not mean or variance is None:  # unreadable, or no channels
             continue
-        if (mean == 0).all() and (variance == 1).all():
+        if all(value == 0 for value in mean) and all(value == 1 for value in variance):
             yield _layer_finding(
                 rule,
                 ctx,
@@ -190,12 +190,12 @@ def _variance_negative(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
     # A variance of exactly 0 is healthy: a dead channel (e.g. after ReLU) has no spread, and evaluation
     # divides by sqrt(0 + epsilon). Only a negative variance is impossible; NaN is nonfinite-values' job.
     for layer in ctx.target.batchnorm:
-        variance = ctx.values(layer.moving_variance) if layer.moving_variance else None
+        variance = ctx.statistic(layer.moving_variance) if layer.moving_variance else None
         if variance is None:
             continue
-        bad = int((variance < 0).sum())
-        if bad:
-            detail = f"{bad} of {variance.size} moving_variance values are negative (min {float(variance.min()):g})"
+        negative = [value for value in variance if value < 0]
+        if negative:
+            detail = f"{len(negative)} of {len(variance)} moving_variance values are negative (min {min(negative):g})"
             yield _layer_finding(
                 rule,
                 ctx,
@@ -239,15 +239,15 @@ def _stats_stale(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
 
 def _variance_all_zero(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
     for layer in ctx.target.batchnorm:
-        variance = ctx.values(layer.moving_variance) if layer.moving_variance else None
-        if variance is not None and variance.size and not variance.any():
+        variance = ctx.statistic(layer.moving_variance) if layer.moving_variance else None
+        if variance and not any(variance):
             yield _layer_finding(
                 rule,
                 ctx,
                 layer.layer,
-                f"BatchNorm layer {ctx.layer_subject(layer)}: every one of its {variance.size} moving_variance "
+                f"BatchNorm layer {ctx.layer_subject(layer)}: every one of its {len(variance)} moving_variance "
                 "values is 0, so evaluation divides every channel by sqrt(epsilon)",
-                f"all {variance.size} moving_variance values are 0",
+                f"all {len(variance)} moving_variance values are 0",
             )
 
 

@@ -87,9 +87,10 @@ class _Abandoned(Exception):
 
 class _Verifier:
     """Checks each copied tensor in the output file right after the kernel copied it, on a second thread:
-    the CRC-32C and NaN/Inf count the re-check needs, computed while the next tensor copies (copy_file_range,
-    pread, the CRC and numpy's loops all release the GIL; numpy's first import happens here, off the main
-    thread). The re-check then takes these instead of reading the same bytes back (`VerifiedBytes`).
+    the CRC-32C and NaN/Inf count the re-check needs, computed while the next tensor copies (copy_file_range
+    and pread release the GIL). The re-check then takes these instead of reading the same bytes back
+    (`VerifiedBytes`). The count reads exponent bytes, not numpy: its import alone (~70 ms on 2 cores) took
+    longer than the copy it ran beside (`dtypes.may_hold_nonfinite`).
 
     Only an optimisation: a range it could not check is left out, and the re-check reads it from disk."""
 
@@ -101,8 +102,8 @@ class _Verifier:
         self._abandoned = False
         self._thread = threading.Thread(target=self._run, name="ckptdoctor-verify", daemon=True)
         # The main thread wants the GIL back for a moment after each tensor's copy; at Python's default 5 ms
-        # it waits out the verifier's slices (numpy's import is 55 ms of them) and the copy slows to a crawl:
-        # measured on 2 cores, patch of a 109 MB checkpoint took 490 ms at 5 ms, 430 ms at 0.2 ms.
+        # it waits out the verifier's slices and the copy slows to a crawl: measured on 2 cores, when the
+        # verifier imported numpy, patch of a 109 MB checkpoint took 490 ms at 5 ms, 430 ms at 0.2 ms.
         _lower_switch_interval()
         self._lowered = True
         try:
@@ -115,11 +116,6 @@ class _Verifier:
         self._work.put((shard, offset, size, dtype))
 
     def _run(self) -> None:
-        # The counts need numpy: imported while the first run copies, not once it is queued (~10 ms later). Where
-        # it cannot be, each count fails as it would have, and the re-check reads those ranges itself.
-        with suppress(Exception):
-            import numpy  # noqa: F401
-
         while (job := self._work.get()) is not None:
             if self._abandoned:
                 continue
