@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from ckptdoctor.formats import protos
 from ckptdoctor.formats.tf_bundle import BundleEntry, BundleReader
 from ckptdoctor.gate import gate
 from ckptdoctor.patch import patch
-from ckptdoctor.writer.bundle import BundleWriter, _placed
+from ckptdoctor.writer.bundle import _placed
 
 TRAINABLE = FIXTURE_BUNDLES["finetune_trainable"]
 FULL = FIXTURE_BUNDLES["finetune_full"]
@@ -66,19 +65,6 @@ def test_a_replacement_file_that_reuses_the_inode_is_not_vouched_for(tmp_path):
         pytest.skip(f"this filesystem did not reuse the inode {inode}: {[p.stat().st_ino for p in spare][:8]}")
     assert data.stat().st_ino == inode
     assert ("INT001", entry.name) in _findings(result.resolved)
-
-
-def test_overlapping_bundle_writers_leave_the_switch_interval_as_found(tmp_path):
-    original = sys.getswitchinterval()
-    reader = BundleReader(str(TRAINABLE))
-    entry = next(e for e in reader.entries.values() if e.dtype.itemsize and not e.num_slices)
-    first, second = BundleWriter(str(tmp_path / "a")), BundleWriter(str(tmp_path / "b"))
-    first.copy(reader, entry)  # two writes at once: two threads of a service, each patching its own output
-    second.copy(reader, entry)
-    first.commit()
-    second.commit()
-    reader.close()
-    assert sys.getswitchinterval() == original
 
 
 @pytest.mark.parametrize("field", ["dtype", "size", "shard_id", "offset"])

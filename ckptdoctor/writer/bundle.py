@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import suppress
@@ -55,30 +54,6 @@ class BundleSource(Protocol):
 # Bytes the verifier reads at a time: each chunk is read, checksummed and counted while it is in the CPU's
 # cache (an 8 MiB chunk goes through memory three times, which on a small machine costs as much as the copy).
 VERIFY_CHUNK = 1 << 20
-VERIFY_SWITCH_INTERVAL = 0.0002  # seconds a thread holds the GIL while the other waits, during a verified copy
-
-# The switch interval is the process's, and writers may overlap (threads of one service): the first verifier
-# lowers it, the last one to stop puts back what it was before the first.
-_switch_lock = threading.Lock()
-_switch_users = 0
-_switch_saved = 0.0
-
-
-def _lower_switch_interval() -> None:
-    global _switch_users, _switch_saved
-    with _switch_lock:
-        if _switch_users == 0:
-            _switch_saved = sys.getswitchinterval()
-            sys.setswitchinterval(VERIFY_SWITCH_INTERVAL)
-        _switch_users += 1
-
-
-def _restore_switch_interval() -> None:
-    global _switch_users
-    with _switch_lock:
-        _switch_users -= 1
-        if _switch_users == 0:
-            sys.setswitchinterval(_switch_saved)
 
 
 class _Abandoned(Exception):
@@ -101,11 +76,6 @@ class _Verifier:
         self._verified = VerifiedBytes()
         self._abandoned = False
         self._thread = threading.Thread(target=self._run, name="ckptdoctor-verify", daemon=True)
-        # The main thread wants the GIL back for a moment after each tensor's copy; at Python's default 5 ms
-        # it waits out the verifier's slices and the copy slows to a crawl: measured on 2 cores, when the
-        # verifier imported numpy, patch of a 109 MB checkpoint took 490 ms at 5 ms, 430 ms at 0.2 ms.
-        _lower_switch_interval()
-        self._lowered = True
         try:
             self._thread.start()
         except BaseException:
@@ -159,9 +129,6 @@ class _Verifier:
             self._verified.files[(status.st_dev, status.st_ino)] = file_state(status)
             output.close()
         self._outputs = []
-        if self._lowered:
-            self._lowered = False
-            _restore_switch_interval()
 
 
 class _Writeback:
