@@ -520,6 +520,7 @@ class BundleReader:
         problems = list(self.open_problems)
         nonfinite: dict[str, int] = {}
         total, done = sum(e.size for e in self.entries.values()), 0
+        screen = sum(e.size for e in self.entries.values() if e.dtype.is_float) < NUMPY_COUNT_FROM
         # In the shards' order, not the index's key order: each shard is read front to back, so a remote one is
         # fetched once (read-ahead windows are used before the bounded cache drops them) and a local one
         # sequentially.
@@ -541,7 +542,9 @@ class BundleReader:
                     problems.append(_crc_problem(entry, self.data_path(entry.shard_id)))
                 continue
             known = self._verified(entry, verified) if verified else None
-            crc, bad = known or checksum_and_count(self.iter_bytes(entry, aligned_chunk(entry.dtype)), entry.dtype)
+            crc, bad = known or checksum_and_count(
+                self.iter_bytes(entry, aligned_chunk(entry.dtype)), entry.dtype, screen
+            )
             if crc != unmask(entry.crc32c):
                 problems.append(_crc_problem(entry, self.data_path(entry.shard_id)))
             if bad:
@@ -630,21 +633,27 @@ def aligned_chunk(dtype: dtypes.DType, chunk: int = SCAN_CHUNK) -> int:
     return chunk - chunk % (dtype.itemsize or 1)
 
 
-def checksum_and_count(chunks: Iterable[bytes], dtype: dtypes.DType) -> tuple[int, int]:
+def checksum_and_count(chunks: Iterable[bytes], dtype: dtypes.DType, screen: bool = True) -> tuple[int, int]:
     """The CRC-32C (unmasked) of a numeric tensor's stored bytes, and its NaN/Inf count for a float dtype;
     `chunks` hold whole elements each (`aligned_chunk`)."""
     crc, bad = 0, 0
     for chunk in chunks:
         crc = crc32c(chunk, crc)
         if dtype.is_float:
-            bad += count_nonfinite(chunk, dtype)
+            bad += count_nonfinite(chunk, dtype, screen)
     return crc, bad
 
 
-def count_nonfinite(raw: bytes, dtype: dtypes.DType) -> int:
-    """NaN and Inf elements among a tensor's raw bytes (a whole number of elements): counted with numpy only
-    where the exponent bytes say some element might be one."""
-    if not dtypes.may_hold_nonfinite(raw, dtype):
+# From this many float bytes on, a scan counts NaN/Inf with numpy alone: its sum is faster per byte than the
+# exponent-byte screen, and its import pays for itself. `check` on 2 cores, screen against numpy: 146 against
+# 180 ms at 0.2 GB, 300 against 317 ms at 0.5 GB, 1102 against 1033 ms at 2 GB.
+NUMPY_COUNT_FROM = 768 << 20
+
+
+def count_nonfinite(raw: bytes, dtype: dtypes.DType, screen: bool = True) -> int:
+    """NaN and Inf elements among a tensor's raw bytes (a whole number of elements). With `screen`, counted with
+    numpy only where the exponent bytes say some element might be one (`dtypes.may_hold_nonfinite`)."""
+    if screen and not dtypes.may_hold_nonfinite(raw, dtype):
         return 0
     return dtypes.count_nonfinite(decode_numeric(raw, dtype, (len(raw) // (dtype.itemsize or 1),)))
 
