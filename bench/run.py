@@ -221,6 +221,15 @@ def main() -> None:
     patch_note = "ratio is patch time over cp + sync of the copies"
     row("patch (with its re-check) vs cp + sync", "<= 2x, <= 150 MiB", a, b, patch_note, a.seconds / b.seconds)
     row("patch (with its re-check) vs plain cp", "", a, c, "ratio is patch time over cp time", a.seconds / c.seconds)
+    numpy_only, cp_sync = compare(args.runs, [user_python, "-c", "import numpy"], cp_and_sync)
+    row(
+        "(avoided) python -c 'import numpy' vs cp + sync",
+        "",
+        numpy_only,
+        cp_sync,
+        "what checking and patching a TF bundle no longer import; ratio is the import over cp + sync",
+        numpy_only.seconds / cp_sync.seconds,
+    )
     # The part of patch no design of ckptdoctor's own code removes: Python's start, and the standard library of
     # the command line, paths and threads. What the <= 2x target leaves for everything else is 2x minus this.
     imports = "import argparse, json, pathlib, threading, typing"
