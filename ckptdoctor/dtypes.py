@@ -79,20 +79,18 @@ def count_nonfinite(values: np.ndarray) -> int:
     return int(values.size - np.count_nonzero(np.isfinite(values)))  # exact, only where something is wrong
 
 
+def _array_code(codes: str, size: int) -> str:
+    """The first of `codes` whose `array` items are `size` bytes (C's int and long differ between platforms)."""
+    return next(code for code in codes if array(code).itemsize == size)
+
+
 # The `array` type code holding each numpy type string's elements (bool as bytes, float16 through `struct`).
-_ARRAY_CODES = {
-    "f4": "f",
-    "f8": "d",
-    "i1": "b",
-    "u1": "B",
-    "b1": "B",
-    "i2": "h",
-    "u2": "H",
-    "i4": "i",
-    "u4": "I",
-    "i8": "q",
-    "u8": "Q",
+_ARRAY_CODES = {"f4": "f", "f8": "d", "b1": "B"} | {
+    f"{kind}{size}": _array_code(codes, size)
+    for kind, codes in (("i", "bhiql"), ("u", "BHIQL"))
+    for size in (1, 2, 4, 8)
 }
+_HALVES_AT_ONCE = 1 << 16  # float16 elements `struct` decodes per call: its tuple of floats stays small
 _AS_BOOL = bytes([0] + [1] * 255)
 
 
@@ -106,7 +104,11 @@ def decode_numbers(raw: bytes, dtype: DType) -> Numbers | None:
     count = len(raw) // dtype.itemsize
     raw = raw[: count * dtype.itemsize]
     if dtype.name == "float16":  # `array` has no half floats; `struct` reads them exactly
-        return array("d", struct.unpack(f"<{count}e", raw))
+        halves = array("d")
+        for start in range(0, count, _HALVES_AT_ONCE):
+            part = min(_HALVES_AT_ONCE, count - start)
+            halves.extend(struct.unpack_from(f"<{part}e", raw, start * 2))
+        return halves
     code = _ARRAY_CODES[dtype.numpy[1:]]
     if dtype.name == "bool":  # TF stores 0 or 1; any other byte reads as true, as numpy and TF read it
         raw = raw.translate(_AS_BOOL)

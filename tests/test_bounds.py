@@ -5,6 +5,7 @@ watchdog on a healthy dataset bigger than one read."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shutil
@@ -152,6 +153,49 @@ def test_statistic_claiming_a_billion_elements_over_16_bytes(tmp_path):
     code, out, err, peak, seconds = measured("check", prefix)
     within_bounds(code, out, err, peak, seconds, 1)
     assert "INT004 size-mismatch" in out
+
+
+def _statistics_bundle(prefix: Path, mean: np.ndarray, variance: np.ndarray) -> Path:
+    """A slim BatchNorm layer (beta and both statistics) with the statistics given, CRCs right."""
+    tensors = {b"bn/beta": np.ones(4, "<f4"), b"bn/moving_mean": mean, b"bn/moving_variance": variance}
+    entries, data = {}, b""
+    for name, values in tensors.items():
+        raw = values.tobytes()
+        code = dtypes.BY_NAME[values.dtype.name].code
+        entries[name] = entry_proto(values.shape, len(raw), len(data), crc=mask(crc32c(raw)), dtype=code)
+        data += raw
+    return _bundle(prefix, entries, data)
+
+
+def _strict_json(text: str):
+    def refuse(constant: str):
+        raise AssertionError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_float64_statistics_next_to_the_largest_float_give_a_finite_summary(tmp_path):
+    """Their sum overflows (fsum raised, exit 2); a difference of two of them too (a quartile was Infinity, and the
+    JSON report held `Infinity`, which no JSON parser takes)."""
+    largest = np.finfo("<f8").max
+    prefix = _statistics_bundle(
+        tmp_path / "model.ckpt", np.array([largest, largest, -largest, largest], "<f8"), np.full(4, largest, "<f8")
+    )
+    code, out, err, peak, seconds = measured("check", prefix, "--format", "json")
+    within_bounds(code, out, err, peak, seconds, 0)
+    summary = _strict_json(out)["batchnorm_stats"][0]
+    assert summary["moving_mean"]["max"] == largest and summary["moving_variance"]["mean"] == largest
+    assert -largest <= summary["moving_mean"]["q1"] <= summary["moving_mean"]["mean"] <= largest
+
+
+def test_a_statistic_of_16_million_elements(tmp_path):
+    """Past SORTED_IN_PYTHON_UP_TO a statistic is summarised by numpy: as Python floats a 64 MB one needs ~1 GiB."""
+    mean = np.linspace(-1, 1, 16 << 20, dtype="<f4")
+    prefix = _statistics_bundle(tmp_path / "model.ckpt", mean, np.ones(4, "<f4"))
+    code, out, err, peak, seconds = measured("check", prefix, "--format", "json")
+    within_bounds(code, out, err, peak, seconds, 0)
+    summary = _strict_json(out)["batchnorm_stats"][0]["moving_mean"]
+    assert (summary["count"], summary["min"], summary["median"], summary["max"]) == (16 << 20, -1, 0, 1)
 
 
 def test_v1_splat_of_a_billion_values(tmp_path):

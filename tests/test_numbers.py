@@ -4,14 +4,17 @@ reads only exponent bytes. Both must agree with numpy on every byte pattern, not
 from __future__ import annotations
 
 import math
+import random
+from array import array
 
 import numpy as np
 import pytest
 from conftest import FIXTURE_BUNDLES
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ckptdoctor import dtypes
+from ckptdoctor.analysis import bnstats
 from ckptdoctor.formats import tf_bundle
 from ckptdoctor.formats.tf_bundle import BundleReader, count_nonfinite, decode_numeric
 
@@ -103,3 +106,41 @@ def test_a_scan_past_the_threshold_counts_with_numpy_alone_and_finds_the_same(na
         monkeypatch.setattr(dtypes, "may_hold_nonfinite", None)  # never asked
         assert reader.scan() == screened
     assert bool(screened.nonfinite) == (name == "damaged_values")
+
+
+LARGEST = np.finfo(np.float64).max
+EXTREMES = [LARGEST, -LARGEST, LARGEST / 3, 0.0, -0.0, 5e-324, float("nan"), float("inf"), -1.5, 1e300]
+
+
+@given(st.lists(st.one_of(st.floats(width=32), st.sampled_from(EXTREMES)), max_size=60), st.randoms())
+@example([0.0] * 4 + [LARGEST, LARGEST, -LARGEST, -LARGEST], random.Random(0))  # numpy's sum: inf, then inf - inf
+@settings(max_examples=300, deadline=None)
+def test_summaries_in_python_and_in_numpy_agree_and_stay_finite(picked, shuffler):
+    """A statistic past SORTED_IN_PYTHON_UP_TO is summarised by numpy: the same summary (but the mean: numpy sums
+    pairwise, Python exactly), and every number finite however large the values, so a JSON report never holds
+    Infinity."""
+    values = array("d", picked)
+    in_python = bnstats.summarize(values)
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(bnstats, "SORTED_IN_PYTHON_UP_TO", 0)
+        in_numpy = bnstats.summarize(values)
+        shuffled = array("d", shuffler.sample(picked, len(picked)))
+        change_in_numpy = bnstats.relative_change(values, shuffled)
+    assert in_python._replace(mean=None) == in_numpy._replace(mean=None)
+    for summary in (in_python, in_numpy):
+        assert all(math.isfinite(v) for v in summary if v is not None)
+        assert summary.mean is None or summary.min <= summary.mean <= summary.max
+    change = bnstats.relative_change(values, shuffled)
+    assert change == pytest.approx(change_in_numpy, rel=1e-12) if change is not None else change_in_numpy is None
+    assert change is None or 0 <= change <= 2
+
+
+def test_float16_decodes_in_parts_of_bounded_size():
+    """`struct` decodes half floats into a tuple of Python floats: in parts, so a large tensor never holds them
+    all at once; the parts join into numpy's values exactly."""
+    count = 3 * dtypes._HALVES_AT_ONCE + 5
+    raw = np.random.default_rng(3).integers(0, 1 << 16, count, dtype="<u2").tobytes()
+    decoded = dtypes.decode_numbers(raw, dtypes.BY_NAME["float16"])
+    assert decoded is not None
+    expected = np.frombuffer(raw, "<f2").astype(np.float64)
+    np.testing.assert_array_equal(np.frombuffer(decoded, np.float64), expected)

@@ -462,6 +462,8 @@ class BundleReader:
             return dtypes.numbers_of(self._read_partitioned(entry))
         if entry.expected_size is not None and entry.size != entry.expected_size:
             raise CheckpointError(f"{self.location}: {entry.name} stores {entry.size} bytes, not {entry.expected_size}")
+        if dtypes.decode_numbers(b"", entry.dtype) is None:  # no numbers in it: its bytes are not worth reading
+            return None
         return dtypes.decode_numbers(self.read_bytes(entry), entry.dtype)
 
     def _read_partitioned(self, entry: BundleEntry) -> np.ndarray:

@@ -193,9 +193,10 @@ def _variance_negative(rule: Rule, ctx: CheckContext) -> Iterator[Finding]:
         variance = ctx.statistic(layer.moving_variance) if layer.moving_variance else None
         if variance is None:
             continue
-        negative = [value for value in variance if value < 0]
-        if negative:
-            detail = f"{len(negative)} of {len(variance)} moving_variance values are negative (min {min(negative):g})"
+        lowest = min((value for value in variance if value < 0), default=None)
+        if lowest is not None:
+            negative = sum(1 for value in variance if value < 0)
+            detail = f"{negative} of {len(variance)} moving_variance values are negative (min {lowest:g})"
             yield _layer_finding(
                 rule,
                 ctx,
