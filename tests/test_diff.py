@@ -115,6 +115,16 @@ def test_nan_positions_count_and_nan_equals_nan(tf):
     assert itself.identical and itself.exit_code == 0  # NaN at the same positions is unchanged
 
 
+def test_a_signalling_nan_is_compared_without_a_warning(tmp_path):
+    """Widening a signalling NaN (float32 0x7f800001) to float64 makes numpy warn ("invalid value encountered in
+    cast"): on a terminal a stray line under the report, here (warnings are errors) a failure."""
+    signalling = np.array([0x7F800001, 0x3F800000], dtype="<u4").view("<f4")
+    first = write_bundle(tmp_path / "a" / "model.ckpt", {b"w": signalling})
+    second = write_bundle(tmp_path / "b" / "model.ckpt", {b"w": np.array([1.0, 1.0], "<f4")})
+    tensor = by_name(diff(first, second))["w"]
+    assert tensor.outcome is Outcome.CHANGED and tensor.values.nonfinite_mismatches == 1
+
+
 def test_keras_formats_match_by_framework_name():
     same_keys = diff(HEALTHY / "model.keras", HEALTHY / "model.weights.h5")
     assert same_keys.identical and same_keys.compared == 44
