@@ -94,12 +94,17 @@ _HALVES_AT_ONCE = 1 << 16  # float16 elements `struct` decodes per call: its tup
 _AS_BOOL = bytes([0] + [1] * 255)
 
 
+def holds_numbers(dtype: DType) -> bool:
+    """Whether `decode_numbers` gives a tensor of this dtype as numbers: real ones of a known size."""
+    return dtype.numpy is not None and dtype.itemsize is not None and not dtype.name.startswith("complex")
+
+
 def decode_numbers(raw: bytes, dtype: DType) -> Numbers | None:
     """A real-valued tensor's stored little-endian elements (a whole number of them), flattened, without numpy:
     floats as float64 (bfloat16 widened exactly), integers and bools as they are; None for other dtypes
     (strings, complex). For the handful of numbers a rule reads (statistics, step counters): numpy costs ~70 ms
     to import, more than a whole `check` of a small checkpoint without it."""
-    if dtype.numpy is None or dtype.itemsize is None or dtype.name.startswith("complex"):
+    if not holds_numbers(dtype) or dtype.itemsize is None or dtype.numpy is None:  # (the last two for mypy)
         return None
     count = len(raw) // dtype.itemsize
     raw = raw[: count * dtype.itemsize]

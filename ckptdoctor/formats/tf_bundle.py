@@ -462,7 +462,7 @@ class BundleReader:
             return dtypes.numbers_of(self._read_partitioned(entry))
         if entry.expected_size is not None and entry.size != entry.expected_size:
             raise CheckpointError(f"{self.location}: {entry.name} stores {entry.size} bytes, not {entry.expected_size}")
-        if dtypes.decode_numbers(b"", entry.dtype) is None:  # no numbers in it: its bytes are not worth reading
+        if not dtypes.holds_numbers(entry.dtype):  # a string tensor's bytes are not worth reading for nothing
             return None
         return dtypes.decode_numbers(self.read_bytes(entry), entry.dtype)
 
