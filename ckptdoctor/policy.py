@@ -12,11 +12,9 @@ from ckptdoctor.errors import ConfigError
 from ckptdoctor.model import Finding, Report, RulesRun, Severity
 from ckptdoctor.typed import NamedTuple
 
-if TYPE_CHECKING:
-    from typing import Any
-
 if TYPE_CHECKING:  # pathlib and fnmatch load where a policy is read: `inspect` only needs ExitCode
     from pathlib import Path
+    from typing import Any
 
 IGNORED = "ignored by the policy"  # why a rule that ran is reported as skipped
 

@@ -26,12 +26,12 @@ from ckptdoctor.typed import NamedTuple, Protocol
 if TYPE_CHECKING:
     from typing import Any
 
-    Batch = Any  # one batch as fed: an ndarray (one input) or a dict of input name -> ndarray
-
     import numpy as np
 
     from ckptdoctor.analysis.checkpoint import Checkpoint
     from ckptdoctor.writer.base import Edits
+
+    Batch = Any  # one batch as fed: an ndarray (one input) or a dict of input name -> ndarray
 
 DEFAULT_BATCH_SIZE = 32
 MIN_SAMPLES = 1024  # below this many samples the estimate is noisy enough to warn about
